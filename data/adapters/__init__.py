@@ -1,0 +1,1 @@
+"""Adapters from public dataset formats to the WhyRec data contract."""

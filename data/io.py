@@ -1,0 +1,174 @@
+"""Readers: the WhyRec table layout (CSV, Parquet, JSON Lines) and the dispatch to public-format adapters."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from data.errors import DataError
+from data.schema import (
+    Dataset,
+    Locator,
+    line_locator,
+    make_dataset,
+    normalise_events,
+    normalise_items,
+    row_locator,
+)
+
+TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+def open_text(path: Path):
+    """Open a text file, transparently gunzipping `.gz`."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", errors="strict")
+    return open(path, encoding="utf-8", errors="strict")
+
+
+def read_table(path: Path) -> tuple[pd.DataFrame, Locator]:
+    """One table file as raw strings/values, with a locator that maps record numbers back to the file."""
+    kind = TABLE_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(f"unsupported table type '{path.suffix}'; use .csv, .parquet or .jsonl", file=str(path))
+    if kind == "parquet":
+        return _read_parquet(path), row_locator()
+    if kind == "jsonl":
+        return read_json_lines(path), line_locator(first_line=1)
+    return _read_csv(path), line_locator(first_line=2)
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, dtype=str, skipinitialspace=True, encoding="utf-8")
+    except pd.errors.EmptyDataError:
+        raise DataError("file is empty", file=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not a UTF-8 text CSV file (byte {exc.start} cannot be decoded)", file=str(path)) from exc
+    except pd.errors.ParserError as exc:
+        raise DataError(f"not a well-formed CSV file: {str(exc).strip().splitlines()[-1]}", file=str(path)) from exc
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pandas()
+    except (pyarrow.ArrowInvalid, OSError) as exc:
+        raise DataError(f"not a readable Parquet file ({str(exc).splitlines()[0]})", file=str(path)) from exc
+
+
+def read_json_lines(path: Path, parse: Callable[[str], object] = json.loads) -> pd.DataFrame:
+    """JSON Lines into a frame; a broken line raises a DataError naming it. `parse` reads one line."""
+    records = []
+    try:
+        with open_text(path) as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = parse(line)
+                except (ValueError, SyntaxError) as exc:
+                    raise DataError(f"broken JSON line ({exc.__class__.__name__})", file=str(path), line=number,
+                                    value=line.strip()) from None
+                if not isinstance(record, dict):
+                    raise DataError("a JSON line must hold an object", file=str(path), line=number, value=line.strip())
+                records.append(record)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not a UTF-8 text file (byte {exc.start} cannot be decoded)", file=str(path)) from exc
+    except (gzip.BadGzipFile, EOFError) as exc:
+        raise DataError(f"not a readable gzip file ({exc})", file=str(path)) from exc
+    if not records:
+        raise DataError("file is empty", file=str(path))
+    return pd.DataFrame.from_records(records)
+
+
+def find_table(directory: Path, stem: str, prefer: str | None = None) -> Path:
+    """`items.csv`, `items.parquet` or `items.jsonl` in a directory (one of them, `prefer` first)."""
+    found = [directory / f"{stem}{suffix}" for suffix in TABLE_SUFFIXES if (directory / f"{stem}{suffix}").exists()]
+    if prefer:
+        found.sort(key=lambda p: TABLE_SUFFIXES[p.suffix] != prefer)
+    if not found:
+        raise DataError(f"no {stem}.csv, {stem}.parquet or {stem}.jsonl here", file=str(directory))
+    return found[0]
+
+
+def load_tables(path: Path, prefer: str | None = None) -> Dataset:
+    """The WhyRec layout: a directory with `items.*` and `events.*` (CSV, Parquet or JSON Lines)."""
+    items_path = find_table(path, "items", prefer)
+    events_path = find_table(path, "events", prefer)
+    raw_items, locate_items = read_table(items_path)
+    items = normalise_items(raw_items, file=str(items_path), locate=locate_items)
+    raw_events, locate_events = read_table(events_path)
+    events = normalise_events(raw_events, file=str(events_path), locate=locate_events)
+    ground_truth = None
+    truth_path = path / "ground_truth.json"
+    if truth_path.exists():
+        ground_truth = json.loads(truth_path.read_text())
+    return make_dataset(items, events, source=str(path), format="table", ground_truth=ground_truth)
+
+
+def write_tables(dataset: Dataset, directory: Path, kind: str = "csv") -> None:
+    """Write a dataset in the WhyRec layout (the inverse of `load_tables`)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    events = dataset.events.assign(timestamp=dataset.events["timestamp"].map(lambda t: t.isoformat()),
+                                   event=dataset.events["event"].astype(str))
+    for stem, frame in (("items", dataset.items), ("events", events)):
+        target = directory / f"{stem}.{kind}"
+        if kind == "csv":
+            frame.to_csv(target, index=False)
+        elif kind == "parquet":
+            frame.to_parquet(target, index=False)
+        elif kind == "jsonl":
+            frame.to_json(target, orient="records", lines=True, force_ascii=False)
+        else:
+            raise DataError(f"unknown table kind '{kind}'; use csv, parquet or jsonl")
+    if dataset.ground_truth is not None:
+        (directory / "ground_truth.json").write_text(json.dumps(dataset.ground_truth, indent=1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Formats and their detection. Adapters live in data/adapters/; each has detect(path) and load(path).
+
+
+def _adapters() -> dict:
+    from data.adapters import amazon, movielens, recbole
+
+    return {"amazon": amazon, "movielens": movielens, "recbole": recbole}
+
+
+FORMATS = ("auto", "table", "csv", "parquet", "jsonl", "amazon", "movielens", "recbole")
+
+
+def detect_format(path: Path) -> str:
+    if path.is_dir() and any((path / f"items{s}").exists() for s in TABLE_SUFFIXES):
+        return "table"
+    for name, adapter in _adapters().items():
+        if adapter.detect(path):
+            return name
+    raise DataError(
+        "cannot tell the format: expected items.* + events.* (csv/parquet/jsonl), Amazon review JSON, "
+        "MovieLens u.data/ratings.dat, or RecBole atomic files; pass --format",
+        file=str(path),
+    )
+
+
+def load_dataset(path: str | Path, format: str = "auto") -> Dataset:
+    """Read a dataset in any supported format into the validated `Dataset` of the data contract."""
+    path = Path(path)
+    if format not in FORMATS:
+        raise DataError(f"unknown format '{format}'; choose one of {', '.join(FORMATS)}", field="format", value=format)
+    if not path.exists():
+        raise DataError("no such file or directory", file=str(path))
+    if format == "auto":
+        format = detect_format(path)
+    if format in ("table", "csv", "parquet", "jsonl"):
+        if not path.is_dir():
+            raise DataError("the table layout is a directory holding items.* and events.*", file=str(path))
+        return load_tables(path, prefer=None if format == "table" else format)
+    return _adapters()[format].load(path)

@@ -1,0 +1,332 @@
+"""The data contract: typed item and event records, the `Dataset` that holds them, and its validation."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+from data.errors import DataError
+
+EVENT_TYPES = ("view", "cart", "purchase", "rating")
+ITEM_COLUMNS = ("item_id", "title", "category", "brand", "description", "price")
+EVENT_COLUMNS = ("user_id", "item_id", "timestamp", "event", "value")
+REQUIRED_ITEM_COLUMNS = ("item_id", "title")
+REQUIRED_EVENT_COLUMNS = ("user_id", "item_id", "timestamp", "event")
+
+# Where a record sits in its source file, for error messages: a physical line or a record number.
+Locator = Callable[[int], dict]
+
+
+def line_locator(first_line: int = 2) -> Locator:
+    """Records of a text file with a header line: record i (0-based) lives on line i + first_line."""
+    return lambda i: {"line": int(i) + first_line}
+
+
+def row_locator() -> Locator:
+    return lambda i: {"row": int(i) + 1}
+
+
+@dataclass(frozen=True)
+class Item:
+    item_id: str
+    title: str
+    category: str | None = None
+    brand: str | None = None
+    description: str | None = None
+    price: float | None = None
+
+    @property
+    def text(self) -> str:
+        """The product text the encoder reads: title, then brand and category, then description."""
+        return item_text(self.title, self.brand, self.category, self.description)
+
+
+@dataclass(frozen=True)
+class Event:
+    user_id: str
+    item_id: str
+    timestamp: pd.Timestamp
+    event: str
+    value: float | None = None
+
+
+def item_text(title, brand=None, category=None, description=None) -> str:
+    parts = [title]
+    if brand:
+        parts.append(f"Brand: {brand}")
+    if category:
+        parts.append(f"Category: {category}")
+    if description:
+        parts.append(str(description))
+    return ". ".join(str(p).strip() for p in parts if p is not None and str(p).strip())
+
+
+@dataclass(frozen=True)
+class DatasetMeta:
+    source: str  # the path it was read from, or "generated"
+    format: str  # the reader that produced it: "table", "amazon", "movielens", "recbole", ...
+    fingerprint: str  # content hash of items + events; a model remembers the data it saw
+    synthetic_clock: bool = False  # True when the source had an order but no clock
+    notes: tuple[str, ...] = ()  # what the reader had to decide (dropped fields, assumptions)
+
+
+@dataclass
+class Dataset:
+    """Items and events of one shop, validated, with where they came from.
+
+    items:  one row per item, columns ITEM_COLUMNS (item_id unique, str; price float or NaN).
+    events: one row per event, columns EVENT_COLUMNS, sorted by (user_id, timestamp), stable.
+    """
+
+    items: pd.DataFrame
+    events: pd.DataFrame
+    meta: DatasetMeta
+    ground_truth: dict | None = field(default=None, repr=False)  # planted causes, synthetic data only
+    # Records kept out of `items`/`events` because they cannot be used, with a `reason` column:
+    # "duplicate" (an exact repeat), "unknown item" (an event whose item is not in the catalog),
+    # "unknown user" (an event whose user is not in `users`). The quality report reads them.
+    set_aside_events: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=[*EVENT_COLUMNS, "reason"]))
+    set_aside_items: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=[*ITEM_COLUMNS, "reason"]))
+    users: pd.DataFrame | None = None  # optional user table (user_id + attributes), e.g. MovieLens u.user
+
+    @cached_property
+    def item_ids(self) -> np.ndarray:
+        return self.items["item_id"].to_numpy()
+
+    @cached_property
+    def user_ids(self) -> np.ndarray:
+        """Known users in a stable order (sorted)."""
+        return np.sort(self.events["user_id"].unique())
+
+    @cached_property
+    def item_position(self) -> dict[str, int]:
+        return {item_id: i for i, item_id in enumerate(self.item_ids)}
+
+    def item(self, item_id: str) -> Item:
+        pos = self.item_position.get(item_id)
+        if pos is None:
+            raise DataError("unknown item", field="item_id", value=item_id)
+        row = self.items.iloc[pos]
+        return Item(
+            item_id=row.item_id,
+            title=row.title,
+            category=_none_if_na(row.category),
+            brand=_none_if_na(row.brand),
+            description=_none_if_na(row.description),
+            price=None if pd.isna(row.price) else float(row.price),
+        )
+
+    def user_events(self, user_id: str) -> pd.DataFrame:
+        return self.events[self.events["user_id"] == user_id]
+
+    def summary(self) -> dict:
+        events = self.events
+        span = (events["timestamp"].min(), events["timestamp"].max()) if len(events) else (None, None)
+        return {
+            "source": self.meta.source,
+            "format": self.meta.format,
+            "fingerprint": self.meta.fingerprint,
+            "users": int(events["user_id"].nunique()),
+            "items": len(self.items),
+            "events": len(events),
+            "event_types": {k: int(v) for k, v in events["event"].value_counts().items()},
+            "first_event": None if span[0] is None else span[0].isoformat(),
+            "last_event": None if span[1] is None else span[1].isoformat(),
+            "synthetic_clock": self.meta.synthetic_clock,
+            "items_with_price": int(self.items["price"].notna().sum()),
+            "categories": int(self.items["category"].nunique()),
+            "brands": int(self.items["brand"].nunique()),
+            "notes": list(self.meta.notes),
+        }
+
+
+def _none_if_na(value):
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA else value
+
+
+def fingerprint(items: pd.DataFrame, events: pd.DataFrame) -> str:
+    digest = hashlib.sha256()
+    for frame in (items, events):
+        digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+        digest.update(",".join(frame.columns).encode())
+    return digest.hexdigest()[:16]
+
+
+def make_dataset(
+    items: pd.DataFrame,
+    events: pd.DataFrame,
+    *,
+    source: str,
+    format: str,
+    synthetic_clock: bool = False,
+    notes: Sequence[str] = (),
+    ground_truth: dict | None = None,
+    users: pd.DataFrame | None = None,
+) -> Dataset:
+    """Wrap normalised tables: set aside what cannot be used, sort the events, stamp the fingerprint."""
+    repeated_items = items["item_id"].duplicated(keep="first")
+    set_aside_items = items[repeated_items].assign(reason="duplicate")
+    items = items[~repeated_items].reset_index(drop=True)
+
+    reasons = pd.Series(None, index=events.index, dtype="object")
+    reasons[events.duplicated(subset=["user_id", "item_id", "timestamp", "event"], keep="first")] = "duplicate"
+    reasons[~events["item_id"].isin(items["item_id"])] = "unknown item"
+    if users is not None:
+        reasons[~events["user_id"].isin(users["user_id"])] = "unknown user"
+    set_aside_events = events[reasons.notna()].assign(reason=reasons[reasons.notna()])
+    events = events[reasons.isna()]
+    events = events.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+    meta = DatasetMeta(
+        source=source,
+        format=format,
+        fingerprint=fingerprint(items, events),
+        synthetic_clock=synthetic_clock,
+        notes=tuple(notes),
+    )
+    return Dataset(
+        items=items,
+        events=events,
+        meta=meta,
+        ground_truth=ground_truth,
+        set_aside_events=set_aside_events.reset_index(drop=True),
+        set_aside_items=set_aside_items.reset_index(drop=True),
+        users=users,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: raw frames from any reader in, typed frames out, or one DataError naming the spot.
+
+
+def require_columns(frame: pd.DataFrame, required: Sequence[str], *, file: str) -> None:
+    if frame.empty and len(frame.columns) == 0:
+        raise DataError("file is empty", file=file)
+    present = [str(c) for c in frame.columns]
+    for column in required:
+        if column in present:
+            continue
+        close = difflib.get_close_matches(column, present, n=1, cutoff=0.6)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        if len(present) == 1 and any(sep in present[0] for sep in (";", "\t", "|", ",")):
+            hint = f" (one column '{_short(present[0])}' was found: is the delimiter right?)"
+        raise DataError(
+            f"missing required column '{column}'{hint}; columns found: {', '.join(map(_short, present))}",
+            file=file,
+            field=column,
+        )
+    if frame.empty:
+        raise DataError("file has a header but no records", file=file)
+
+
+def normalise_items(frame: pd.DataFrame, *, file: str, locate: Locator) -> pd.DataFrame:
+    require_columns(frame, REQUIRED_ITEM_COLUMNS, file=file)
+    out = pd.DataFrame(index=frame.index)
+    out["item_id"] = _id_column(frame["item_id"], "item_id", file=file, locate=locate)
+    out["title"] = _text_column(frame["title"]).fillna("")
+    for column in ("category", "brand", "description"):
+        out[column] = _text_column(frame[column]) if column in frame else pd.Series(None, index=frame.index, dtype="object")
+    out["price"] = (
+        _number_column(frame["price"], "price", file=file, locate=locate, minimum=0.0)
+        if "price" in frame
+        else np.nan
+    )
+    return out.reset_index(drop=True)
+
+
+def normalise_events(frame: pd.DataFrame, *, file: str, locate: Locator) -> pd.DataFrame:
+    require_columns(frame, REQUIRED_EVENT_COLUMNS, file=file)
+    out = pd.DataFrame(index=frame.index)
+    out["user_id"] = _id_column(frame["user_id"], "user_id", file=file, locate=locate)
+    out["item_id"] = _id_column(frame["item_id"], "item_id", file=file, locate=locate)
+    out["timestamp"] = parse_timestamps(frame["timestamp"], file=file, locate=locate)
+    kinds = frame["event"].astype("string").str.strip().str.lower()
+    bad = ~kinds.isin(EVENT_TYPES)
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(
+            f"unknown event type; expected one of {', '.join(EVENT_TYPES)}",
+            file=file,
+            field="event",
+            value=_raw(frame["event"].iloc[i]),
+            **locate(i),
+        )
+    out["event"] = pd.Categorical(kinds.astype(str), categories=EVENT_TYPES)
+    out["value"] = (
+        _number_column(frame["value"], "value", file=file, locate=locate) if "value" in frame else np.nan
+    )
+    return out.reset_index(drop=True)
+
+
+def parse_timestamps(values: pd.Series, *, file: str, locate: Locator) -> pd.Series:
+    """UTC timestamps from unix seconds, unix milliseconds or date strings (ISO 8601 and friends)."""
+    missing = values.isna() | (values.astype("string").str.strip() == "")
+    if missing.any():
+        i = int(np.flatnonzero(missing.to_numpy())[0])
+        raise DataError("timestamp is missing", file=file, field="timestamp", value=_raw(values.iloc[i]), **locate(i))
+    numeric = pd.to_numeric(values, errors="coerce")
+    parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
+    if numeric.notna().any():
+        # Unix epochs: milliseconds past 1e11 (the year 5138 in seconds), seconds below.
+        unit = "ms" if numeric.abs().max() > 1e11 else "s"
+        parsed[numeric.notna()] = pd.to_datetime(numeric[numeric.notna()].astype("float64"), unit=unit, utc=True)
+    text = values[numeric.isna()].astype(str).str.strip()
+    if len(text):
+        iso = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
+        if iso.isna().any():
+            iso = iso.where(iso.notna(), pd.to_datetime(text[iso.isna()], utc=True, errors="coerce", format="mixed"))
+        parsed[numeric.isna()] = iso
+    if parsed.isna().any():
+        i = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+        raise DataError("not a timestamp", file=file, field="timestamp", value=_raw(values.iloc[i]), **locate(i))
+    return parsed.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
+
+
+def _id_column(values: pd.Series, name: str, *, file: str, locate: Locator) -> pd.Series:
+    ids = values.astype("string").str.strip()
+    if pd.api.types.is_float_dtype(values):
+        # Ids read as floats (1.0) come back as the integers they were.
+        ids = values.map(lambda v: str(int(v)) if pd.notna(v) and float(v).is_integer() else v).astype("string")
+    blank = ids.isna() | (ids == "")
+    if blank.any():
+        i = int(np.flatnonzero(blank.to_numpy())[0])
+        raise DataError(f"{name} is empty", file=file, field=name, value=_raw(values.iloc[i]), **locate(i))
+    return ids.astype(str).astype(object)
+
+
+def _text_column(values: pd.Series) -> pd.Series:
+    text = values.astype("string").str.strip()
+    return text.where(text != "", None).astype(object).where(text.notna(), None)
+
+
+def _number_column(
+    values: pd.Series, name: str, *, file: str, locate: Locator, minimum: float | None = None
+) -> pd.Series:
+    numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+    given = values.notna() & (values.astype("string").str.strip() != "")
+    bad = given & numbers.isna()
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError("not a number", file=file, field=name, value=_raw(values.iloc[i]), **locate(i))
+    if minimum is not None:
+        low = numbers < minimum
+        if low.any():
+            i = int(np.flatnonzero(low.to_numpy())[0])
+            raise DataError(f"must be ≥ {minimum:g}", file=file, field=name, value=_raw(values.iloc[i]), **locate(i))
+    return numbers
+
+
+def _raw(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _short(text: str, limit: int = 40) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -228,9 +228,10 @@ def normalise_items(frame: pd.DataFrame, *, file: str, locate: Locator) -> pd.Da
     require_columns(frame, REQUIRED_ITEM_COLUMNS, file=file)
     out = pd.DataFrame(index=frame.index)
     out["item_id"] = _id_column(frame["item_id"], "item_id", file=file, locate=locate)
-    out["title"] = _text_column(frame["title"]).fillna("")
+    out["title"] = _text_column(frame["title"]).map(lambda title: "" if title is None else title)
     for column in ("category", "brand", "description"):
-        out[column] = _text_column(frame[column]) if column in frame else pd.Series(None, index=frame.index, dtype="object")
+        missing = pd.Series([None] * len(frame), index=frame.index, dtype=object)
+        out[column] = _text_column(frame[column]) if column in frame else missing
     out["price"] = (
         _number_column(frame["price"], "price", file=file, locate=locate, minimum=0.0)
         if "price" in frame
@@ -300,8 +301,10 @@ def _id_column(values: pd.Series, name: str, *, file: str, locate: Locator) -> p
 
 
 def _text_column(values: pd.Series) -> pd.Series:
+    """Stripped text; blanks and missing values become None (never NaN), so every reader agrees."""
     text = values.astype("string").str.strip()
-    return text.where(text != "", None).astype(object).where(text.notna(), None)
+    keep = (text.notna() & (text != "")).fillna(False).astype(bool).to_numpy()
+    return pd.Series(np.where(keep, text.astype(object), None), index=values.index, dtype=object)
 
 
 def _number_column(

@@ -1,0 +1,1 @@
+"""WhyRec explanations: token attributions (Integrated Gradients) and behaviour attributions (SHAP)."""

@@ -1,0 +1,1 @@
+"""WhyRec recommender: a pretrained text encoder fine-tuned on behaviour."""

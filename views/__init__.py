@@ -1,0 +1,1 @@
+"""Dashboard pages; the only code that imports streamlit."""

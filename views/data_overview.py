@@ -1,0 +1,43 @@
+"""Data page: what the loaded dataset holds and its quality report."""
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from data import DataError, load_dataset
+from data.quality import quality_report
+
+
+@st.cache_data(show_spinner="Reading the dataset…")
+def dataset_report(path: str, mtime: float) -> tuple[dict, pd.DataFrame]:
+    dataset = load_dataset(path)
+    return dataset.summary(), quality_report(dataset).to_frame()
+
+
+def _mtime(path: Path) -> float:
+    return max((p.stat().st_mtime for p in path.iterdir()), default=0.0) if path.is_dir() else path.stat().st_mtime
+
+
+st.header("Data")
+st.caption("Recommendations and explanations arrive with the model; this page shows the data they will use.")
+path = Path(st.session_state.get("data_path") or "demo/data")
+try:
+    if not path.exists():
+        raise DataError("no such directory: run `make run` to build the demo data, or choose another", file=str(path))
+    summary, findings = dataset_report(str(path), _mtime(path))
+except DataError as exc:
+    st.error(str(exc))
+    st.stop()
+
+left, middle, right = st.columns(3)
+left.metric("Users", f"{summary['users']:,}")
+middle.metric("Items", f"{summary['items']:,}")
+right.metric("Events", f"{summary['events']:,}")
+st.subheader("Quality report")
+if findings.empty:
+    st.success("No findings: the data looks clean.")
+else:
+    st.dataframe(findings, hide_index=True, use_container_width=True)
+with st.expander("Dataset summary"):
+    st.json(summary)

@@ -1,0 +1,1 @@
+"""Benchmarks: each module prints a summary and writes JSON under bench/results/."""

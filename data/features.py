@@ -1,0 +1,516 @@
+"""Point-in-time behaviour features of (user, item, moment): their one definition, names, units and meanings."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import pandas as pd
+
+from data.errors import DataError
+from data.schema import EVENT_TYPES, Dataset
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    name: str  # column name, e.g. "category_affinity"
+    label: str  # what a chart shows, e.g. "Category affinity"
+    unit: str  # how to read a value: "share", "log1p(days)", "log1p(count)", "ratio", ...
+    meaning: str  # one line for a person
+    needs_clock: bool  # meaningless when the dataset's clock is synthetic (order only); then it reads 0
+
+
+# The one list of behaviour features. Column j of every feature matrix is FEATURES[j]; the model, SHAP and the
+# UI read names, units and meanings from here. Counts and durations are log1p'd so every column stays within
+# about 0..10 and a small neural head and SHAP see comparable scales.
+FEATURES: tuple[FeatureSpec, ...] = (
+    FeatureSpec(
+        "category_affinity",
+        "Category affinity",
+        "share",
+        "Share of the user's earlier events that were in this item's category, recent events weighing more "
+        "(half-life 30 days; 10 events on a synthetic clock).",
+        needs_clock=False,
+    ),
+    FeatureSpec(
+        "brand_affinity",
+        "Brand affinity",
+        "share",
+        "Share of the user's earlier events that were on this item's brand, recent events weighing more "
+        "(half-life 30 days; 10 events on a synthetic clock).",
+        needs_clock=False,
+    ),
+    FeatureSpec(
+        "days_since_category",
+        "Days since category",
+        "log1p(days)",
+        "Days since the user last touched this item's category, capped at 365 (also when never: 5.90).",
+        needs_clock=True,
+    ),
+    FeatureSpec(
+        "user_item_views",
+        "Earlier views of item",
+        "log1p(count)",
+        "How often the user viewed this very item before.",
+        needs_clock=False,
+    ),
+    FeatureSpec(
+        "user_item_carts",
+        "Earlier carts of item",
+        "log1p(count)",
+        "How often the user put this very item in the cart before.",
+        needs_clock=False,
+    ),
+    FeatureSpec(
+        "price_fit",
+        "Price distance",
+        "std (log price)",
+        "How far the item's log price is from the prices the user usually looks at, in the user's own spread "
+        "(0 = the user's usual price, capped at 5; 0.80 = typical, used when a price is unknown).",
+        needs_clock=False,
+    ),
+    FeatureSpec(
+        "item_popularity",
+        "Item popularity",
+        "log1p(events)",
+        "Events on this item from all users in the 30 days before.",
+        needs_clock=True,
+    ),
+    FeatureSpec(
+        "item_conversion",
+        "Item conversion",
+        "ratio",
+        "The item's purchases per view so far, pulled toward the shop-wide rate while it has few views.",
+        needs_clock=False,
+    ),
+    FeatureSpec(
+        "user_activity",
+        "User activity",
+        "log1p(events)",
+        "The user's own events in the 30 days before.",
+        needs_clock=True,
+    ),
+    FeatureSpec(
+        "item_freshness",
+        "Item age",
+        "log1p(days)",
+        "Days since the item's first event in the shop, capped at 365 (0 for an item nobody has touched yet).",
+        needs_clock=True,
+    ),
+    FeatureSpec(
+        "cooccurrence",
+        "Co-occurrence",
+        "log1p(count)",
+        "How often other users went straight from one of the user's last 5 items to this one.",
+        needs_clock=False,
+    ),
+)
+FEATURE_NAMES: tuple[str, ...] = tuple(spec.name for spec in FEATURES)
+_COLUMN = {name: j for j, name in enumerate(FEATURE_NAMES)}
+
+AFFINITY_HALF_LIFE_DAYS = 30.0  # a month-old event counts half as much as today's
+AFFINITY_HALF_LIFE_EVENTS = 10.0  # on a synthetic clock the same decay counts the user's later events instead
+WINDOW_DAYS = 30.0  # popularity and activity look back one month
+DAYS_CAP = 365.0  # "a year or more" and "never" read the same, so the value stays bounded
+PRICE_SPREAD_FLOOR = 0.25  # log-price spread (~28%) a user's std may not go below: one priced event is no spread
+PRICE_FIT_CAP = 5.0  # beyond 5 spreads every price is equally "not yours"
+PRICE_FIT_NEUTRAL = math.sqrt(2.0 / math.pi)  # mean |z| of a normal: "a typical distance" when a price is unknown
+CONVERSION_PRIOR_VIEWS = 10.0  # pseudo-views of the shop-wide rate: an item's own ratio dominates after ~10 views
+COOCCURRENCE_RECENT_ITEMS = 5  # the user's last distinct items whose successors are counted
+
+_DAY_NS = 86_400 * 10**9
+_NEVER = np.iinfo(np.int64).max  # first-event time of an item nobody touched
+_NOT_YET = np.iinfo(np.int64).min  # last-touch time of a category the user never touched
+_VIEW, _CART, _PURCHASE = (EVENT_TYPES.index(kind) for kind in ("view", "cart", "purchase"))
+_ITEM_STATS_CACHE_SIZE = 8  # moments whose whole-catalog item columns are kept (at=None is one moment)
+
+
+@dataclass(frozen=True)
+class _Trail:
+    """One user's events in time order (ties in input order), items as catalog positions."""
+
+    item: np.ndarray  # (n,) int64
+    time: np.ndarray  # (n,) int64 ns since the epoch, UTC
+    kind: np.ndarray  # (n,) int8, index into EVENT_TYPES
+
+    def before(self, t_ns: int) -> _Trail:
+        cut = int(np.searchsorted(self.time, t_ns, side="left"))
+        return _Trail(self.item[:cut], self.time[:cut], self.kind[:cut])
+
+
+_EMPTY_TRAIL = _Trail(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int8))
+
+
+class FeatureStore:
+    """Built once from a Dataset (or from the events visible for training); answers point-in-time queries.
+
+    A feature of (user, item, t) reads only events with timestamp strictly before t, the user's own and every
+    other user's, so adding events at or after t changes nothing at t.
+
+    Structures built here, so that a query is a handful of vectorised numpy calls over the catalog:
+      * event times as ranks among the distinct event moments, and per event type the sorted key
+        item * (n_moments + 1) + rank: "events of item i before t" for every item at once is one
+        np.searchsorted of i * (n_moments + 1) + rank(t), with no overflow at ns resolution;
+      * each item's first event time: the first event before t exists exactly when it is before t;
+      * consecutive pairs (a -> b) of every user's sequence stamped with the time of b, sorted by (a, time):
+        for the user's last items a, the successors seen before t are a prefix of a's row (one searchsorted);
+        the user's own pairs are subtracted exactly, so co-occurrence counts other users only;
+      * every user's events as a slice of one (user, time)-sorted array.
+    Whole-catalog item columns at one moment are cached, since at=None is the same moment for every user.
+    """
+
+    def __init__(self, dataset: Dataset, events: pd.DataFrame | None = None):
+        events = dataset.events if events is None else events
+        missing = [column for column in ("user_id", "item_id", "timestamp", "event") if column not in events]
+        if missing:
+            raise DataError(f"events lack column(s) {', '.join(missing)}", field=missing[0])
+        self.dataset = dataset
+        self.clock_is_synthetic: bool = bool(dataset.meta.synthetic_clock)
+        self.item_ids: np.ndarray = dataset.item_ids  # fixed catalog order: row i of every result is item i
+        self.n_items = len(self.item_ids)
+        self._item_lookup = pd.Index(self.item_ids)
+
+        items = dataset.items
+        self._item_category, n_categories = _codes(items["category"])  # (n_items,), -1 = no category
+        self._item_brand, n_brands = _codes(items["brand"])
+        self._n_categories, self._n_brands = n_categories, n_brands
+        self._item_log_price = np.log1p(items["price"].to_numpy(dtype=np.float64, na_value=np.nan))  # NaN = unknown
+
+        item = self._positions(events["item_id"])  # (n_events,)
+        time = _ns_array(events["timestamp"], "timestamp")
+        kind = _kind_codes(events["event"])
+        user_code, user_names = pd.factorize(events["user_id"].astype(str), sort=True)
+
+        # Users: one (user, time)-sorted array; lexsort is stable, so same-moment events keep the input order.
+        order = np.lexsort((time, user_code))
+        user_code, item, time, kind = user_code[order], item[order], time[order], kind[order]
+        self._event_item, self._event_time, self._event_kind = item, time, kind
+        self._user_row = {str(name): row for row, name in enumerate(user_names)}
+        self._user_indptr = np.searchsorted(user_code, np.arange(len(user_names) + 1))
+        known = set(self._user_row) | {str(u) for u in dataset.user_ids}
+        if dataset.users is not None:
+            known |= {str(u) for u in dataset.users["user_id"]}
+        self._known_users = known
+        self._last_event_ns = int(time.max()) if len(time) else None
+
+        # Items: per event type, keys item * (n_moments + 1) + rank(time), sorted.
+        self._moments = np.unique(time)  # (n_moments,) distinct event times, sorted
+        rank = np.searchsorted(self._moments, time)
+        self._key_base = np.int64(len(self._moments) + 1)
+        key = item * self._key_base + rank
+        self._all_keys = np.sort(key)
+        self._view_keys = np.sort(key[kind == _VIEW])
+        self._purchase_keys = np.sort(key[kind == _PURCHASE])
+        item_origin = np.arange(self.n_items, dtype=np.int64) * self._key_base
+        self._view_origin = np.searchsorted(self._view_keys, item_origin)  # (n_items,) first key of each item
+        self._purchase_origin = np.searchsorted(self._purchase_keys, item_origin)
+        self._view_ranks = np.sort(rank[kind == _VIEW])  # shop-wide counts before t, for the conversion prior
+        self._purchase_ranks = np.sort(rank[kind == _PURCHASE])
+        self._first_seen = np.full(self.n_items, _NEVER, dtype=np.int64)
+        np.minimum.at(self._first_seen, item, time)
+
+        # Co-occurrence: consecutive (a -> b) of one user, a != b, stamped with b's time, sorted by (a, time).
+        same_user = user_code[1:] == user_code[:-1]
+        follows = same_user & (item[1:] != item[:-1])
+        source, successor, stamp = item[:-1][follows], item[1:][follows], time[1:][follows]
+        by_source = np.lexsort((stamp, source))
+        self._pair_successor = successor[by_source]
+        self._pair_time = stamp[by_source]
+        self._pair_indptr = np.searchsorted(source[by_source], np.arange(self.n_items + 1))
+
+        self._item_stats_cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------------------------------
+    # Queries
+
+    def user_features(
+        self,
+        user_id: str | None,
+        at: pd.Timestamp | None = None,
+        item_index: np.ndarray | None = None,
+        history: pd.DataFrame | None = None,
+    ) -> np.ndarray:
+        """(n_items or len(item_index), len(FEATURES)) float32. at=None means after the last known event.
+
+        `history` (item_id, timestamp, event) overrides the user's own events (for what-if edits: a user with an
+        edited history); global item stats still come from the store, and co-occurrence still leaves out the
+        stored user's own pairs. With a history, user_id may be unknown or None (an anonymous visitor, a query).
+        """
+        items = self._item_selection(item_index)
+        if history is not None:
+            trail = self._trail_from_frame(history)
+        elif user_id is None:
+            raise DataError("user_id is None and no history was given; pass one of them", field="user_id")
+        else:
+            trail = self._stored_trail(user_id)
+        own = self._stored_trail(user_id) if user_id is not None and str(user_id) in self._user_row else _EMPTY_TRAIL
+        t_ns = self._moment(at, trail)
+        out = np.empty((len(items), len(FEATURES)), dtype=np.float32)  # (n, F)
+        if item_index is None:
+            out[:, _ITEM_COLUMNS] = self._whole_catalog_item_stats(t_ns)
+        else:
+            out[:, _ITEM_COLUMNS] = self._item_stats(items, np.int64(t_ns))
+        out[:, _USER_COLUMNS] = self._user_stats(trail.before(t_ns), own.before(t_ns), t_ns, items)
+        return out
+
+    def pair_features(self, user_ids, item_ids_or_index, ats) -> np.ndarray:
+        """(N, F) float32 for training examples: row n is (user_ids[n], item n, ats[n]).
+
+        Items are catalog ids (str) or catalog positions (int). `ats` is one timestamp per row, one timestamp for
+        all rows, or None (after the last known event). Item columns are computed for all rows at once; user
+        columns once per distinct (user, moment).
+        """
+        user_ids = np.asarray(user_ids, dtype=object).astype(str)
+        n = len(user_ids)
+        items = np.asarray(item_ids_or_index)
+        if items.ndim != 1 or len(items) != n:
+            raise DataError(f"{items.size} items for {n} users; pass one item per example", field="item_ids")
+        items = self._item_selection(items) if np.issubdtype(items.dtype, np.integer) else self._positions(items)
+        if ats is None or np.ndim(ats) == 0:
+            t_ns = np.full(n, self._moment(ats, _EMPTY_TRAIL), dtype=np.int64)
+        else:
+            t_ns = _ns_array(ats, "at")
+            if len(t_ns) != n:
+                raise DataError(f"{len(t_ns)} moments for {n} examples; pass one per example", field="at")
+        for user_id in np.unique(user_ids):
+            if user_id not in self._known_users:
+                raise DataError("unknown user", field="user_id", value=user_id)
+
+        out = np.empty((n, len(FEATURES)), dtype=np.float32)  # (N, F)
+        out[:, _ITEM_COLUMNS] = self._item_stats(items, t_ns)
+        group = pd.DataFrame({"user": user_ids, "t": t_ns}).groupby(["user", "t"], sort=False).indices
+        for (user_id, t), rows in group.items():
+            seen = self._stored_trail(user_id).before(int(t))
+            out[rows[:, None], _USER_COLUMNS] = self._user_stats(seen, seen, int(t), items[rows])
+        return out
+
+    def describe(self) -> pd.DataFrame:
+        """One row per feature: name, label, unit, meaning, needs_clock."""
+        return pd.DataFrame([asdict(spec) for spec in FEATURES], columns=[f.name for f in fields(FeatureSpec)])
+
+    # ------------------------------------------------------------------------------------------------------
+    # Item columns: popularity, conversion, freshness. They read every user's events before t.
+
+    def _whole_catalog_item_stats(self, t_ns: int) -> np.ndarray:
+        with self._cache_lock:
+            cached = self._item_stats_cache.get(t_ns)
+            if cached is not None:
+                self._item_stats_cache.move_to_end(t_ns)
+                return cached
+        stats = self._item_stats(np.arange(self.n_items, dtype=np.int64), np.int64(t_ns))
+        stats.setflags(write=False)  # shared between callers
+        with self._cache_lock:
+            self._item_stats_cache[t_ns] = stats
+            while len(self._item_stats_cache) > _ITEM_STATS_CACHE_SIZE:
+                self._item_stats_cache.popitem(last=False)
+        return stats
+
+    def _item_stats(self, items: np.ndarray, t_ns: np.ndarray) -> np.ndarray:
+        """(n, len(_ITEM_COLUMNS)) for items (n,) at moments t_ns (scalar or (n,))."""
+        rank_now = np.searchsorted(self._moments, t_ns, side="left")  # events with rank < rank_now are before t
+        origin = items * self._key_base
+        views = np.searchsorted(self._view_keys, origin + rank_now) - self._view_origin[items]
+        purchases = np.searchsorted(self._purchase_keys, origin + rank_now) - self._purchase_origin[items]
+        # Purchases without a logged view still imply one, so trials never fall below purchases.
+        shop_purchases = np.searchsorted(self._purchase_ranks, rank_now)
+        shop_trials = np.maximum(np.searchsorted(self._view_ranks, rank_now), shop_purchases)
+        shop_rate = np.divide(shop_purchases, shop_trials, out=np.zeros(np.shape(shop_trials)), where=shop_trials > 0)
+        conversion = (purchases + CONVERSION_PRIOR_VIEWS * shop_rate) / (
+            np.maximum(views, purchases) + CONVERSION_PRIOR_VIEWS
+        )
+
+        stats = np.zeros((len(items), len(_ITEM_COLUMNS)), dtype=np.float64)
+        stats[:, _ITEM_COLUMNS.index(_COLUMN["item_conversion"])] = conversion
+        if not self.clock_is_synthetic:
+            rank_window = np.searchsorted(self._moments, t_ns - int(WINDOW_DAYS * _DAY_NS), side="left")
+            recent = np.searchsorted(self._all_keys, origin + rank_now) - np.searchsorted(
+                self._all_keys, origin + rank_window
+            )
+            first = self._first_seen[items]
+            age_days = np.where(first < t_ns, (t_ns - np.minimum(first, t_ns)) / _DAY_NS, 0.0)
+            stats[:, _ITEM_COLUMNS.index(_COLUMN["item_popularity"])] = np.log1p(recent)
+            stats[:, _ITEM_COLUMNS.index(_COLUMN["item_freshness"])] = np.log1p(np.clip(age_days, 0.0, DAYS_CAP))
+        return stats
+
+    # ------------------------------------------------------------------------------------------------------
+    # User columns: they read the user's events before t (`seen`) and, for co-occurrence, the other users' pairs.
+
+    def _user_stats(self, seen: _Trail, own_seen: _Trail, t_ns: int, items: np.ndarray) -> np.ndarray:
+        """(n, len(_USER_COLUMNS)) for items (n,). `own_seen`: the stored user's events before t, whose pairs
+        are taken out of the co-occurrence counts (the same as `seen` unless a what-if history replaced it)."""
+        stats = np.zeros((len(items), len(_USER_COLUMNS)), dtype=np.float64)
+
+        def put(name: str, values) -> None:
+            stats[:, _USER_COLUMNS.index(_COLUMN[name])] = values
+
+        put("price_fit", PRICE_FIT_NEUTRAL)
+        if not self.clock_is_synthetic:
+            put("days_since_category", np.log1p(DAYS_CAP))
+        if len(seen.item) == 0:
+            return stats
+
+        # Recency weights, relative to the latest seen event: a share does not change under a common factor,
+        # and nothing underflows however old the history is.
+        if self.clock_is_synthetic:
+            age = np.arange(len(seen.item) - 1, -1, -1, dtype=np.float64)
+            weight = 0.5 ** (age / AFFINITY_HALF_LIFE_EVENTS)
+        else:
+            weight = 0.5 ** ((seen.time[-1] - seen.time) / _DAY_NS / AFFINITY_HALF_LIFE_DAYS)
+        seen_category = self._item_category[seen.item]
+        for name, item_codes, n_codes, seen_codes in (
+            ("category_affinity", self._item_category, self._n_categories, seen_category),
+            ("brand_affinity", self._item_brand, self._n_brands, self._item_brand[seen.item]),
+        ):
+            has_code = seen_codes >= 0
+            # One slot past the last code holds 0, so items without a category/brand (code -1) read it.
+            share = np.zeros(n_codes + 1)
+            share[:n_codes] = np.bincount(seen_codes[has_code], weight[has_code], minlength=n_codes) / weight.sum()
+            put(name, share[item_codes[items]])
+
+        if not self.clock_is_synthetic:
+            last_touch = np.full(self._n_categories + 1, _NOT_YET, dtype=np.int64)
+            has_code = seen_category >= 0
+            np.maximum.at(last_touch, seen_category[has_code], seen.time[has_code])
+            never = last_touch == _NOT_YET
+            gap_days = np.where(never, DAYS_CAP, (t_ns - np.where(never, t_ns, last_touch)) / _DAY_NS)
+            put("days_since_category", np.log1p(np.clip(gap_days, 0.0, DAYS_CAP))[self._item_category[items]])
+            window_start = t_ns - int(WINDOW_DAYS * _DAY_NS)
+            recent = len(seen.time) - int(np.searchsorted(seen.time, window_start, side="left"))
+            put("user_activity", np.log1p(recent))
+
+        put("user_item_views", np.log1p(_occurrences(seen.item[seen.kind == _VIEW], items, self.n_items)))
+        put("user_item_carts", np.log1p(_occurrences(seen.item[seen.kind == _CART], items, self.n_items)))
+
+        seen_log_price = self._item_log_price[seen.item]
+        seen_log_price = seen_log_price[~np.isnan(seen_log_price)]
+        if len(seen_log_price):
+            spread = np.sqrt(seen_log_price.var() + PRICE_SPREAD_FLOOR**2)
+            item_log_price = self._item_log_price[items]
+            distance = np.abs(item_log_price - seen_log_price.mean()) / spread
+            put("price_fit", np.where(np.isnan(item_log_price), PRICE_FIT_NEUTRAL, np.minimum(distance, PRICE_FIT_CAP)))
+
+        put("cooccurrence", np.log1p(self._cooccurrence(seen, own_seen, t_ns, items)))
+        return stats
+
+    def _cooccurrence(self, seen: _Trail, own_seen: _Trail, t_ns: int, items: np.ndarray) -> np.ndarray:
+        """(n,) pair counts (a -> item) before t over the user's last distinct items a, other users only."""
+        reversed_items = seen.item[::-1]
+        distinct, first_at = np.unique(reversed_items, return_index=True)
+        recent = distinct[np.argsort(first_at)[:COOCCURRENCE_RECENT_ITEMS]]  # most recent first
+        successors = []
+        for source in recent:
+            lo, hi = self._pair_indptr[source], self._pair_indptr[source + 1]
+            cut = lo + np.searchsorted(self._pair_time[lo:hi], t_ns, side="left")
+            successors.append(self._pair_successor[lo:cut])
+        counts = _occurrences(np.concatenate(successors), items, self.n_items)
+        if len(own_seen.item) > 1:
+            # The stored user's own pairs before t, built by the same rule as the store's, are exactly the part
+            # of the counts that is not "other users".
+            source, successor = own_seen.item[:-1], own_seen.item[1:]
+            own = (source != successor) & np.isin(source, recent)
+            counts = counts - _occurrences(successor[own], items, self.n_items)
+        return counts
+
+    # ------------------------------------------------------------------------------------------------------
+    # Lookups and validation
+
+    def _stored_trail(self, user_id: str) -> _Trail:
+        user_id = str(user_id)
+        row = self._user_row.get(user_id)
+        if row is None:
+            if user_id not in self._known_users:
+                raise DataError("unknown user", field="user_id", value=user_id)
+            return _EMPTY_TRAIL  # known to the dataset, but no events visible to this store
+        lo, hi = self._user_indptr[row], self._user_indptr[row + 1]
+        return _Trail(self._event_item[lo:hi], self._event_time[lo:hi], self._event_kind[lo:hi])
+
+    def _trail_from_frame(self, history: pd.DataFrame) -> _Trail:
+        missing = [column for column in ("item_id", "timestamp", "event") if column not in history]
+        if missing:
+            raise DataError(f"history lacks column(s) {', '.join(missing)}", field=missing[0])
+        item = self._positions(history["item_id"])
+        time = _ns_array(history["timestamp"], "timestamp")
+        kind = _kind_codes(history["event"])
+        order = np.argsort(time, kind="stable")
+        return _Trail(item[order], time[order], kind[order])
+
+    def _positions(self, item_ids) -> np.ndarray:
+        ids = pd.Index(np.asarray(item_ids, dtype=object).astype(str))
+        positions = self._item_lookup.get_indexer(ids)
+        if (positions < 0).any():
+            raise DataError("unknown item", field="item_id", value=str(ids[int(np.flatnonzero(positions < 0)[0])]))
+        return positions.astype(np.int64)
+
+    def _item_selection(self, item_index) -> np.ndarray:
+        if item_index is None:
+            return np.arange(self.n_items, dtype=np.int64)
+        index = np.asarray(item_index)
+        if index.ndim != 1 or not (np.issubdtype(index.dtype, np.integer) or index.size == 0):
+            raise DataError("item_index must be a 1-d array of catalog positions", field="item_index")
+        index = index.astype(np.int64)
+        outside = (index < 0) | (index >= self.n_items)
+        if outside.any():
+            raise DataError(
+                f"catalog position out of range 0..{self.n_items - 1}",
+                field="item_index",
+                value=int(index[outside][0]),
+            )
+        return index
+
+    def _moment(self, at, trail: _Trail) -> int:
+        """t in ns. at=None: just after the last event the store or the given history knows."""
+        if at is not None:
+            return _ns_scalar(at)
+        last = [t for t in (self._last_event_ns, int(trail.time.max()) if len(trail.time) else None) if t is not None]
+        return max(last) + 1 if last else 0
+
+
+_ITEM_COLUMNS = [_COLUMN[name] for name in ("item_popularity", "item_conversion", "item_freshness")]
+_USER_COLUMNS = [j for j in range(len(FEATURES)) if j not in _ITEM_COLUMNS]
+
+
+def _occurrences(values: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
+    """(n,) how often each of `items` occurs in `values` (catalog positions)."""
+    if len(items) * 8 >= n_items:  # most of the catalog: one bincount is cheapest
+        return np.bincount(values, minlength=n_items)[items]
+    ordered = np.sort(values)
+    return np.searchsorted(ordered, items, side="right") - np.searchsorted(ordered, items, side="left")
+
+
+def _codes(values: pd.Series) -> tuple[np.ndarray, int]:
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    return codes.astype(np.int64), len(uniques)
+
+
+def _kind_codes(values: pd.Series) -> np.ndarray:
+    kinds = pd.Categorical(pd.Series(values).astype(str), categories=EVENT_TYPES)
+    if (kinds.codes < 0).any():
+        bad = pd.Series(values).astype(str)[kinds.codes < 0].iloc[0]
+        raise DataError(f"unknown event type; expected one of {', '.join(EVENT_TYPES)}", field="event", value=bad)
+    return kinds.codes.astype(np.int8)
+
+
+def _ns_array(values, field: str) -> np.ndarray:
+    """UTC ns since the epoch; naive timestamps are taken as UTC, the contract's zone."""
+    try:
+        index = pd.DatetimeIndex(pd.to_datetime(pd.Series(values), utc=True))
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"not a timestamp ({exc})", field=field) from exc
+    if index.isna().any():
+        raise DataError("timestamp is missing", field=field)
+    return index.as_unit("ns").asi8.astype(np.int64)
+
+
+def _ns_scalar(at) -> int:
+    try:
+        moment = pd.Timestamp(at)
+    except (TypeError, ValueError) as exc:
+        raise DataError("not a timestamp", field="at", value=str(at)) from exc
+    if moment is pd.NaT:
+        raise DataError("timestamp is missing", field="at")
+    moment = moment.tz_localize("UTC") if moment.tzinfo is None else moment.tz_convert("UTC")
+    return int(moment.as_unit("ns").value)

@@ -1,0 +1,109 @@
+"""Command line for the model: train a recommender, evaluate it against baselines, ask it for a ranking."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from data.errors import WhyRecError
+from data.io import FORMATS
+from model.recommender import ENCODER_TUNINGS
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m model", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="fine-tune a recommender on a dataset")
+    train.add_argument("--data", required=True, type=Path)
+    train.add_argument("--format", choices=FORMATS, default="auto")
+    train.add_argument("--out", required=True, type=Path, help="checkpoint directory (the best epoch is kept)")
+    train.add_argument("--encoder-tuning", choices=ENCODER_TUNINGS, default="frozen")
+    train.add_argument("--base-model", default=None, help="Hugging Face encoder directory or hub id "
+                       "(default: the installed all-MiniLM-L6-v2)")
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--dim", type=int, default=128)
+    train.add_argument("--time-budget", type=float, default=0.0, help="seconds for stage 1 (0: no budget)")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+
+    evaluate = commands.add_parser("evaluate", help="full-catalog ranking metrics beside the baselines")
+    evaluate.add_argument("--model", required=True, type=Path)
+    evaluate.add_argument("--data", type=Path, help="dataset (default: the data stored with the model)")
+    evaluate.add_argument("--format", choices=FORMATS, default="auto")
+    evaluate.add_argument("--json", type=Path)
+
+    recommend = commands.add_parser("recommend", help="print the top-k for a user or a query")
+    recommend.add_argument("--model", required=True, type=Path)
+    recommend.add_argument("--user")
+    recommend.add_argument("--query")
+    recommend.add_argument("--k", type=int, default=10)
+
+    args = parser.parse_args(argv)
+    try:
+        return {"train": _train, "evaluate": _evaluate, "recommend": _recommend}[args.command](args)
+    except WhyRecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the last good checkpoint is kept", file=sys.stderr)
+        return 130
+
+
+def _train(args) -> int:
+    from data.io import load_dataset
+    from model.train import TrainConfig, train
+
+    if args.epochs < 1:
+        print(f"error: --epochs {args.epochs} must be at least 1", file=sys.stderr)
+        return 2
+    dataset = load_dataset(args.data, format=args.format)
+    config = TrainConfig(epochs=args.epochs, seed=args.seed, device=args.device, time_budget_s=args.time_budget)
+    metrics = train(dataset, args.out, model_overrides={"encoder_tuning": args.encoder_tuning, "dim": args.dim},
+                    train_config=config, base_model=args.base_model, resume=args.resume)
+    if metrics.get("interrupted"):
+        return 130
+    valid = metrics["valid"]
+    print(f"checkpoint {metrics['checkpoint_id']} in {args.out}: validation NDCG@10 {valid['NDCG@10']:.4f}, "
+          f"HR@10 {valid['HR@10']:.4f}; trained in {metrics['train_seconds']:.0f} s")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from model.checkpoint import load
+    from model.evaluate import evaluate_model
+
+    recommender = load(args.model, data=args.data)
+    report = evaluate_model(recommender, progress=True)
+    print(json.dumps(report["summary"], indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.json.with_suffix(args.json.suffix + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2))
+        tmp.replace(args.json)
+    return 0
+
+
+def _recommend(args) -> int:
+    from model.checkpoint import load
+
+    recommender = load(args.model)
+    ranked = recommender.recommend(user_id=args.user, query=args.query, k=args.k)
+    for note in ranked.notes:
+        print(f"note: {note}")
+    for item in ranked:
+        print(f"{item.rank:>3}  {item.score:8.3f}  {item.item_id:<12} {item.title[:70]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

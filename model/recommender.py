@@ -1,0 +1,173 @@
+"""The recommender network, its whole forward pass in one file, with the config that builds it.
+
+score(context, item) = ⟨context, text_vector(item)⟩          item text, through the encoder   ("text")
+                     + ⟨context, id_vector(item)⟩ + bias(item) collaborative memory of the item ("collaborative")
+                     + behaviour_head(features(user, item, t)) point-in-time behaviour         ("behaviour")
+context = user_state(history) + query_vector(query), either part optional.
+
+The top is additive on purpose: every score splits exactly into these parts, which the explainers
+then break down further (tokens by Integrated Gradients, features by SHAP).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from data.schema import EVENT_TYPES
+from model.encoder import TextEncoder
+from model.errors import ModelError
+
+ENCODER_TUNINGS = ("frozen", "lora", "full")
+N_GAP_BUCKETS = 24  # log2 buckets of minutes between events: 1 min .. ~16 years
+
+
+@dataclass(frozen=True)
+class RecommenderConfig:
+    n_items: int  # catalog size: the ID table has one row per item, plus row 0 for padding
+    n_features: int  # behaviour features (data.features.FEATURES) the head reads
+    text_dim: int = 384  # hidden size of the base encoder (all-MiniLM-L6-v2: 384)
+    dim: int = 128  # width of item vectors and of the user state; 64-256 measured alike, 128 is the knee
+    max_history: int = 50  # history items the user state reads; the UniSRec files keep 50
+    n_layers: int = 2  # causal transformer blocks over the history (SASRec uses 2)
+    n_heads: int = 2
+    dropout: float = 0.2  # histories are short and catalogs sparse: dropout matters more than depth
+    use_id_embedding: bool = True  # the collaborative part; off gives a pure text model (cold-start catalogs)
+    feature_hidden: int = 32  # the behaviour head is small on purpose: few features, SHAP-exact
+    max_item_tokens: int = 64  # item text truncated here: titles + brand + category fit
+    max_query_tokens: int = 64  # longer queries are truncated and flagged
+    encoder_tuning: str = "frozen"  # frozen | lora | full; default per device is in the README
+    lora_rank: int = 8
+
+    def __post_init__(self) -> None:
+        if self.n_items < 1:
+            raise ModelError(f"config.n_items {self.n_items} must be at least 1")
+        if self.dim % self.n_heads:
+            raise ModelError(f"config.n_heads {self.n_heads} must divide config.dim {self.dim}")
+        if self.encoder_tuning not in ENCODER_TUNINGS:
+            choices = ", ".join(ENCODER_TUNINGS)
+            raise ModelError(f"config.encoder_tuning '{self.encoder_tuning}' is not one of {choices}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> RecommenderConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ModelError(f"unknown RecommenderConfig keys: {', '.join(unknown)}")
+        return cls(**values)
+
+
+def event_code(event: str) -> int:
+    """0 is padding; view, cart, purchase, rating are 1..4."""
+    return EVENT_TYPES.index(event) + 1
+
+
+def gap_bucket(minutes: torch.Tensor) -> torch.Tensor:
+    """log2 bucket of a time gap in minutes, 1..N_GAP_BUCKETS (0 stays padding)."""
+    return (torch.log2(1 + minutes.clamp(min=0)).floor().long() + 1).clamp(max=N_GAP_BUCKETS)
+
+
+class RecommenderNet(nn.Module):
+    def __init__(self, config: RecommenderConfig, encoder: TextEncoder) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        d = config.dim
+        self.item_text_proj = nn.Linear(config.text_dim, d)
+        self.item_id = nn.Embedding(config.n_items + 1, d, padding_idx=0)
+        self.item_bias = nn.Embedding(config.n_items + 1, 1, padding_idx=0)
+        self.query_proj = nn.Linear(config.text_dim, d)
+        self.position = nn.Embedding(config.max_history, d)
+        self.event_type = nn.Embedding(len(EVENT_TYPES) + 1, d, padding_idx=0)
+        self.gap = nn.Embedding(N_GAP_BUCKETS + 1, d, padding_idx=0)
+        self.now_gap = nn.Embedding(N_GAP_BUCKETS + 1, d, padding_idx=0)
+        layer = nn.TransformerEncoderLayer(d, config.n_heads, 2 * d, config.dropout, batch_first=True,
+                                           norm_first=True, activation="gelu")
+        self.blocks = nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.dropout = nn.Dropout(config.dropout)
+        self.behaviour_head = nn.Sequential(
+            nn.Linear(config.n_features, config.feature_hidden), nn.GELU(), nn.Linear(config.feature_hidden, 1)
+        )
+        # Standardisation of the raw features, set from training data; part of the head, saved with it.
+        self.register_buffer("feature_mean", torch.zeros(config.n_features))
+        self.register_buffer("feature_std", torch.ones(config.n_features))
+        nn.init.normal_(self.item_id.weight, std=0.02)
+        nn.init.zeros_(self.item_bias.weight)
+        nn.init.zeros_(self.behaviour_head[-1].weight)  # starts neutral: stage 2 learns what behaviour adds
+        nn.init.zeros_(self.behaviour_head[-1].bias)
+        if not config.use_id_embedding:
+            self.item_id.weight.data.zero_()
+            self.item_id.weight.requires_grad_(False)
+
+    # ---- items -----------------------------------------------------------------------------
+
+    def item_text_vectors(self, text_embeddings: torch.Tensor) -> torch.Tensor:
+        """(…, text_dim) encoder embeddings -> (…, D) text part of the item vector."""
+        return self.item_text_proj(text_embeddings)
+
+    def item_id_vectors(self, item_index: torch.Tensor) -> torch.Tensor:
+        """(…,) catalog positions (-1 = padding) -> (…, D) collaborative part; zeros without IDs."""
+        return self.item_id(item_index + 1)
+
+    def item_biases(self, item_index: torch.Tensor) -> torch.Tensor:
+        return self.item_bias(item_index + 1).squeeze(-1)  # (…,)
+
+    def item_vectors(self, text_embeddings: torch.Tensor, item_index: torch.Tensor) -> torch.Tensor:
+        return self.item_text_vectors(text_embeddings) + self.item_id_vectors(item_index)  # (…, D)
+
+    # ---- users and queries -----------------------------------------------------------------
+
+    def user_states(
+        self,
+        history_vectors: torch.Tensor,  # (B, T, D) item vectors of the history, right-padded
+        event_codes: torch.Tensor,  # (B, T) event_code of each history unit, 0 = padding
+        gap_codes: torch.Tensor,  # (B, T) gap_bucket since the previous unit, 0 = padding
+        now_codes: torch.Tensor,  # (B, T) gap_bucket from unit t to the moment of prediction after it
+    ) -> torch.Tensor:
+        """(B, T, D): the user state after each prefix of the history (causal), read by the last real one."""
+        T = history_vectors.shape[1]
+        positions = torch.arange(T, device=history_vectors.device).clamp(max=self.config.max_history - 1)
+        x = history_vectors + self.position(positions) + self.event_type(event_codes) + self.gap(gap_codes)
+        x = self.dropout(x)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)  # True = may not attend
+        padding = event_codes == 0  # (B, T)
+        x = self.blocks(x, mask=causal, src_key_padding_mask=padding, is_causal=False)
+        return self.norm(x) + self.now_gap(now_codes)  # (B, T, D)
+
+    def last_state(self, states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, T, D), (B,) -> (B, D) the state after the whole history."""
+        return states[torch.arange(states.shape[0], device=states.device), (lengths - 1).clamp(min=0)]
+
+    def query_vector(self, query_embedding: torch.Tensor) -> torch.Tensor:
+        return self.query_proj(query_embedding)  # (…, D)
+
+    # ---- behaviour ---------------------------------------------------------------------------
+
+    def behaviour_score(self, features: torch.Tensor) -> torch.Tensor:
+        """(…, F) raw behaviour features -> (…,) their part of the score. SHAP explains exactly this."""
+        standard = (features - self.feature_mean) / self.feature_std
+        return self.behaviour_head(standard).squeeze(-1)
+
+    # ---- the score -----------------------------------------------------------------------------
+
+    def score_parts(
+        self,
+        context: torch.Tensor,  # (B, D) or (D,)
+        item_text_vectors: torch.Tensor,  # (B, D) or (N, D)
+        item_index: torch.Tensor,  # (B,) or (N,)
+        features: torch.Tensor | None,  # (B, F) or (N, F); None leaves behaviour out (stage 1)
+    ) -> dict[str, torch.Tensor]:
+        """The additive parts of the score, each (B,) or (N,); their sum is the score."""
+        parts = {
+            "text": (context * item_text_vectors).sum(-1),
+            "collaborative": (context * self.item_id_vectors(item_index)).sum(-1) + self.item_biases(item_index),
+        }
+        if features is not None:
+            parts["behaviour"] = self.behaviour_score(features)
+        return parts

@@ -1,0 +1,145 @@
+"""Histories as the network reads them: one unit per distinct item, in first-touch order, with event and timing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from data.schema import EVENT_TYPES
+from model.recommender import gap_bucket
+
+# How strong a signal each event is; a unit carries its strongest event so far.
+EVENT_STRENGTH = {"view": 1, "cart": 2, "rating": 3, "purchase": 4}
+_CODE_BY_STRENGTH = {s: EVENT_TYPES.index(e) + 1 for e, s in EVENT_STRENGTH.items()}
+NS_PER_MINUTE = 60 * 10**9
+
+
+@dataclass(frozen=True)
+class UserHistory:
+    """One user's distinct items in first-touch order (oldest first).
+
+    event_codes[i] is the strongest event on item i before the next unit's first touch (for the last
+    unit: before the end of the history), so a training prefix never sees what happened after it.
+    """
+
+    user_id: str
+    item_index: np.ndarray  # (T,) catalog positions
+    event_codes: np.ndarray  # (T,) model.recommender.event_code values
+    first_touch: np.ndarray  # (T,) int64 ns since epoch
+    last_touch: np.ndarray  # (T,) int64 ns: the latest event on the unit
+
+    def __len__(self) -> int:
+        return len(self.item_index)
+
+    @property
+    def end(self) -> int:
+        """The moment of the latest event, ns."""
+        return int(self.last_touch.max()) if len(self) else 0
+
+
+def build_histories(events: pd.DataFrame, item_position: dict[str, int]) -> dict[str, UserHistory]:
+    """Every user's history from contract events (sorted by user, timestamp); unknown items are skipped."""
+    if events.empty:
+        return {}
+    frame = pd.DataFrame({
+        "user_id": events["user_id"].to_numpy(),
+        "item": events["item_id"].map(item_position).to_numpy(),
+        "t": events["timestamp"].dt.as_unit("ns").astype("int64").to_numpy(),
+        "strength": events["event"].astype(str).map(EVENT_STRENGTH).to_numpy(),
+    }).dropna(subset=["item"])
+    frame["item"] = frame["item"].astype(np.int64)
+    histories = {}
+    for user_id, group in frame.groupby("user_id", sort=True):
+        histories[user_id] = _history_of(user_id, group["item"].to_numpy(), group["t"].to_numpy(),
+                                         group["strength"].to_numpy())
+    return histories
+
+
+def history_from_events(user_id: str, events: pd.DataFrame, item_position: dict[str, int]) -> UserHistory:
+    """One user's history (e.g. an edited what-if history)."""
+    built = build_histories(events.assign(user_id=user_id), item_position)
+    return built.get(user_id) or empty_history(user_id)
+
+
+def empty_history(user_id: str) -> UserHistory:
+    empty = np.zeros(0, dtype=np.int64)
+    return UserHistory(user_id, empty, empty, empty, empty)
+
+
+def _history_of(user_id: str, items: np.ndarray, times: np.ndarray, strengths: np.ndarray) -> UserHistory:
+    order = np.argsort(times, kind="stable")
+    items, times, strengths = items[order], times[order], strengths[order]
+    unit_items, first_pos = np.unique(items, return_index=True)
+    unit_order = np.argsort(first_pos, kind="stable")
+    unit_items, first_pos = unit_items[unit_order], first_pos[unit_order]
+    first_touch = times[first_pos]
+    next_touch = np.append(first_touch[1:], np.iinfo(np.int64).max)
+    unit_of = {item: u for u, item in enumerate(unit_items)}
+    unit_of_event = np.fromiter((unit_of[i] for i in items), dtype=np.int64, count=len(items))
+    # An event counts for its unit only if it happened before the next unit's first touch.
+    visible = times < next_touch[unit_of_event]
+    best = np.zeros(len(unit_items), dtype=np.int64)
+    np.maximum.at(best, unit_of_event[visible], strengths[visible].astype(np.int64))
+    last = np.zeros(len(unit_items), dtype=np.int64)
+    np.maximum.at(last, unit_of_event, times)
+    codes = np.array([_CODE_BY_STRENGTH[max(int(s), 1)] for s in best], dtype=np.int64)
+    return UserHistory(user_id, unit_items.astype(np.int64), codes, first_touch, last)
+
+
+def _gaps(first_touch: np.ndarray) -> np.ndarray:
+    minutes = np.diff(first_touch, prepend=first_touch[:1]) / NS_PER_MINUTE
+    return gap_bucket(torch.as_tensor(minutes, dtype=torch.float32)).numpy()
+
+
+def serving_tensors(histories: Sequence[UserHistory], now_ns: Sequence[int], max_history: int) -> dict:
+    """Right-padded (B, T) tensors for the state after each whole history, at the moment `now_ns`."""
+    B = len(histories)
+    T = max(1, min(max_history, max((len(h) for h in histories), default=1)))
+    items = torch.full((B, T), -1, dtype=torch.long)
+    codes = torch.zeros((B, T), dtype=torch.long)
+    gaps = torch.zeros((B, T), dtype=torch.long)
+    now = torch.zeros((B, T), dtype=torch.long)
+    lengths = torch.zeros(B, dtype=torch.long)
+    for b, (history, moment) in enumerate(zip(histories, now_ns)):
+        n = min(len(history), T)
+        if n == 0:
+            continue
+        first = history.first_touch[-n:]
+        items[b, :n] = torch.as_tensor(history.item_index[-n:])
+        codes[b, :n] = torch.as_tensor(history.event_codes[-n:])
+        gaps[b, :n] = torch.as_tensor(_gaps(first))
+        minutes = (moment - first) / NS_PER_MINUTE
+        now[b, :n] = gap_bucket(torch.as_tensor(minutes, dtype=torch.float32))
+        lengths[b] = n
+    return {"items": items, "event_codes": codes, "gap_codes": gaps, "now_codes": now, "lengths": lengths}
+
+
+def training_tensors(histories: Sequence[UserHistory], max_history: int) -> dict:
+    """Next-item training: inputs are units 0..L-2, targets units 1..L-1, every position at once.
+
+    `now_codes` at position i is the gap to the target's first touch, the moment that prediction is made.
+    """
+    B = len(histories)
+    T = max(1, min(max_history, max((len(h) - 1 for h in histories), default=1)))
+    items = torch.full((B, T), -1, dtype=torch.long)
+    codes = torch.zeros((B, T), dtype=torch.long)
+    gaps = torch.zeros((B, T), dtype=torch.long)
+    now = torch.zeros((B, T), dtype=torch.long)
+    targets = torch.full((B, T), -1, dtype=torch.long)
+    for b, history in enumerate(histories):
+        n = min(len(history) - 1, T)
+        if n <= 0:
+            continue
+        # The last n transitions: inputs [-n-1:-1], targets [-n:].
+        first = history.first_touch[-n - 1 :]
+        items[b, :n] = torch.as_tensor(history.item_index[-n - 1 : -1])
+        codes[b, :n] = torch.as_tensor(history.event_codes[-n - 1 : -1])
+        gaps[b, :n] = torch.as_tensor(_gaps(first[:-1]))
+        minutes = (first[1:] - first[:-1]) / NS_PER_MINUTE
+        now[b, :n] = gap_bucket(torch.as_tensor(minutes, dtype=torch.float32))
+        targets[b, :n] = torch.as_tensor(history.item_index[-n:])
+    return {"items": items, "event_codes": codes, "gap_codes": gaps, "now_codes": now, "targets": targets}

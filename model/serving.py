@@ -1,0 +1,267 @@
+"""The `Recommender`: one interface over the trained network for the UI, evaluation and the explainers."""
+
+from __future__ import annotations
+
+import difflib
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from data.features import FEATURES, FeatureStore
+from data.schema import Dataset
+from model.errors import ModelError
+from model.recommender import RecommenderNet
+from model.retrieval import top_k
+from model.sequences import UserHistory, empty_history, history_from_events, serving_tensors
+
+PARTS = ("text", "collaborative", "behaviour")
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    item_id: str
+    rank: int  # 1-based
+    score: float
+    title: str
+    category: str | None
+    brand: str | None
+    price: float | None
+    parts: dict[str, float] = field(default_factory=dict)  # the additive parts of the score (PARTS)
+
+
+class Recommendations(list):
+    """A ranked list that also says how it was made: which inputs were used and what had to be assumed."""
+
+    def __init__(self, items, *, user_id=None, query=None, mode: str, notes: tuple[str, ...] = (),
+                 query_truncated: bool = False):
+        super().__init__(items)
+        self.user_id = user_id
+        self.query = query
+        self.mode = mode  # "user", "query", "user+query", "popularity"
+        self.notes = notes
+        self.query_truncated = query_truncated
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything the score of any item depends on apart from the item: who, what was asked, and when."""
+
+    vector: torch.Tensor  # (D,) user state + query vector; zeros when neither is known
+    user_id: str | None
+    history: UserHistory
+    moment_ns: int  # the moment scored: features use only events before it
+    query: str | None
+    query_truncated: bool
+    mode: str
+    notes: tuple[str, ...]
+
+
+class Recommender:
+    """Ranks the whole catalog for a user, a query or both, and scores chosen items, part by part."""
+
+    def __init__(self, net: RecommenderNet, dataset: Dataset, text_embeddings: torch.Tensor, *,
+                 checkpoint_id: str = "untrained", metadata: dict | None = None, device: str = "cpu") -> None:
+        self.net = net.eval()
+        self.dataset = dataset
+        self.items = dataset.items
+        self.text_embeddings = text_embeddings  # (N, text_dim) encoder embeddings of the item texts
+        self.checkpoint_id = checkpoint_id
+        self.metadata = metadata or {}
+        self.device = torch.device(device)
+        self.features = FeatureStore(dataset)
+        self._histories = None
+        self._lock = threading.Lock()
+        self.refresh_item_vectors()
+
+    # ---- catalog and users -------------------------------------------------------------------
+
+    @property
+    def config(self):
+        return self.net.config
+
+    @property
+    def item_ids(self) -> np.ndarray:
+        return self.dataset.item_ids
+
+    @property
+    def user_ids(self) -> np.ndarray:
+        return self.dataset.user_ids
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in FEATURES)
+
+    @property
+    def histories(self) -> dict[str, UserHistory]:
+        if self._histories is None:
+            from model.sequences import build_histories
+
+            self._histories = build_histories(self.dataset.events, self.dataset.item_position)
+        return self._histories
+
+    def refresh_item_vectors(self) -> None:
+        """Cache the item vectors (text and collaborative parts) for whole-catalog ranking."""
+        with torch.no_grad():
+            index = torch.arange(len(self.item_ids))
+            self.item_text_vectors = self.net.item_text_vectors(self.text_embeddings).float()  # (N, D)
+            self.item_id_vectors = self.net.item_id_vectors(index).float()  # (N, D)
+            self.item_bias_values = self.net.item_biases(index).float()  # (N,)
+
+    def item_positions(self, item_ids) -> np.ndarray:
+        positions = [self.dataset.item_position.get(str(i)) for i in item_ids]
+        unknown = [str(i) for i, p in zip(item_ids, positions) if p is None]
+        if unknown:
+            raise ModelError(f"unknown item id(s): {', '.join(unknown[:5])}" + _nearest(unknown[0], self.item_ids))
+        return np.asarray(positions, dtype=np.int64)
+
+    def check_user(self, user_id: str) -> None:
+        if user_id not in self.histories:
+            raise ModelError(f"unknown user '{user_id}'" + _nearest(str(user_id), self.user_ids))
+
+    def history(self, user_id: str) -> UserHistory:
+        self.check_user(user_id)
+        return self.histories[user_id]
+
+    # ---- context: user state + query -----------------------------------------------------------
+
+    def context(self, user_id: str | None = None, query: str | None = None, *,
+                history: pd.DataFrame | None = None, at: pd.Timestamp | None = None) -> Context:
+        """The context vector for a user (optionally with an edited `history`), a query, or both."""
+        notes: list[str] = []
+        if query is not None and not str(query).strip():
+            raise ModelError("the query is empty: type some words, or leave it out to rank for the user")
+        if user_id is None and query is None and history is None:
+            raise ModelError("give a user, a query, or both")
+        if history is not None:
+            user_history = history_from_events(user_id or "what-if", history, self.dataset.item_position)
+        elif user_id is not None:
+            user_history = self.history(user_id)
+        else:
+            user_history = empty_history("anonymous")
+        moment = self._moment(at, user_history)
+        if at is not None:
+            user_history = _before(user_history, moment)
+        vector = torch.zeros(self.config.dim)
+        if len(user_history):
+            tensors = serving_tensors([user_history], [moment], self.config.max_history)
+            with torch.no_grad():
+                vector = vector + self._user_state(tensors)[0]
+        elif user_id is not None or history is not None:
+            notes.append("this user has no history yet: ranking by " + ("the query" if query else "popularity"))
+        truncated = False
+        if query is not None:
+            query_vector, truncated = self._query_vector(query)
+            vector = vector + query_vector
+            if truncated:
+                notes.append(f"the query was cut to the encoder's limit of {self.config.max_query_tokens} tokens")
+        mode = ("user+query" if query else "user") if len(user_history) else ("query" if query else "popularity")
+        return Context(vector, user_id, user_history, moment, query, truncated, mode, tuple(notes))
+
+    def _user_state(self, tensors: dict) -> torch.Tensor:
+        items = tensors["items"]
+        vectors = (self.item_text_vectors + self.item_id_vectors)[items.clamp(min=0)]  # (B, T, D)
+        states = self.net.user_states(vectors, tensors["event_codes"], tensors["gap_codes"], tensors["now_codes"])
+        return self.net.last_state(states, tensors["lengths"])  # (B, D)
+
+    def _query_vector(self, query: str) -> tuple[torch.Tensor, bool]:
+        encoder = self.net.encoder
+        batch = encoder.tokenize([query], self.config.max_query_tokens)
+        with torch.no_grad():
+            embedding = encoder(batch["input_ids"], batch["attention_mask"])
+            return self.net.query_vector(embedding)[0].float(), bool(batch["truncated"][0])
+
+    def _moment(self, at, history: UserHistory) -> int:
+        if at is not None:
+            return int(pd.Timestamp(at).value)
+        end = int(self.dataset.events["timestamp"].max().value) if len(self.dataset.events) else 0
+        return max(end, history.end) + 1
+
+    # ---- scores ------------------------------------------------------------------------------
+
+    def behaviour_features(self, context: Context, item_index: np.ndarray | None = None,
+                           history: pd.DataFrame | None = None) -> np.ndarray:
+        """(N or len(item_index), F) point-in-time features at the context's moment."""
+        if context.user_id is None and history is None:
+            return self.features.user_features(None, at=pd.Timestamp(context.moment_ns, tz="UTC"),
+                                               item_index=item_index, history=_empty_events())
+        return self.features.user_features(context.user_id, at=pd.Timestamp(context.moment_ns, tz="UTC"),
+                                           item_index=item_index, history=history)
+
+    def score_parts(self, context: Context, item_index: np.ndarray | None = None,
+                    features: np.ndarray | None = None, history: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
+        """The additive parts of the score for these items (default: the whole catalog), each (n,)."""
+        index = np.arange(len(self.item_ids)) if item_index is None else np.asarray(item_index, dtype=np.int64)
+        if features is None:
+            features = self.behaviour_features(context, None if item_index is None else index, history=history)
+        chosen = torch.as_tensor(index)
+        with torch.no_grad():
+            c = context.vector
+            parts = {
+                "text": self.item_text_vectors[chosen] @ c,
+                "collaborative": self.item_id_vectors[chosen] @ c + self.item_bias_values[chosen],
+                "behaviour": self.net.behaviour_score(torch.as_tensor(features, dtype=torch.float32)),
+            }
+        return {name: value.numpy().astype(np.float64) for name, value in parts.items()}
+
+    def score(self, user_id: str | None = None, query: str | None = None, item_ids=(), *,
+              history: pd.DataFrame | None = None) -> np.ndarray:
+        """Scores of the given items, (len(item_ids),) in the order given."""
+        if len(item_ids) == 0:
+            raise ModelError("no item ids to score")
+        positions = self.item_positions(list(item_ids))
+        context = self.context(user_id, query, history=history)
+        return sum(self.score_parts(context, positions, history=history).values())
+
+    def recommend(self, user_id: str | None = None, query: str | None = None, k: int = 10,
+                  exclude_seen: bool = True, *, history: pd.DataFrame | None = None) -> Recommendations:
+        """The top-k of the whole catalog, best first, with the score's parts for each item."""
+        n_items = len(self.item_ids)
+        if not isinstance(k, int | np.integer) or k <= 0:
+            raise ModelError(f"k must be a positive whole number, got {k!r}")
+        if k > n_items:
+            raise ModelError(f"k {k} is larger than the catalog ({n_items} items)")
+        context = self.context(user_id, query, history=history)
+        parts = self.score_parts(context, history=history)
+        scores = sum(parts.values())
+        seen = context.history.item_index if exclude_seen else None
+        best = top_k(scores, k, exclude=seen)
+        result = [self._recommendation(int(p), rank, scores, parts) for rank, p in enumerate(best, start=1)]
+        notes = context.notes
+        if len(best) < k:
+            notes = (*notes, f"only {len(best)} items are left once the user's own items are excluded")
+        return Recommendations(result, user_id=user_id, query=query, mode=context.mode, notes=notes,
+                               query_truncated=context.query_truncated)
+
+    def _recommendation(self, position: int, rank: int, scores, parts) -> Recommendation:
+        row = self.items.iloc[position]
+        return Recommendation(
+            item_id=str(row.item_id), rank=rank, score=float(scores[position]), title=str(row.title),
+            category=_text_or_none(row.category), brand=_text_or_none(row.brand),
+            price=None if pd.isna(row.price) else float(row.price),
+            parts={name: float(value[position]) for name, value in parts.items()},
+        )
+
+
+def _before(history: UserHistory, moment_ns: int) -> UserHistory:
+    keep = history.first_touch < moment_ns
+    return UserHistory(history.user_id, history.item_index[keep], history.event_codes[keep],
+                       history.first_touch[keep], np.minimum(history.last_touch[keep], moment_ns - 1))
+
+
+def _empty_events() -> pd.DataFrame:
+    return pd.DataFrame({"user_id": pd.Series(dtype=object), "item_id": pd.Series(dtype=object),
+                         "timestamp": pd.Series(dtype="datetime64[ns, UTC]"),
+                         "event": pd.Categorical([], categories=["view", "cart", "purchase", "rating"]),
+                         "value": pd.Series(dtype="float64")})
+
+
+def _text_or_none(value):
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+
+
+def _nearest(wanted: str, known) -> str:
+    close = difflib.get_close_matches(wanted, [str(k) for k in known], n=3, cutoff=0.5)
+    return f"; nearest known: {', '.join(close)}" if close else ""

@@ -1,0 +1,401 @@
+"""Training: stage 1 fits the sequence model over the whole catalog, stage 2 the behaviour head on top.
+
+Stage 1: next-item cross-entropy over every catalog item, every history position at once (SASRec-style),
+plus pseudo-queries made of item words so that query mode is trained too.
+Stage 2: the behaviour head learns what point-in-time features add to stage 1, by re-ranking the
+stage-1 candidates of held-out moments. Both stages keep the best epoch by validation NDCG@10.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from data.features import FEATURES
+from data.quality import quality_report
+from data.schema import Dataset
+from data.split import leave_last_out
+from model import checkpoint
+from model.encoder import TextEncoder, load_encoder, resolve_encoder
+from model.errors import ModelError
+from model.evaluate import evaluate_scorer, model_scorer
+from model.recommender import RecommenderConfig, RecommenderNet
+from model.sequences import build_histories, training_tensors
+from model.serving import Recommender
+
+STATE = "train_state.json"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30  # an upper bound: early stopping on validation NDCG@10 decides
+    patience: int = 3  # epochs without improvement before stopping
+    batch_size: int = 128  # users per step; every position of each history is a training example
+    lr: float = 2e-3
+    encoder_lr: float = 3e-5  # lora / full tuning only
+    weight_decay: float = 0.01
+    query_weight: float = 0.3  # weight of the pseudo-query loss that trains query mode
+    min_history: int = 3  # users with fewer distinct items are training-only
+    eval_users: int = 2000  # validation users ranked per epoch (a fixed sample; all if fewer)
+    behaviour_epochs: int = 30  # stage 2 epochs over its (small) candidate sets
+    behaviour_positions: int = 3  # most recent training moments per user that stage 2 learns from
+    behaviour_candidates: int = 50  # stage-1 top items re-ranked by stage 2 per moment
+    time_budget_s: float = 0.0  # stop stage 1 once this much time has passed (0 = no budget)
+    seed: int = 0
+    device: str = "auto"
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ModelError(f"unknown TrainConfig keys: {', '.join(unknown)}")
+        return cls(**values)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda was asked for, but no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise ModelError(f"unknown device '{name}'; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def item_texts(dataset: Dataset) -> list[str]:
+    from data.schema import item_text
+
+    items = dataset.items
+    return [item_text(t, b, c, d) for t, b, c, d in
+            zip(items["title"], items["brand"], items["category"], items["description"])]
+
+
+def pseudo_queries(dataset: Dataset, seed: int) -> list[str]:
+    """What a shopper might type for each item: a few of its title words and its category, seeded."""
+    rng = np.random.default_rng(seed)
+    queries = []
+    for title, category in zip(dataset.items["title"], dataset.items["category"]):
+        words = [w for w in str(title).split() if len(w) > 2 and not any(ch.isdigit() for ch in w)]
+        if not words:
+            words = str(title).split() or ["item"]
+        take = rng.choice(len(words), size=min(len(words), int(rng.integers(1, 4))), replace=False)
+        query = " ".join(words[i] for i in sorted(take))
+        if category and rng.random() < 0.5:
+            query = f"{query} {str(category).split()[-1]}"
+        queries.append(query.lower())
+    return queries
+
+
+def cached_embeddings(encoder: TextEncoder, texts: list[str], max_tokens: int, cache_dir: Path, tag: str,
+                      progress: bool) -> torch.Tensor:
+    """Frozen-encoder embeddings of many texts, cached on disk by encoder, texts and token limit."""
+    key = hashlib.sha256(json.dumps([tag, max_tokens, texts]).encode()).hexdigest()[:16]
+    path = cache_dir / f"{tag}-{key}.safetensors"
+    if path.exists():
+        return load_file(path)["embeddings"]
+    embeddings = encoder.embed(texts, max_tokens, progress=progress)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    save_file({"embeddings": embeddings.contiguous()}, path)
+    return embeddings
+
+
+class _Interrupt:
+    """Turn Ctrl-C / SIGTERM into a clean stop after the current step; the best checkpoint stays."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __enter__(self):
+        self._old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in self._old:
+            with contextlib.suppress(ValueError):  # not the main thread (e.g. a test runner thread)
+                signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._old.items():
+            with contextlib.suppress(ValueError):
+                signal.signal(s, handler)
+
+
+def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = None,
+          train_config: TrainConfig | None = None, base_model: str | None = None, resume: bool = False,
+          progress: bool = True, log=print) -> dict:
+    """Train a recommender on `dataset` and write its best checkpoint to `out`; returns the metrics."""
+    config = train_config or TrainConfig()
+    out = Path(out)
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    device = pick_device(config.device)
+    quality_report(dataset).raise_if_blocking()
+    split = leave_last_out(dataset, min_history=config.min_history)
+    if split.valid.empty:
+        raise ModelError(f"no user has {config.min_history} distinct items: nothing to validate on")
+
+    base = resolve_encoder(base_model)
+    transformer, tokenizer = load_encoder(base)
+    encoder = TextEncoder(transformer, tokenizer)
+    model_config = RecommenderConfig(n_items=len(dataset.items), n_features=len(FEATURES),
+                                     text_dim=encoder.hidden_size, **(model_overrides or {}))
+    texts = item_texts(dataset)
+    cache_dir = out.parent / f".{out.name}.cache"
+    text_embeddings = cached_embeddings(encoder, texts, model_config.max_item_tokens, cache_dir,
+                                        f"items-{Path(base).name}", progress)
+    query_embeddings = cached_embeddings(encoder, pseudo_queries(dataset, config.seed),
+                                         model_config.max_query_tokens, cache_dir, f"queries-{Path(base).name}",
+                                         progress)
+    net = RecommenderNet(model_config, _tuned(encoder, model_config)).to(device)
+    recommender = Recommender(net, dataset, text_embeddings, checkpoint_id="training")
+    histories = [h for h in build_histories(split.train, dataset.item_position).values() if len(h) >= 2]
+    rng = np.random.default_rng(config.seed)
+    valid = split.valid if len(split.valid) <= config.eval_users else split.valid.sample(
+        config.eval_users, random_state=config.seed)
+    log(f"{len(dataset.items)} items, {len(histories)} training users, {len(split.valid)} validation users "
+        f"({len(valid)} ranked per epoch), encoder {model_config.encoder_tuning} on {device}")
+
+    state_path = out / STATE
+    history_log: list[dict] = []
+    best = {"NDCG@10": -1.0, "epoch": 0}
+    if resume and state_path.exists():
+        state = json.loads(state_path.read_text())
+        checkpoint_weights = load_file(out / checkpoint.WEIGHTS)
+        net.load_state_dict(checkpoint_weights, strict=False)
+        best, history_log = state["best"], state["log"]
+        log(f"resuming after epoch {best['epoch']} (best validation NDCG@10 {best['NDCG@10']:.4f})")
+    start_epoch = len(history_log)
+
+    optimizer = _optimizer(net, config)
+    train_config_dict = dataclasses.asdict(config)
+
+    def save(metrics: dict) -> str:
+        recommender.refresh_item_vectors()
+        return checkpoint.save(out, net, dataset, text_embeddings.cpu(), train_config=train_config_dict,
+                               metrics=metrics, base_encoder=base)
+
+    stage1_started = time.perf_counter()
+    with _Interrupt() as interrupt:
+        stale = 0
+        for epoch in range(start_epoch + 1, config.epochs + 1):
+            net.train()
+            order = rng.permutation(len(histories))
+            losses = []
+            steps = range(0, len(order), config.batch_size)
+            for start in tqdm(steps, desc=f"epoch {epoch}", unit="step", disable=not progress, leave=False):
+                batch = [histories[i] for i in order[start : start + config.batch_size]]
+                loss = _stage1_loss(net, batch, text_embeddings, query_embeddings, texts, config, device, rng)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+                optimizer.step()
+                losses.append(float(loss))
+                if interrupt.requested:
+                    break
+            if _tuning(net) and not interrupt.requested:
+                text_embeddings = encoder.embed(texts, model_config.max_item_tokens)
+                recommender.text_embeddings = text_embeddings
+            net.eval()
+            recommender.refresh_item_vectors()
+            metrics = evaluate_scorer(model_scorer(recommender, with_behaviour=False), recommender, valid)
+            entry = {"epoch": epoch, "loss": float(np.mean(losses)), "valid_NDCG@10": metrics["NDCG@10"],
+                     "valid_HR@10": metrics["HR@10"], "seconds": time.perf_counter() - started}
+            history_log.append(entry)
+            log(f"epoch {epoch}: loss {entry['loss']:.4f}, validation NDCG@10 {metrics['NDCG@10']:.4f} "
+                f"HR@10 {metrics['HR@10']:.4f} ({entry['seconds']:.0f} s)")
+            if metrics["NDCG@10"] > best["NDCG@10"]:
+                best = {"NDCG@10": metrics["NDCG@10"], "epoch": epoch, "HR@10": metrics["HR@10"]}
+                stale = 0
+                save({"stage": 1, "valid": metrics, "log": history_log})
+            else:
+                stale += 1
+            state_path.write_text(json.dumps({"best": best, "log": history_log}))
+            over_budget = config.time_budget_s and time.perf_counter() - stage1_started > config.time_budget_s
+            if stale >= config.patience or interrupt.requested or over_budget:
+                if interrupt.requested:
+                    log("interrupted: the best checkpoint so far is kept")
+                elif over_budget:
+                    log(f"time budget of {config.time_budget_s:.0f} s reached")
+                break
+        if interrupt.requested:
+            return {"interrupted": True, "best": best}
+
+    # Back to the best stage-1 weights, then stage 2 on top of them.
+    net.load_state_dict(load_file(out / checkpoint.WEIGHTS), strict=False)
+    stage1_seconds = time.perf_counter() - stage1_started
+    recommender.refresh_item_vectors()
+    stage1_valid = evaluate_scorer(model_scorer(recommender, with_behaviour=False), recommender, split.valid)
+    stage2_started = time.perf_counter()
+    stage2 = fit_behaviour_head(recommender, split, config, rng, progress=progress, log=log)
+    stage2_valid = evaluate_scorer(model_scorer(recommender, with_behaviour=True), recommender, split.valid)
+    if stage2_valid["NDCG@10"] < stage1_valid["NDCG@10"]:
+        log("the behaviour head did not help on validation; it is kept neutral (all zero)")
+        nn.init.zeros_(net.behaviour_head[-1].weight)
+        nn.init.zeros_(net.behaviour_head[-1].bias)
+        stage2["kept"] = False
+        stage2_valid = stage1_valid
+    log(f"validation NDCG@10: stage 1 {stage1_valid['NDCG@10']:.4f}, with behaviour {stage2_valid['NDCG@10']:.4f}")
+    metrics = {
+        "stage": 2,
+        "valid": stage2_valid,
+        "valid_stage1": stage1_valid,
+        "behaviour": stage2,
+        "log": history_log,
+        "best_epoch": best["epoch"],
+        "train_seconds": time.perf_counter() - started,
+        "stage1_seconds": stage1_seconds,
+        "stage2_seconds": time.perf_counter() - stage2_started,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "encoder_tuning": model_config.encoder_tuning,
+        "data_fingerprint": dataset.meta.fingerprint,
+    }
+    metrics["checkpoint_id"] = save(metrics)
+    state_path.unlink(missing_ok=True)
+    return metrics
+
+
+def _tuned(encoder: TextEncoder, config: RecommenderConfig) -> TextEncoder:
+    if config.encoder_tuning == "frozen":
+        encoder.requires_grad_(False)
+    elif config.encoder_tuning == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        encoder.requires_grad_(False)
+        lora = LoraConfig(r=config.lora_rank, lora_alpha=2 * config.lora_rank, lora_dropout=0.05,
+                          target_modules=["query", "value"])
+        encoder.transformer = get_peft_model(encoder.transformer, lora)
+    return encoder
+
+
+def _tuning(net: RecommenderNet) -> bool:
+    return net.config.encoder_tuning != "frozen"
+
+
+def _optimizer(net: RecommenderNet, config: TrainConfig) -> torch.optim.Optimizer:
+    encoder_params = [p for p in net.encoder.parameters() if p.requires_grad]
+    encoder_ids = {id(p) for p in encoder_params}
+    head_ids = {id(p) for p in net.behaviour_head.parameters()}
+    rest = [p for p in net.parameters() if p.requires_grad and id(p) not in encoder_ids and id(p) not in head_ids]
+    groups = [{"params": rest, "lr": config.lr}]
+    if encoder_params:
+        groups.append({"params": encoder_params, "lr": config.encoder_lr})
+    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+
+
+def _stage1_loss(net: RecommenderNet, batch, text_embeddings: torch.Tensor, query_embeddings: torch.Tensor,
+                 texts: list[str], config: TrainConfig, device: torch.device,
+                 rng: np.random.Generator) -> torch.Tensor:
+    tensors = {k: v.to(device) for k, v in training_tensors(batch, net.config.max_history).items()}
+    text = text_embeddings.to(device)  # (N, H)
+    targets = tensors["targets"]  # (B, T), -1 = padding
+    if _tuning(net):
+        # Fresh, differentiable embeddings for (some of) this batch's targets; the rest of the catalog
+        # comes from the per-epoch cache.
+        fresh = torch.unique(targets[targets >= 0])[:64]
+        batch_text = net.encoder.tokenize([texts[i] for i in fresh.tolist()],
+                                          net.config.max_item_tokens)
+        embedded = net.encoder(batch_text["input_ids"].to(device), batch_text["attention_mask"].to(device))
+        text = text.index_copy(0, fresh, embedded.to(text.dtype))
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        all_index = torch.arange(len(text), device=device)
+        catalog = net.item_vectors(text, all_index)  # (N, D)
+        bias = net.item_biases(all_index)  # (N,)
+        history = catalog[tensors["items"].clamp(min=0)]  # (B, T, D)
+        states = net.user_states(history, tensors["event_codes"], tensors["gap_codes"], tensors["now_codes"])
+        logits = states @ catalog.T + bias  # (B, T, N)
+        loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
+        if config.query_weight > 0:
+            valid = targets >= 0
+            wanted = targets[valid]  # (M,)
+            query = net.query_vector(query_embeddings.to(device)[wanted])  # (M, D)
+            # Half the pseudo-queries come with the user's state, so personalised queries are trained too.
+            with_user = torch.as_tensor(rng.random(len(wanted)) < 0.5, device=device).unsqueeze(-1)
+            context = query + with_user * states[valid]
+            query_logits = context @ catalog.T + bias
+            loss = loss + config.query_weight * nn.functional.cross_entropy(query_logits.float(), wanted)
+    return loss
+
+
+def fit_behaviour_head(recommender: Recommender, split, config: TrainConfig, rng: np.random.Generator, *,
+                       progress: bool = True, log=print) -> dict:
+    """Stage 2: fit the behaviour head on stage-1 candidates at recent training moments (point in time)."""
+    from model.serving import _before
+
+    net = recommender.net
+    train_histories = build_histories(split.train, recommender.dataset.item_position)
+    users, moments, targets = [], [], []
+    for user_id, history in train_histories.items():
+        for j in range(max(1, len(history) - config.behaviour_positions), len(history)):
+            users.append(user_id)
+            moments.append(int(history.first_touch[j]))
+            targets.append(int(history.item_index[j]))
+    if not users:
+        return {"examples": 0, "kept": False}
+    scorer = model_scorer(recommender, with_behaviour=False)
+    m = config.behaviour_candidates
+    features, offsets = [], []
+    batch = 256
+    for start in tqdm(range(0, len(users), batch), desc="behaviour features", disable=not progress, leave=False):
+        chunk = slice(start, start + batch)
+        hist = [_before(recommender.histories[u], t) for u, t in zip(users[chunk], moments[chunk])]
+        scores = scorer(users[chunk], hist, moments[chunk])  # (b, N)
+        for b, (user_id, moment, target) in enumerate(zip(users[chunk], moments[chunk], targets[chunk])):
+            row = scores[b].copy()
+            row[hist[b].item_index] = -np.inf
+            row[target] = -np.inf
+            candidates = np.argpartition(-row, m)[:m]
+            chosen = np.concatenate([[target], candidates])  # the target sits first: label 0
+            features.append(recommender.features.user_features(user_id, at=pd.Timestamp(moment, tz="UTC"),
+                                                               item_index=chosen))
+            offsets.append(scores[b][chosen])
+    x = torch.as_tensor(np.stack(features))  # (E, m + 1, F)
+    offset = torch.as_tensor(np.stack(offsets), dtype=torch.float32)  # (E, m + 1)
+    flat = x.flatten(0, 1)
+    net.feature_mean.copy_(flat.mean(0))
+    net.feature_std.copy_(flat.std(0).clamp(min=1e-3))
+    head = net.behaviour_head
+    optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=1e-4)
+    labels = torch.zeros(len(x), dtype=torch.long)
+    held_out = torch.as_tensor(rng.random(len(x)) < 0.1)
+    best_loss, best_state = math.inf, None
+    net.train()
+    for _ in range(config.behaviour_epochs):
+        order = torch.as_tensor(rng.permutation(int((~held_out).sum())))
+        train_idx = torch.nonzero(~held_out).squeeze(1)[order]
+        for start in range(0, len(train_idx), 512):
+            idx = train_idx[start : start + 512]
+            logits = offset[idx] + net.behaviour_score(x[idx])
+            loss = nn.functional.cross_entropy(logits, labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            held = nn.functional.cross_entropy(offset[held_out] + net.behaviour_score(x[held_out]), labels[held_out])
+        if float(held) < best_loss:
+            best_loss, best_state = float(held), {k: v.clone() for k, v in head.state_dict().items()}
+    if best_state is not None:
+        head.load_state_dict(best_state)
+    net.eval()
+    with torch.no_grad():
+        base_loss = float(nn.functional.cross_entropy(offset[held_out], labels[held_out]))
+    log(f"behaviour head: {len(x)} moments x {m + 1} candidates, held-out loss {base_loss:.4f} -> {best_loss:.4f}")
+    return {"examples": len(x), "candidates": m + 1, "held_out_loss_stage1": base_loss,
+            "held_out_loss": best_loss, "kept": True}

@@ -38,7 +38,9 @@ def read_table(path: Path) -> tuple[pd.DataFrame, Locator]:
     if kind == "parquet":
         return _read_parquet(path), row_locator()
     if kind == "jsonl":
-        return read_json_lines(path), line_locator(first_line=1)
+        frame = read_json_lines(path)
+        lines = frame.index.to_numpy()
+        return frame.reset_index(drop=True), lambda i: {"line": int(lines[int(i)])}
     return _read_csv(path), line_locator(first_line=2)
 
 
@@ -65,7 +67,7 @@ def _read_parquet(path: Path) -> pd.DataFrame:
 
 def read_json_lines(path: Path, parse: Callable[[str], object] = json.loads) -> pd.DataFrame:
     """JSON Lines into a frame; a broken line raises a DataError naming it. `parse` reads one line."""
-    records = []
+    records, numbers = [], []
     try:
         with open_text(path) as lines:
             for number, line in enumerate(lines, start=1):
@@ -79,13 +81,15 @@ def read_json_lines(path: Path, parse: Callable[[str], object] = json.loads) -> 
                 if not isinstance(record, dict):
                     raise DataError("a JSON line must hold an object", file=str(path), line=number, value=line.strip())
                 records.append(record)
+                numbers.append(number)
     except UnicodeDecodeError as exc:
         raise DataError(f"not a UTF-8 text file (byte {exc.start} cannot be decoded)", file=str(path)) from exc
     except (gzip.BadGzipFile, EOFError) as exc:
         raise DataError(f"not a readable gzip file ({exc})", file=str(path)) from exc
     if not records:
         raise DataError("file is empty", file=str(path))
-    return pd.DataFrame.from_records(records)
+    # The index holds each record's physical line, so errors found later still name the right line.
+    return pd.DataFrame.from_records(records, index=pd.Index(numbers, name="line"))
 
 
 def find_table(directory: Path, stem: str, prefer: str | None = None) -> Path:

@@ -270,6 +270,10 @@ def parse_timestamps(values: pd.Series, *, file: str, locate: Locator) -> pd.Ser
     if missing.any():
         i = int(np.flatnonzero(missing.to_numpy())[0])
         raise DataError("timestamp is missing", file=file, field="timestamp", value=_raw(values.iloc[i]), **locate(i))
+    if pd.api.types.is_datetime64_any_dtype(values):  # a real date column (Parquet): only the zone to settle
+        stamps = pd.to_datetime(values)
+        stamps = stamps.dt.tz_localize("UTC") if stamps.dt.tz is None else stamps.dt.tz_convert("UTC")
+        return stamps.astype("datetime64[ns, UTC]")
     numeric = pd.to_numeric(values, errors="coerce")
     parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
     if numeric.notna().any():

@@ -1,0 +1,684 @@
+"""A seeded synthetic shop whose shoppers have planted tastes, with the cause of every event kept as ground truth."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from data.errors import DataError
+from data.schema import Dataset, line_locator, make_dataset, normalise_events, normalise_items
+
+WINDOW_START = pd.Timestamp("2024-01-01", tz="UTC")
+WINDOW_END = pd.Timestamp("2024-05-01", tz="UTC")  # exclusive: January to April 2024
+EVENT_KEY = ("user_id", "item_id", "timestamp", "event")  # unique in Dataset.events once duplicates are set aside
+EVENTS = ("view", "cart", "purchase", "rating")
+CAUSES = ("brand", "attribute", "category", "price", "recency", "popularity", "noise")
+TASTE_CAUSES = ("brand", "attribute", "category", "price")  # the causes that come from a shopper's planted tastes
+TIERS = ("budget", "mid", "premium")
+
+
+@dataclass(frozen=True)
+class CategoryVocabulary:
+    """The words one category of the shop is written in."""
+
+    name: str  # single word, so it doubles as a token the text encoder sees after "Category:"
+    base_price: float  # mid-tier price of a noun whose factor is 1.0
+    nouns: dict[str, float]  # product noun -> price factor within the category
+    attributes: tuple[str, ...]  # materials, features and styles; several are shared with other categories
+    brands: dict[str, str]  # made-up brand -> price tier; one word each so it survives tokenisation whole
+    blurbs: tuple[str, ...]  # description sentences about the category, not about any taste
+
+
+CATEGORIES = (
+    CategoryVocabulary(
+        "Outdoor", 60.0,
+        {"hiking sock": 0.3, "rain jacket": 2.2, "hiking boot": 2.5, "daypack": 1.4, "sleeping bag": 2.0,
+         "trekking pole": 0.9, "tent": 3.5},
+        ("waterproof", "merino", "breathable", "insulated", "lightweight", "ripstop", "windproof", "packable"),
+        {"Nordvik": "premium", "Alpenkamm": "premium", "Trailhex": "mid", "Fjellbu": "mid", "Campora": "budget"},
+        ("Made for long days on the trail.", "Tested in wind, rain and snow."),
+    ),
+    CategoryVocabulary(
+        "Kitchen", 45.0,
+        {"skillet": 1.0, "chef knife": 1.2, "saucepan": 1.0, "kettle": 0.8, "cutting board": 0.5, "dutch oven": 2.2},
+        ("nonstick", "castiron", "stainless", "ceramic", "induction", "copper", "enamelled", "forged"),
+        {"Ferroluxe": "premium", "Panterra": "mid", "Kochwerk": "mid", "Sizzly": "budget", "Hearthly": "budget"},
+        ("Ready for everyday cooking.", "Heats evenly and cleans up fast."),
+    ),
+    CategoryVocabulary(
+        "Audio", 90.0,
+        {"headphones": 1.6, "earbuds": 1.0, "speaker": 0.9, "soundbar": 2.5, "turntable": 2.8},
+        ("wireless", "studio", "portable", "hifi", "foldable", "lossless", "waterproof", "retro"),
+        {"Sonvero": "premium", "Aurelon": "premium", "Tonhaus": "mid", "Klangbox": "mid", "Echolite": "budget"},
+        ("Clear highs and a deep low end.", "Pairs in seconds with phone or laptop."),
+    ),
+    CategoryVocabulary(
+        "Running", 50.0,
+        {"running shoe": 2.2, "running shorts": 0.7, "running tee": 0.6, "running vest": 1.2, "running cap": 0.5},
+        ("cushioned", "reflective", "trail", "carbon", "seamless", "wicking", "lightweight", "stability"),
+        {"Velocor": "premium", "Stridewell": "mid", "Zephyra": "mid", "Kipfast": "budget", "Paceon": "budget"},
+        ("Built for race day and every easy mile.", "Keeps you moving from warm-up to finish."),
+    ),
+    CategoryVocabulary(
+        "Bedding", 55.0,
+        {"duvet cover": 1.2, "pillow": 0.6, "fitted sheet": 0.7, "throw": 0.9, "quilt": 1.6, "mattress topper": 2.4},
+        ("linen", "organic", "bamboo", "hypoallergenic", "percale", "sateen", "cooling", "washable"),
+        {"Dunelle": "premium", "Slumbra": "mid", "Quiltara": "mid", "Nappio": "budget", "Hygga": "budget"},
+        ("Soft from the first night.", "For deeper, cooler sleep."),
+    ),
+    CategoryVocabulary(
+        "Skincare", 25.0,
+        {"face serum": 1.3, "cleanser": 0.7, "moisturiser": 1.0, "toner": 0.7, "sunscreen": 0.8, "eye cream": 1.2},
+        ("vegan", "unscented", "retinol", "hyaluronic", "mineral", "niacinamide", "organic", "gentle"),
+        {"Lumelle": "premium", "Dermaq": "mid", "Skinthetic": "mid", "Purevo": "budget", "Glowra": "budget"},
+        ("Dermatologist tested.", "A daily step for calm, even skin."),
+    ),
+    CategoryVocabulary(
+        "Coffee", 40.0,
+        {"coffee beans": 0.4, "burr grinder": 2.0, "espresso machine": 8.0, "pourover kit": 0.8, "milk frother": 0.9,
+         "travel mug": 0.5},
+        ("arabica", "decaf", "manual", "programmable", "insulated", "barista", "conical", "fairtrade"),
+        {"Mokkavel": "premium", "Kaffira": "mid", "Cafello": "mid", "Brewtide": "budget", "Beanory": "budget"},
+        ("For a better cup at home.", "From the first grind to the last sip."),
+    ),
+    CategoryVocabulary(
+        "Toys", 30.0,
+        {"puzzle": 0.6, "building blocks": 1.0, "plush toy": 0.6, "train set": 1.8, "play kitchen": 3.0,
+         "board game": 1.0},
+        ("wooden", "educational", "montessori", "recycled", "magnetic", "musical", "stackable", "handmade"),
+        {"Holzwerk": "premium", "Kidora": "mid", "Playvane": "mid", "Tumblo": "budget", "Blokkie": "budget"},
+        ("Safety tested for ages three and up.", "Hours of open-ended play."),
+    ),
+    CategoryVocabulary(
+        "Stationery", 18.0,
+        {"notebook": 1.0, "fountain pen": 2.5, "planner": 1.2, "desk organiser": 1.5, "sketchbook": 1.0,
+         "gel pens": 0.6},
+        ("dotted", "refillable", "leather", "recycled", "hardcover", "undated", "archival", "pocket"),
+        {"Quillory": "premium", "Papyra": "mid", "Notara": "mid", "Scribbo": "budget", "Penrick": "budget"},
+        ("Paper that takes ink without bleeding.", "For lists, sketches and big plans."),
+    ),
+    CategoryVocabulary(
+        "Pets", 30.0,
+        {"dog collar": 0.6, "dog leash": 0.7, "pet bed": 2.0, "cat tree": 3.0, "food bowl": 0.5, "chew toy": 0.4},
+        ("reflective", "orthopedic", "chewproof", "washable", "adjustable", "padded", "elevated", "durable"),
+        {"Furrona": "premium", "Pawtrek": "mid", "Houndry": "mid", "Wuffel": "budget", "Kittibo": "budget"},
+        ("Loved by dogs and cats alike.", "Made for daily walks and lazy afternoons."),
+    ),
+    CategoryVocabulary(
+        "Garden", 35.0,
+        {"garden hose": 1.0, "planter": 0.8, "pruning shears": 0.9, "trowel": 0.4, "watering can": 0.6,
+         "raised bed": 3.0},
+        ("galvanised", "terracotta", "expandable", "ergonomic", "frostproof", "rustproof", "cedar", "telescopic"),
+        {"Gartenhof": "premium", "Verdeo": "mid", "Bloomfeld": "mid", "Sprouta": "budget", "Terrano": "budget"},
+        ("Season after season in the garden.", "For balconies, beds and borders."),
+    ),
+    CategoryVocabulary(
+        "Gaming", 60.0,
+        {"gaming keyboard": 1.6, "gaming mouse": 0.9, "gaming headset": 1.4, "controller": 1.0, "mousepad": 0.3,
+         "gaming chair": 4.5},
+        ("mechanical", "rgb", "wireless", "ergonomic", "tenkeyless", "lightweight", "programmable", "silent"),
+        {"Raptrix": "premium", "Pixelon": "mid", "Kraggon": "mid", "Voltaro": "budget", "Nexlo": "budget"},
+        ("Low latency for competitive play.", "Tuned for long sessions."),
+    ),
+    CategoryVocabulary(
+        "Fitness", 35.0,
+        {"yoga mat": 0.8, "dumbbell set": 2.0, "kettlebell": 1.2, "resistance bands": 0.5, "foam roller": 0.6,
+         "pullup bar": 0.9},
+        ("cork", "nonslip", "adjustable", "cushioned", "castiron", "foldable", "rubber", "compact"),
+        {"Ironvale": "premium", "Flexora": "mid", "Kinetra": "mid", "Zenlo": "budget", "Gymbo": "budget"},
+        ("A home gym that fits any room.", "For strength, mobility and recovery."),
+    ),
+)
+
+BRAND_TIER = {brand: tier for c in CATEGORIES for brand, tier in c.brands.items()}
+WORD_ORDER = {w: i for i, w in enumerate(dict.fromkeys(w for c in CATEGORIES for w in c.attributes))}
+TIER_PRICE = {"budget": 0.6, "mid": 1.0, "premium": 1.8}
+TIER_SKUS = {"budget": 1.3, "mid": 1.0, "premium": 0.7}  # budget brands stock more lines
+TIER_LEVEL = {"budget": 0.0, "mid": 0.5, "premium": 1.0}  # matched against a shopper's price quantile
+TIER_LINES = {
+    "budget": "Honest quality at an everyday price.",
+    "mid": "A dependable pick for regular use.",
+    "premium": "Premium materials, finished by hand and built to last.",
+}
+# Words shared by every category: they carry no taste, so a text model has to learn to look past them.
+SERIES = ("classic", "pro", "essential", "everyday", "signature")
+COLOURS = ("black", "white", "navy", "olive", "grey", "sand", "charcoal", "forest")
+SHOP_LINES = ("Free returns within 30 days.", "Ships in plastic-free packaging.", "Backed by a two-year warranty.")
+
+# Behaviour. A view's cause is drawn from the shopper's cause mix; whether it goes on to the cart and the
+# checkout depends on that cause, so taste-driven views convert and noise mostly does not.
+CAUSE_MIX = {"brand": 0.2, "attribute": 0.2, "category": 0.17, "price": 0.1, "recency": 0.1, "popularity": 0.13,
+             "noise": 0.1}
+CAUSE_MIX_CONCENTRATION = 15.0  # Dirichlet concentration around CAUSE_MIX: shoppers differ, none is pure
+SESSION_FOCUS = 0.6  # chance a view follows the session's intent rather than a fresh draw from the mix
+P_CART = {"brand": 0.3, "attribute": 0.28, "category": 0.22, "price": 0.3, "recency": 0.34, "popularity": 0.24,
+          "noise": 0.15}
+P_BUY = {"brand": 0.6, "attribute": 0.6, "category": 0.55, "price": 0.6, "recency": 0.55, "popularity": 0.5,
+         "noise": 0.45}
+PRICE_FIT = {"below": 0.85, "in": 1.0, "above": 0.35, "unknown": 0.7}  # cart odds by where the price sits
+REBUY = 0.2  # cart odds left for an item the shopper already bought
+BUY_NOW = 0.06  # a wanted item skips the cart (the buy-now button) and goes straight to checkout
+P_RATE = 0.12  # a purchase is rated later
+MEAN_EXTRA_VIEWS = 3.0  # a session has 1 + Poisson(3) views
+MIN_SESSIONS = 3  # every shopper keeps some history after a last and a second-to-last event are held out
+EVENTS_PER_SESSION = 5.38  # measured mean, so `target_events` sets the number of sessions
+SESSION_GAP = 30 * 60  # seconds between the end of one session and the start of the next, at least
+DAY = 24 * 3600
+HOUR_WEIGHTS = np.array([1.0, 0.6, 0.4, 0.3, 0.3, 0.4, 0.8, 1.5, 2.0, 2.2, 2.3, 2.5,
+                         2.8, 2.6, 2.4, 2.4, 2.6, 3.0, 3.6, 4.2, 4.5, 4.0, 3.0, 1.8])
+BOT_VIEWS = 40  # the bot-like shopper's burst: this many views inside one minute
+
+
+@dataclass(frozen=True)
+class _Pool:
+    """Items to draw from with fixed weights; one draw is one binary search."""
+
+    items: np.ndarray
+    cumulative: np.ndarray
+
+    @classmethod
+    def of(cls, items: np.ndarray, weights: np.ndarray) -> _Pool:
+        return cls(items, np.cumsum(weights))
+
+    def draw(self, u: float) -> int:
+        return int(self.items[np.searchsorted(self.cumulative, u * self.cumulative[-1], side="right")])
+
+
+@dataclass
+class _Catalog:
+    items: pd.DataFrame  # raw item table, one row per item, in item_id order
+    category: np.ndarray  # (n_items,) category name
+    brand: np.ndarray  # (n_items,) brand name
+    attributes: list[tuple[str, ...]]  # per item, the attribute words in its title
+    price: np.ndarray  # (n_items,) float, NaN where the price is missing
+    appeal: np.ndarray  # (n_items,) latent popularity
+    by_category: dict[str, _Pool]
+    by_brand: dict[str, _Pool]
+    by_attribute: dict[str, _Pool]
+    popular: _Pool
+
+
+@dataclass
+class _Shopper:
+    user_id: str
+    categories: list[str]
+    brands: list[str]
+    attributes: list[str]
+    drift_start: dict[str, list[float]]  # taste weights on 1 January, aligned with the lists above
+    drift_end: dict[str, list[float]]  # and on 30 April; in between they move linearly
+    price_band: tuple[float, float]
+    activity: float
+    cause_mix: np.ndarray  # (len(CAUSES),) probabilities
+    cheap_in_band: _Pool | None  # favourite-category items in the lower half of the price band
+
+
+@dataclass
+class _History:
+    """What a shopper did lately: recency causes draw from it."""
+
+    last_views: list[int] = field(default_factory=list)  # items viewed in the last session or two, newest first
+    abandoned: list[int] = field(default_factory=list)  # carted and not bought, most recent last
+    bought: set[int] = field(default_factory=set)
+    last_category: str | None = None
+
+
+def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_events: int = 60000) -> Dataset:
+    """A believable shop with planted tastes, as a validated `Dataset` whose `ground_truth` says who likes what.
+
+    Thirteen categories, each with its own nouns, attribute words and five made-up brands (budget, mid, premium).
+    Titles read "Brand [series] attribute... noun[, colour]"; prices come from category, noun and brand tier.
+    Each shopper has 1-3 favourite categories, 1-2 brands, 2-4 attribute words, a price band and an activity
+    level, and visits in sessions from 1 January to 30 April 2024: every view is drawn by one cause from the
+    shopper's cause mix, carts and purchases follow it at cause-dependent odds, favourites drift in weight over
+    the months. The same seed gives the same shop, byte for byte; the catalog depends only on seed and n_items.
+
+    `ground_truth` (JSON-serialisable, written as ground_truth.json by `data.io.write_tables`):
+
+    - "seed": the seed; "window": [first, end) of the event clock as ISO strings.
+    - "users": {user_id: {"categories", "brands", "attributes": lists of names/words, "price_band": [low, high],
+      "activity": relative session rate, "cause_mix": {cause: share of views}, "drift": {"start": {...},
+      "end": {...}} with the weight of each favourite on 1 January and on 30 April (linear in between)}}.
+    - "event_causes": one row [user_id, item_id, timestamp_iso, event, cause, token] per event of
+      `dataset.events`, in the same order. cause is one of CAUSES; token is the brand, attribute word or
+      category name the taste fired on, else null. Exact duplicate events are planted as dirt and set aside by
+      `make_dataset`; they have no row. Each row carries its own key (user, item, timestamp, event), which is
+      unique among the kept events, so `event_causes(dataset)` joins on the key and survives any re-ordering.
+    - "vocabulary": {"brands": {brand: {"category", "tier"}}, "attributes": {category: [words]}}.
+    - "dirt": what was planted for the quality report: "duplicate_events" (keys), "items_without_price",
+      "bot_users".
+    """
+    for name, value, minimum in (("n_users", n_users, 1), ("n_items", n_items, len(CATEGORIES)),
+                                 ("target_events", target_events, 1), ("seed", seed, 0)):
+        if not isinstance(value, int | np.integer) or value < minimum:
+            raise DataError(f"must be a whole number ≥ {minimum}", field=name, value=value)
+    # One child stream per stage, so resizing the crowd leaves the catalog as it was.
+    catalog_rng, taste_rng, behaviour_rng, dirt_rng = np.random.default_rng(seed).spawn(4)
+    catalog = _build_catalog(catalog_rng, n_items)
+    shoppers = _draw_shoppers(taste_rng, n_users, catalog)
+    log = _simulate(behaviour_rng, shoppers, catalog, target_events)
+    items, log, dirt = _plant_dirt(dirt_rng, catalog, shoppers, log)
+
+    stamps = _iso(log["time"])
+    kept = ~log["duplicate"]
+    causes = np.asarray(CAUSES, dtype=object)[log["cause"]]
+    user_ids = np.asarray([s.user_id for s in shoppers], dtype=object)[log["user"]]
+    item_ids = catalog.items["item_id"].to_numpy()[log["item"]]
+    kinds = np.asarray(EVENTS, dtype=object)[log["event"]]
+    raw_events = pd.DataFrame({
+        "user_id": user_ids,
+        "item_id": item_ids,
+        "timestamp": WINDOW_START.value // 10**9 + log["time"],
+        "event": kinds,
+        "value": log["value"],
+    })
+    events = normalise_events(raw_events, file="synthetic events", locate=line_locator())
+    truth = {
+        "seed": int(seed),
+        "window": [WINDOW_START.isoformat(), WINDOW_END.isoformat()],
+        "users": {s.user_id: _taste_record(s) for s in shoppers},
+        "event_causes": [
+            list(row)
+            for row in zip(user_ids[kept].tolist(), item_ids[kept].tolist(), stamps[kept].tolist(),
+                           kinds[kept].tolist(), causes[kept].tolist(), log["token"][kept].tolist())
+        ],
+        "vocabulary": {
+            "brands": {b: {"category": c.name, "tier": t} for c in CATEGORIES for b, t in c.brands.items()},
+            "attributes": {c.name: list(c.attributes) for c in CATEGORIES},
+        },
+        "dirt": dirt,
+    }
+    return make_dataset(items, events, source="generated", format="synthetic", ground_truth=truth)
+
+
+def event_causes(dataset: Dataset) -> pd.DataFrame:
+    """The planted cause of each event of `dataset.events`, row for row.
+
+    Columns: user_id, item_id, timestamp, event (as in `dataset.events`), cause (one of CAUSES) and token (the
+    brand, attribute word or category name the cause fired on, None for price, recency, popularity and noise).
+    Rows are matched on the event key, so a re-ordered or reloaded dataset gets its causes all the same.
+    """
+    truth = dataset.ground_truth
+    if not truth or "event_causes" not in truth:
+        raise DataError("this dataset has no planted event causes; only generated data carries them")
+    planted = pd.DataFrame(truth["event_causes"], columns=[*EVENT_KEY, "cause", "token"], dtype=object)
+    planted["timestamp"] = pd.to_datetime(planted["timestamp"], utc=True, format="ISO8601").astype(
+        "datetime64[ns, UTC]")
+    keys = dataset.events[list(EVENT_KEY)].assign(event=dataset.events["event"].astype(str))
+    try:
+        joined = keys.merge(planted, on=list(EVENT_KEY), how="left", validate="many_to_one")
+    except pd.errors.MergeError:
+        raise DataError("the ground truth lists the same event more than once", field="event_causes") from None
+    missing = joined["cause"].isna().to_numpy()
+    if missing.any():
+        first = joined.iloc[int(np.flatnonzero(missing)[0])]
+        raise DataError(
+            f"{int(missing.sum())} events have no planted cause, the first: {first.user_id} {first.item_id} "
+            f"{first.timestamp.isoformat()} {first.event}",
+            field="event_causes",
+        )
+    out = dataset.events[list(EVENT_KEY)].copy()
+    # Plain objects with None for "no token", like the id columns of the contract (not pandas' NaN strings).
+    out["cause"] = pd.Series(joined["cause"].to_numpy(dtype=object), index=out.index, dtype=object)
+    tokens = joined["token"].to_numpy(dtype=object)
+    out["token"] = pd.Series(np.where(pd.isna(tokens), None, tokens), index=out.index, dtype=object)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The catalog: category -> brand (tier) -> noun and attribute words -> title, description, price.
+
+
+def _build_catalog(rng: np.random.Generator, n_items: int) -> _Catalog:
+    # Every category gets at least one item; the rest follow uneven shelf sizes.
+    shares = rng.dirichlet(np.full(len(CATEGORIES), 10.0))
+    sizes = 1 + rng.multinomial(n_items - len(CATEGORIES), shares)
+    rows = []
+    for vocab, size in zip(CATEGORIES, sizes):
+        brands = list(vocab.brands)
+        sku_weights = np.array([TIER_SKUS[vocab.brands[b]] for b in brands])
+        # Each brand gets one line before any gets two, so small catalogs still show every brand.
+        first = rng.permutation(len(brands))[:size]
+        rest = rng.choice(len(brands), size=size - len(first), p=sku_weights / sku_weights.sum())
+        nouns = list(vocab.nouns)
+        for brand_index in np.concatenate([first, rest]):
+            brand = brands[brand_index]
+            tier = vocab.brands[brand]
+            noun = nouns[rng.integers(len(nouns))]
+            n_attributes = rng.choice([1, 2, 3], p=[0.3, 0.5, 0.2])
+            picked = np.sort(rng.choice(len(vocab.attributes), size=n_attributes, replace=False))
+            attributes = tuple(vocab.attributes[i] for i in picked)
+            series = SERIES[rng.integers(len(SERIES))] if rng.random() < 0.25 else None
+            colour = COLOURS[rng.integers(len(COLOURS))] if rng.random() < 0.4 else None
+            raw_price = vocab.base_price * vocab.nouns[noun] * TIER_PRICE[tier] * rng.lognormal(0.0, 0.2)
+            title = " ".join(w for w in (brand, series, *attributes, noun) if w) + (f", {colour}" if colour else "")
+            description = None
+            if rng.random() > 0.04:  # a few items come without a description, as in any shop
+                description = " ".join((
+                    f"{_article(attributes[0])} {', '.join(attributes)} {noun} from {brand}.",
+                    vocab.blurbs[rng.integers(len(vocab.blurbs))],
+                    TIER_LINES[tier],
+                    SHOP_LINES[rng.integers(len(SHOP_LINES))],
+                ))
+            rows.append((vocab.name, brand, attributes, title, description, _shop_price(raw_price)))
+    order = rng.permutation(len(rows))  # item ids say nothing about the category
+    rows = [rows[i] for i in order]
+    width = max(4, len(str(n_items)))
+    items = pd.DataFrame({
+        "item_id": [f"i{n:0{width}d}" for n in range(1, len(rows) + 1)],
+        "title": [r[3] for r in rows],
+        "category": [r[0] for r in rows],
+        "brand": [r[1] for r in rows],
+        "description": [r[4] for r in rows],
+        "price": np.array([r[5] for r in rows], dtype="float64"),
+    })
+    category = items["category"].to_numpy()
+    brand = items["brand"].to_numpy()
+    attributes = [r[2] for r in rows]
+    appeal = rng.lognormal(0.0, 0.9, size=len(rows))
+    # Tastes pick within a pool by the square root of appeal: a fan of a brand still drifts to its hits.
+    taste_weight = np.sqrt(appeal)
+    every = np.arange(len(rows))
+
+    def pools(labels) -> dict[str, _Pool]:
+        return {label: _Pool.of(every[mask], taste_weight[mask]) for label, mask in labels}
+
+    words = list(dict.fromkeys(w for vocab in CATEGORIES for w in vocab.attributes))
+    has_word = {w: np.array([w in a for a in attributes]) for w in words}
+    return _Catalog(
+        items=items,
+        category=category,
+        brand=brand,
+        attributes=attributes,
+        price=items["price"].to_numpy(),
+        appeal=appeal,
+        by_category=pools((c.name, category == c.name) for c in CATEGORIES),
+        by_brand=pools((b, brand == b) for c in CATEGORIES for b in c.brands if (brand == b).any()),
+        by_attribute=pools((w, has_word[w]) for w in words if has_word[w].any()),
+        popular=_Pool.of(every, appeal),
+    )
+
+
+def _shop_price(price: float) -> float:
+    # Shop prices end in .99 (or 4.99/9.99 past 100), the way shelves are labelled.
+    if price < 100:
+        return round(max(1.0, round(price)) - 0.01, 2)
+    return round(5 * max(1.0, round(price / 5)) - 0.01, 2)
+
+
+def _article(word: str) -> str:
+    return "An" if word[0] in "aeiou" else "A"
+
+
+# ---------------------------------------------------------------------------------------------
+# Shoppers: latent tastes drawn from what the catalog actually stocks.
+
+
+def _draw_shoppers(rng: np.random.Generator, n_users: int, catalog: _Catalog) -> list[_Shopper]:
+    names = [c.name for c in CATEGORIES]
+    category_appeal = rng.dirichlet(np.full(len(names), 6.0))
+    mix = np.array([CAUSE_MIX[c] for c in CAUSES])
+    width = max(4, len(str(n_users)))
+    shoppers = []
+    for n in range(1, n_users + 1):
+        n_categories = rng.choice([1, 2, 3], p=[0.35, 0.45, 0.2])
+        categories = [names[i] for i in rng.choice(len(names), n_categories, replace=False, p=category_appeal)]
+        in_favourites = np.isin(catalog.category, categories)
+        prices = catalog.price[in_favourites & ~np.isnan(catalog.price)]
+        # The band is a slice of the favourite shelves' price range around the shopper's own level.
+        level = rng.beta(2.0, 2.0)
+        low, high = np.quantile(prices, [max(0.0, level - 0.3), min(1.0, level + 0.3)])
+        brand_options = list(dict.fromkeys(catalog.brand[in_favourites]))
+        tier_fit = np.array([np.exp(-(((TIER_LEVEL[BRAND_TIER[b]] - level) / 0.35) ** 2)) for b in brand_options])
+        n_brands = min(int(rng.integers(1, 3)), len(brand_options))
+        brands = [brand_options[i] for i in rng.choice(len(brand_options), n_brands, replace=False,
+                                                       p=tier_fit / tier_fit.sum())]
+        attribute_options = list(dict.fromkeys(
+            w for i in np.flatnonzero(in_favourites) for w in catalog.attributes[i]))
+        attribute_options.sort(key=WORD_ORDER.__getitem__)  # stocked words in vocabulary order, not stock order
+        n_attributes = min(int(rng.integers(2, 5)), len(attribute_options))
+        attributes = [attribute_options[i] for i in np.sort(rng.choice(len(attribute_options), n_attributes,
+                                                                       replace=False))]
+        drift_start, drift_end = {}, {}
+        for kind, favourites in (("categories", categories), ("brands", brands), ("attributes", attributes)):
+            start = rng.dirichlet(np.full(len(favourites), 2.0))
+            # Tastes shift, not wholesale: April keeps a third of January's weights.
+            end = 0.3 * start + 0.7 * rng.dirichlet(np.full(len(favourites), 2.0))
+            drift_start[kind], drift_end[kind] = np.round(start, 3).tolist(), np.round(end, 3).tolist()
+        cause_mix = np.round(rng.dirichlet(mix * CAUSE_MIX_CONCENTRATION), 3)
+        cause_mix = cause_mix / cause_mix.sum()
+        low, high = round(float(low), 2), round(float(high), 2)
+        middle = (low + high) / 2
+        cheap = np.flatnonzero(in_favourites & (catalog.price >= low) & (catalog.price <= middle))
+        shoppers.append(_Shopper(
+            user_id=f"u{n:0{width}d}",
+            categories=categories,
+            brands=brands,
+            attributes=attributes,
+            drift_start=drift_start,
+            drift_end=drift_end,
+            price_band=(low, high),
+            activity=round(float(rng.lognormal(0.0, 0.6)), 3),
+            cause_mix=cause_mix,
+            cheap_in_band=_Pool.of(cheap, np.sqrt(catalog.appeal[cheap])) if len(cheap) else None,
+        ))
+    return shoppers
+
+
+def _taste_record(shopper: _Shopper) -> dict:
+    return {
+        "categories": list(shopper.categories),
+        "brands": list(shopper.brands),
+        "attributes": list(shopper.attributes),
+        "price_band": [shopper.price_band[0], shopper.price_band[1]],
+        "activity": shopper.activity,
+        "cause_mix": {c: round(float(p), 3) for c, p in zip(CAUSES, shopper.cause_mix)},
+        "drift": {"start": shopper.drift_start, "end": shopper.drift_end},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Behaviour: sessions of views, some carted, some bought at checkout, a few rated days later.
+
+
+def _simulate(rng: np.random.Generator, shoppers: list[_Shopper], catalog: _Catalog, target_events: int) -> dict:
+    span = int((WINDOW_END - WINDOW_START).total_seconds())
+    total_activity = sum(s.activity for s in shoppers)
+    extra_sessions = max(0.0, target_events / EVENTS_PER_SESSION - MIN_SESSIONS * len(shoppers)) / total_activity
+    hours = HOUR_WEIGHTS / HOUR_WEIGHTS.sum()
+    columns = {k: [] for k in ("user", "item", "time", "event", "cause", "token", "value")}
+    for user, shopper in enumerate(shoppers):
+        n_sessions = MIN_SESSIONS + int(rng.poisson(extra_sessions * shopper.activity))
+        starts = np.sort(rng.integers(0, span // DAY, n_sessions) * DAY
+                         + rng.choice(24, n_sessions, p=hours) * 3600 + rng.integers(0, 3600, n_sessions))
+        history = _History()
+        clock = -SESSION_GAP
+        for start in starts:
+            clock = max(int(start), clock + SESSION_GAP)  # sessions of one shopper never overlap
+            if clock >= span:
+                break
+            clock = _session(rng, user, shopper, catalog, history, clock, span, columns)
+    log = {k: np.asarray(v) for k, v in columns.items()}
+    log["token"] = np.asarray(columns["token"], dtype=object)
+    log["value"] = np.asarray(columns["value"], dtype="float64")
+    log = _chronological(log)
+    keep = log["time"] < span  # a late-night session on 30 April may run past midnight
+    return {k: v[keep] for k, v in log.items()}
+
+
+def _session(rng, user, shopper, catalog, history, clock, span, columns) -> int:
+    """One visit: views, carts right after their view, a checkout at the end. Returns the clock after it."""
+    mix = shopper.cause_mix
+    n_views = 1 + int(rng.poisson(MEAN_EXTRA_VIEWS))
+    intent = rng.choice(len(CAUSES), p=mix)
+    causes = np.where(rng.random(n_views) < SESSION_FOCUS, intent, rng.choice(len(CAUSES), n_views, p=mix))
+    draws = rng.random((n_views, 3))
+    drift = min(1.0, clock / span)
+    viewed, carted = [], []
+
+    def emit(time, item, event, cause, token, value=np.nan):
+        for key, v in zip(("user", "item", "time", "event", "cause", "token", "value"),
+                          (user, item, time, EVENTS.index(event), CAUSES.index(cause), token, value)):
+            columns[key].append(v)
+
+    for cause_index, (u_taste, u_item, u_cart) in zip(causes, draws):
+        item, cause, token = _choose_item(CAUSES[cause_index], shopper, catalog, history, drift, u_taste, u_item)
+        emit(clock, item, "view", cause, token)
+        viewed.append(item)
+        odds = P_CART[cause] * PRICE_FIT[_price_fit(catalog.price[item], shopper.price_band)]
+        if item in history.bought:
+            odds *= REBUY
+        if u_cart < odds and all(item != c[0] for c in carted):
+            if rng.random() >= BUY_NOW:
+                clock += int(rng.integers(5, 40))
+                emit(clock, item, "cart", cause, token)
+            carted.append((item, cause, token))
+        clock += int(rng.integers(15, 120))
+    if carted:
+        clock += int(rng.integers(60, 400))  # checkout
+        for item, cause, token in carted:
+            if rng.random() >= P_BUY[cause]:
+                history.abandoned = [*history.abandoned[-4:], item]
+                continue
+            emit(clock, item, "purchase", cause, token)
+            history.bought.add(item)
+            history.abandoned = [a for a in history.abandoned if a != item]
+            if rng.random() < P_RATE:
+                rated_at = clock + int(rng.integers(1, 15)) * DAY + int(rng.integers(0, DAY))
+                if rated_at < span:
+                    emit(rated_at, item, "rating", cause, token, _rating(rng, cause, catalog.price[item], shopper))
+            clock += int(rng.integers(3, 20))
+    history.last_views = [*viewed, *history.last_views][: 2 * len(viewed) + 8]
+    history.last_category = catalog.category[viewed[-1]]
+    return clock
+
+
+def _choose_item(cause, shopper, catalog, history, drift, u_taste, u_item) -> tuple[int, str, str | None]:
+    """The item a view lands on when `cause` drives it, with the cause that really fired and its token.
+
+    A cause that cannot fire (no history yet, no cheap item in the band) hands over to a favourite category.
+    """
+    if cause == "brand":
+        brand = _favourite(shopper, "brands", drift, u_taste)
+        return catalog.by_brand[brand].draw(u_item), cause, brand
+    if cause == "attribute":
+        word = _favourite(shopper, "attributes", drift, u_taste)
+        return catalog.by_attribute[word].draw(u_item), cause, word
+    if cause == "price" and shopper.cheap_in_band is not None:
+        return shopper.cheap_in_band.draw(u_item), cause, None
+    if cause == "recency":
+        # Back to an abandoned cart, to something seen lately, or to the shelf of the last visit.
+        if history.abandoned and u_taste < 0.35:
+            return history.abandoned[int(u_item * len(history.abandoned))], cause, None
+        if history.last_views and u_taste < 0.75:
+            return history.last_views[int(u_item * len(history.last_views))], cause, None
+        if history.last_category is not None:
+            return catalog.by_category[history.last_category].draw(u_item), cause, None
+    if cause == "popularity":
+        return catalog.popular.draw(u_item), cause, None
+    if cause == "noise":
+        return int(u_item * len(catalog.price)), cause, None
+    category = _favourite(shopper, "categories", drift, u_taste)
+    return catalog.by_category[category].draw(u_item), "category", category
+
+
+def _favourite(shopper: _Shopper, kind: str, drift: float, u: float) -> str:
+    """One favourite of a kind, weighted by where the shopper's taste has drifted to by now (0..1)."""
+    start, end = np.asarray(shopper.drift_start[kind]), np.asarray(shopper.drift_end[kind])
+    weights = np.cumsum((1 - drift) * start + drift * end)
+    favourites = getattr(shopper, kind)
+    return favourites[min(int(np.searchsorted(weights, u * weights[-1], side="right")), len(favourites) - 1)]
+
+
+def _price_fit(price: float, band: tuple[float, float]) -> str:
+    if np.isnan(price):
+        return "unknown"
+    return "below" if price < band[0] else "above" if price > band[1] else "in"
+
+
+def _rating(rng: np.random.Generator, cause: str, price: float, shopper: _Shopper) -> float:
+    # Tastes make happy customers; a pricey impulse buy less so.
+    stars = 4 if cause in TASTE_CAUSES else 3
+    stars += int(rng.choice([-1, 0, 0, 1]))
+    if _price_fit(price, shopper.price_band) == "above":
+        stars -= 1
+    return float(min(5, max(1, stars)))
+
+
+def _chronological(log: dict) -> dict:
+    """The event log sorted by (user, time) as make_dataset sorts it, with no two events of a user at one second.
+
+    Unique times make the order independent of how ties are broken, so the cause rows line up with
+    `Dataset.events` by position as well as by key.
+    """
+    order = np.argsort(log["time"], kind="stable")
+    order = order[np.argsort(log["user"][order], kind="stable")]
+    log = {k: v[order] for k, v in log.items()}
+    log["time"] = _strictly_increasing(log["user"], log["time"])
+    return log
+
+
+def _strictly_increasing(users: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Nudge coinciding timestamps of one user (sorted) apart by a second each."""
+    if len(times) == 0:
+        return times
+    starts = np.r_[True, users[1:] != users[:-1]]
+    group_start = np.maximum.accumulate(np.where(starts, np.arange(len(times)), 0))
+    rank = np.arange(len(times)) - group_start
+    shifted = times - rank
+    # Running maximum within each user: offset every user's values above the previous user's.
+    offset = np.cumsum(starts) * (int(shifted.max()) - int(shifted.min()) + 1)
+    running = np.maximum.accumulate(shifted + offset) - offset
+    return running + rank
+
+
+# ---------------------------------------------------------------------------------------------
+# Dirt for the quality report: small, planted on purpose, and listed in the ground truth.
+
+
+def _plant_dirt(rng, catalog, shoppers, log) -> tuple[pd.DataFrame, dict, dict]:
+    span = int((WINDOW_END - WINDOW_START).total_seconds())
+    items = catalog.items.copy()
+    unpriced = np.sort(rng.choice(len(items), size=2, replace=False))
+    items.loc[unpriced, "price"] = np.nan
+    items = normalise_items(items, file="synthetic items", locate=line_locator())
+
+    # A scraper-like account: a burst of views, one every second or so, at three in the morning.
+    bot = int(rng.integers(len(shoppers)))
+    burst_start = int(rng.integers(0, span // DAY - 1)) * DAY + 3 * 3600 + int(rng.integers(0, 3000))
+    burst_times = burst_start + np.sort(rng.choice(60, BOT_VIEWS, replace=False))
+    burst = {
+        "user": np.full(BOT_VIEWS, bot),
+        "item": rng.integers(len(items), size=BOT_VIEWS),
+        "time": burst_times,
+        "event": np.full(BOT_VIEWS, EVENTS.index("view")),
+        "cause": np.full(BOT_VIEWS, CAUSES.index("noise")),
+        "token": np.full(BOT_VIEWS, None, dtype=object),
+        "value": np.full(BOT_VIEWS, np.nan),
+    }
+    log = _chronological({k: np.concatenate([log[k], burst[k]]) for k in log})
+
+    # Two events sent twice: each copy sits right after its original, where make_dataset sets it aside.
+    views = np.flatnonzero(log["event"] == EVENTS.index("view"))
+    copied = np.sort(rng.choice(views, size=min(2, len(views)), replace=False))
+    positions = np.sort(np.r_[np.arange(len(log["time"])), copied])
+    log = {k: v[positions] for k, v in log.items()}
+    log["duplicate"] = np.r_[False, positions[1:] == positions[:-1]]
+    copies = np.flatnonzero(log["duplicate"])
+    duplicate_keys = [
+        [shoppers[user].user_id, items["item_id"].iloc[item], stamp, "view"]
+        for user, item, stamp in zip(log["user"][copies], log["item"][copies], _iso(log["time"][copies]))
+    ]
+    dirt = {
+        "duplicate_events": duplicate_keys,
+        "items_without_price": items["item_id"].iloc[unpriced].tolist(),
+        "bot_users": [shoppers[bot].user_id],
+    }
+    return items, log, dirt
+
+
+def _iso(seconds: np.ndarray) -> np.ndarray:
+    """Seconds since the window start as the ISO strings `pd.Timestamp.isoformat` writes for UTC."""
+    stamps = np.datetime64(WINDOW_START.tz_localize(None), "s") + seconds.astype("timedelta64[s]")
+    return np.char.add(np.datetime_as_string(stamps, unit="s"), "+00:00").astype(object)

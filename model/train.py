@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import math
 import signal
 import time
 from dataclasses import dataclass, fields
@@ -51,9 +50,8 @@ class TrainConfig:
     query_weight: float = 0.3  # weight of the pseudo-query loss that trains query mode
     min_history: int = 3  # users with fewer distinct items are training-only
     eval_users: int = 2000  # validation users ranked per epoch (a fixed sample; all if fewer)
-    behaviour_epochs: int = 30  # stage 2 epochs over its (small) candidate sets
-    behaviour_positions: int = 3  # most recent training moments per user that stage 2 learns from
-    behaviour_candidates: int = 50  # stage-1 top items re-ranked by stage 2 per moment
+    behaviour_epochs: int = 40  # stage 2 epochs; the best on the validation sample is kept
+    behaviour_budget_floats: float = 1e8  # caps stage 2's (moments x items x features) tensor at ~400 MB
     time_budget_s: float = 0.0  # stop stage 1 once this much time has passed (0 = no budget)
     seed: int = 0
     device: str = "auto"
@@ -116,10 +114,13 @@ def cached_embeddings(encoder: TextEncoder, texts: list[str], max_tokens: int, c
 class _Interrupt:
     """Turn Ctrl-C / SIGTERM into a clean stop after the current step; the best checkpoint stays."""
 
+    active: _Interrupt | None = None  # the run in progress, so a second signal source (tests, UI) can stop it
+
     def __init__(self) -> None:
         self.requested = False
 
     def __enter__(self):
+        _Interrupt.active = self
         self._old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         for s in self._old:
             with contextlib.suppress(ValueError):  # not the main thread (e.g. a test runner thread)
@@ -132,6 +133,7 @@ class _Interrupt:
         self.requested = True
 
     def __exit__(self, *exc) -> None:
+        _Interrupt.active = None
         for s, handler in self._old.items():
             with contextlib.suppress(ValueError):
                 signal.signal(s, handler)
@@ -206,7 +208,7 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
                 loss.backward()
                 nn.utils.clip_grad_norm_(net.parameters(), 5.0)
                 optimizer.step()
-                losses.append(float(loss))
+                losses.append(loss.item())
                 if interrupt.requested:
                     break
             if _tuning(net) and not interrupt.requested:
@@ -245,12 +247,6 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
     stage2_started = time.perf_counter()
     stage2 = fit_behaviour_head(recommender, split, config, rng, progress=progress, log=log)
     stage2_valid = evaluate_scorer(model_scorer(recommender, with_behaviour=True), recommender, split.valid)
-    if stage2_valid["NDCG@10"] < stage1_valid["NDCG@10"]:
-        log("the behaviour head did not help on validation; it is kept neutral (all zero)")
-        nn.init.zeros_(net.behaviour_head[-1].weight)
-        nn.init.zeros_(net.behaviour_head[-1].bias)
-        stage2["kept"] = False
-        stage2_valid = stage1_valid
     log(f"validation NDCG@10: stage 1 {stage1_valid['NDCG@10']:.4f}, with behaviour {stage2_valid['NDCG@10']:.4f}")
     metrics = {
         "stage": 2,
@@ -336,66 +332,91 @@ def _stage1_loss(net: RecommenderNet, batch, text_embeddings: torch.Tensor, quer
 
 def fit_behaviour_head(recommender: Recommender, split, config: TrainConfig, rng: np.random.Generator, *,
                        progress: bool = True, log=print) -> dict:
-    """Stage 2: fit the behaviour head on stage-1 candidates at recent training moments (point in time)."""
+    """Stage 2: fit the behaviour head on top of stage 1's scores, at held-out moments (point in time).
+
+    The loss is a softmax over the whole catalog at each moment, as ranking is judged. The epoch kept is
+    the one that ranks the held-back validation users best: the measure that matters, not a proxy.
+    """
+    from model.evaluate import metrics_from_ranks, ranks_of_targets
     from model.serving import _before
 
     net = recommender.net
-    train_histories = build_histories(split.train, recommender.dataset.item_position)
-    users, moments, targets = [], [], []
-    for user_id, history in train_histories.items():
-        for j in range(max(1, len(history) - config.behaviour_positions), len(history)):
-            users.append(user_id)
-            moments.append(int(history.first_touch[j]))
-            targets.append(int(history.item_index[j]))
-    if not users:
-        return {"examples": 0, "kept": False}
     scorer = model_scorer(recommender, with_behaviour=False)
-    m = config.behaviour_candidates
+    position = recommender.dataset.item_position
+    # Stage 1 has fitted its training moments closely, so its scores there are over-confident; the head
+    # learns from held-out moments instead (stacking): most validation users fit it, the rest check it.
+    valid = split.valid[split.valid["item_id"].isin(position)]
+    check_share = 0.3
+    is_check = rng.random(len(valid)) < check_share
+    fit, check = valid[~is_check], valid[is_check]
+    users = list(fit["user_id"])
+    moments = [int(pd.Timestamp(t).value) for t in fit["timestamp"]]
+    targets = [position[i] for i in fit["item_id"]]
+    if not users or check.empty:
+        return {"examples": 0, "kept": False}
+    # Whole-catalog softmax, as the ranking is judged: every item competes with the target. The
+    # moments are capped so the feature tensor stays within a few hundred MB.
+    n_items = len(recommender.item_ids)
+    cap = max(1, int(config.behaviour_budget_floats // (n_items * len(FEATURES))))
+    if len(users) > cap:
+        keep = np.sort(rng.choice(len(users), size=cap, replace=False))
+        users, moments, targets = [users[i] for i in keep], [moments[i] for i in keep], [targets[i] for i in keep]
     features, offsets = [], []
-    batch = 256
-    for start in tqdm(range(0, len(users), batch), desc="behaviour features", disable=not progress, leave=False):
-        chunk = slice(start, start + batch)
+    for start in tqdm(range(0, len(users), 256), desc="behaviour features", disable=not progress, leave=False):
+        chunk = slice(start, start + 256)
         hist = [_before(recommender.histories[u], t) for u, t in zip(users[chunk], moments[chunk])]
-        scores = scorer(users[chunk], hist, moments[chunk])  # (b, N)
-        for b, (user_id, moment, target) in enumerate(zip(users[chunk], moments[chunk], targets[chunk])):
-            row = scores[b].copy()
-            row[hist[b].item_index] = -np.inf
-            row[target] = -np.inf
-            candidates = np.argpartition(-row, m)[:m]
-            chosen = np.concatenate([[target], candidates])  # the target sits first: label 0
-            features.append(recommender.features.user_features(user_id, at=pd.Timestamp(moment, tz="UTC"),
-                                                               item_index=chosen))
-            offsets.append(scores[b][chosen])
-    x = torch.as_tensor(np.stack(features))  # (E, m + 1, F)
-    offset = torch.as_tensor(np.stack(offsets), dtype=torch.float32)  # (E, m + 1)
+        scores = scorer(users[chunk], hist, moments[chunk]).astype(np.float32)  # (b, N)
+        for b, (user_id, moment) in enumerate(zip(users[chunk], moments[chunk])):
+            scores[b, hist[b].item_index] = -np.inf  # the user's own items are not candidates
+            features.append(recommender.features.user_features(user_id, at=pd.Timestamp(moment, tz="UTC")))
+        offsets.append(scores)
+    x = torch.as_tensor(np.stack(features))  # (E, N, F)
+    offset = torch.as_tensor(np.concatenate(offsets))  # (E, N)
+    labels = torch.as_tensor(targets)  # (E,)
     flat = x.flatten(0, 1)
     net.feature_mean.copy_(flat.mean(0))
-    net.feature_std.copy_(flat.std(0).clamp(min=1e-3))
+    net.feature_std.copy_(flat.std(0).clamp(min=0.05))  # near-constant columns must not blow up
+
+    # The validation sample, whole catalog: stage-1 scores and features computed once.
+    sample = check.head(1000)
+    sample_moments = [int(pd.Timestamp(t).value) for t in sample["timestamp"]]
+    sample_hist = [_before(recommender.histories[u], m) for u, m in zip(sample["user_id"], sample_moments)]
+    sample_base = scorer(list(sample["user_id"]), sample_hist, sample_moments)  # (V, N)
+    sample_features = torch.as_tensor(np.stack([
+        recommender.features.user_features(u, at=pd.Timestamp(m, tz="UTC"))
+        for u, m in zip(sample["user_id"], sample_moments)]))  # (V, N, F)
+    sample_targets = np.array([position[i] for i in sample["item_id"]])
+    sample_seen = [h.item_index for h in sample_hist]
+
+    def sample_ndcg() -> float:
+        with torch.no_grad():
+            scores = sample_base + net.behaviour_score(sample_features).numpy()
+        return metrics_from_ranks(ranks_of_targets(scores, sample_targets, sample_seen))["NDCG@10"]
+
     head = net.behaviour_head
-    optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=1e-4)
-    labels = torch.zeros(len(x), dtype=torch.long)
-    held_out = torch.as_tensor(rng.random(len(x)) < 0.1)
-    best_loss, best_state = math.inf, None
-    net.train()
-    for _ in range(config.behaviour_epochs):
-        order = torch.as_tensor(rng.permutation(int((~held_out).sum())))
-        train_idx = torch.nonzero(~held_out).squeeze(1)[order]
-        for start in range(0, len(train_idx), 512):
-            idx = train_idx[start : start + 512]
-            logits = offset[idx] + net.behaviour_score(x[idx])
-            loss = nn.functional.cross_entropy(logits, labels[idx])
+    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-2, weight_decay=1e-4)
+    net.eval()  # dropout elsewhere stays off; the head has none
+    best_ndcg, best_state, best_epoch = sample_ndcg(), None, 0
+    stage1_ndcg = best_ndcg
+    for epoch in range(1, config.behaviour_epochs + 1):
+        order = torch.as_tensor(rng.permutation(len(x)))
+        for start in range(0, len(order), 32):  # small batches: a few thousand moments need many steps
+            idx = order[start : start + 32]
+            loss = nn.functional.cross_entropy(offset[idx] + net.behaviour_score(x[idx]), labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        with torch.no_grad():
-            held = nn.functional.cross_entropy(offset[held_out] + net.behaviour_score(x[held_out]), labels[held_out])
-        if float(held) < best_loss:
-            best_loss, best_state = float(held), {k: v.clone() for k, v in head.state_dict().items()}
-    if best_state is not None:
+        ndcg = sample_ndcg()
+        if ndcg > best_ndcg:
+            best_ndcg, best_epoch = ndcg, epoch
+            best_state = {k: v.clone() for k, v in head.state_dict().items()}
+    if best_state is None:  # nothing beat stage 1 alone: the head stays neutral
+        nn.init.zeros_(head[-1].weight)
+        nn.init.zeros_(head[-1].bias)
+    else:
         head.load_state_dict(best_state)
-    net.eval()
-    with torch.no_grad():
-        base_loss = float(nn.functional.cross_entropy(offset[held_out], labels[held_out]))
-    log(f"behaviour head: {len(x)} moments x {m + 1} candidates, held-out loss {base_loss:.4f} -> {best_loss:.4f}")
-    return {"examples": len(x), "candidates": m + 1, "held_out_loss_stage1": base_loss,
-            "held_out_loss": best_loss, "kept": True}
+    log(f"behaviour head: {len(x)} moments x {x.shape[1]} items; held-back validation NDCG@10 "
+        f"{stage1_ndcg:.4f} -> {best_ndcg:.4f} (epoch {best_epoch})")
+    return {"examples": len(x), "sample_users": len(sample),
+            "sample_ndcg_stage1": stage1_ndcg, "sample_ndcg": best_ndcg, "best_epoch": best_epoch,
+            "kept": best_state is not None}

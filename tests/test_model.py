@@ -1,0 +1,276 @@
+"""The recommender: contract, round trips, query mode and every bad request, on a tiny random encoder."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from data.io import write_tables
+from model.checkpoint import CONFIG, EVENTS, VECTORS, WEIGHTS, load
+from model.errors import CheckpointError, EncoderError, ModelError
+from model.recommender import RecommenderConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def recommender(tiny_model):
+    return load(tiny_model)
+
+
+def some_user(recommender, min_items: int = 3) -> str:
+    return next(u for u in recommender.user_ids if len(recommender.histories[u]) >= min_items)
+
+
+def test_config_names_bad_values():
+    with pytest.raises(ModelError, match="n_heads 3 must divide config.dim 16"):
+        RecommenderConfig(n_items=5, n_features=3, dim=16, n_heads=3)
+    with pytest.raises(ModelError, match="unknown RecommenderConfig keys: colour"):
+        RecommenderConfig.from_dict({"n_items": 5, "n_features": 3, "colour": "red"})
+    with pytest.raises(ModelError, match="encoder_tuning 'half'"):
+        RecommenderConfig(n_items=5, n_features=3, encoder_tuning="half")
+
+
+def test_checkpoint_describes_itself(tiny_model):
+    config = json.loads((tiny_model / CONFIG).read_text())
+    assert config["format"] == "whyrec-checkpoint" and len(config["checkpoint_id"]) == 12
+    assert config["model"]["dim"] == 16 and config["data"]["fingerprint"]
+    assert (tiny_model / "metrics.json").exists() and (tiny_model / "encoder" / "model.safetensors").exists()
+    assert not list(tiny_model.rglob("*.bin")) and not list(tiny_model.rglob("*.pt")) and not list(tiny_model.rglob("*.pkl"))
+
+
+def test_recommend_ranks_unseen_items_best_first(recommender):
+    user = some_user(recommender)
+    ranked = recommender.recommend(user_id=user, k=10)
+    assert [r.rank for r in ranked] == list(range(1, 11))
+    scores = [r.score for r in ranked]
+    assert scores == sorted(scores, reverse=True)
+    seen = set(recommender.item_ids[recommender.histories[user].item_index])
+    assert not seen & {r.item_id for r in ranked}
+    assert ranked.mode == "user"
+    for r in ranked:  # the parts add up to the score
+        assert sum(r.parts.values()) == pytest.approx(r.score, abs=1e-5)
+
+
+def test_exclude_seen_false_can_return_seen_items(recommender):
+    user = some_user(recommender)
+    everything = recommender.recommend(user_id=user, k=len(recommender.item_ids), exclude_seen=False)
+    assert len(everything) == len(recommender.item_ids)
+
+
+def test_score_matches_recommend(recommender):
+    user = some_user(recommender)
+    ranked = recommender.recommend(user_id=user, k=5)
+    scores = recommender.score(user_id=user, item_ids=[r.item_id for r in ranked])
+    np.testing.assert_allclose(scores, [r.score for r in ranked], rtol=1e-5, atol=1e-6)
+
+
+def test_save_load_gives_identical_scores(tiny_model, tmp_path, recommender):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model, copy)
+    again = load(copy)
+    user = some_user(recommender)
+    ids = list(recommender.item_ids[:20])
+    np.testing.assert_array_equal(again.score(user_id=user, item_ids=ids), recommender.score(user_id=user, item_ids=ids))
+
+
+def test_query_mode_with_and_without_user(recommender):
+    alone = recommender.recommend(query="waterproof wool sock", k=5)
+    assert alone.mode == "query" and len(alone) == 5
+    user = some_user(recommender)
+    personal = recommender.recommend(user_id=user, query="waterproof wool sock", k=5)
+    assert personal.mode == "user+query"
+
+
+def test_query_changes_the_ranking(recommender):
+    a = recommender.score(query="red steel pan", item_ids=recommender.item_ids[:30])
+    b = recommender.score(query="green cotton sock", item_ids=recommender.item_ids[:30])
+    assert not np.allclose(a, b)
+
+
+def test_long_query_is_truncated_and_flagged(recommender):
+    ranked = recommender.recommend(query="wool " * 20_000, k=3)
+    assert ranked.query_truncated and any("cut" in note for note in ranked.notes)
+
+
+def test_user_without_history_falls_back_and_says_so(recommender):
+
+    empty = recommender.dataset.events.iloc[:0]
+    ranked = recommender.recommend(user_id=some_user(recommender), history=empty, k=5)
+    assert ranked.mode == "popularity" and any("no history" in note for note in ranked.notes)
+    assert len({r.item_id for r in ranked}) == 5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"user_id": "nobody"}, "unknown user 'nobody'"),
+        ({"query": "   "}, "query is empty"),
+        ({}, "give a user, a query, or both"),
+        ({"query": "mug", "k": 0}, "k must be a positive"),
+        ({"query": "mug", "k": 10_000}, "larger than the catalog"),
+    ],
+)
+def test_bad_requests_are_clear(recommender, kwargs, message):
+    with pytest.raises(ModelError, match=message):
+        recommender.recommend(**kwargs)
+
+
+def test_unknown_user_suggests_near_ids(recommender):
+    user = some_user(recommender)
+    with pytest.raises(ModelError, match="nearest known: .*" + user):
+        recommender.recommend(user_id=user + "x")
+
+
+def test_unknown_item_ids_in_score(recommender):
+    with pytest.raises(ModelError, match="unknown item id"):
+        recommender.score(query="mug", item_ids=["no-such-item"])
+
+
+def corrupt(path: Path, how: str) -> None:
+    if how == "truncate":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "flip":
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    else:
+        path.unlink()
+
+
+@pytest.mark.parametrize(("name", "how"), [(WEIGHTS, "truncate"), (VECTORS, "flip"), (EVENTS, "delete"),
+                                           ("encoder/model.safetensors", "truncate")])
+def test_damaged_checkpoint_names_the_file(tiny_model, tmp_path, name, how):
+    copy = tmp_path / "damaged"
+    shutil.copytree(tiny_model, copy)
+    corrupt(copy / name, how)
+    with pytest.raises(CheckpointError, match=Path(name).name):
+        load(copy)
+
+
+def test_broken_config_and_missing_directory(tiny_model, tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint directory"):
+        load(tmp_path / "nowhere")
+    copy = tmp_path / "broken"
+    shutil.copytree(tiny_model, copy)
+    (copy / CONFIG).write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json: not valid JSON"):
+        load(copy)
+
+
+def test_data_that_does_not_match_the_model(tiny_model, tmp_path):
+    from data.synthetic import generate
+
+    other = generate(n_users=30, n_items=50, seed=9, target_events=900)
+    write_tables(other, tmp_path / "other")
+    with pytest.raises(CheckpointError, match="does not match the checkpoint"):
+        load(tiny_model, data=tmp_path / "other")
+
+
+def test_encoder_errors_are_clear(tmp_path):
+    from model.encoder import load_encoder, resolve_encoder
+
+    with pytest.raises(EncoderError, match="does not exist"):
+        resolve_encoder(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EncoderError, match="no config.json"):
+        resolve_encoder(tmp_path / "empty")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{}")
+    with pytest.raises(EncoderError, match="cannot load the encoder"):
+        load_encoder(tmp_path / "bad")
+
+
+def test_training_is_resumable_and_keeps_the_best(tiny_shop, tiny_encoder, tmp_path):
+    from model.train import STATE, TrainConfig, train
+
+    out = tmp_path / "model"
+    overrides = {"dim": 16, "max_item_tokens": 24}
+    first = train(tiny_shop, out, model_overrides=overrides, base_model=str(tiny_encoder), progress=False,
+                  train_config=TrainConfig(epochs=1, batch_size=16, behaviour_epochs=1), log=lambda *_: None)
+    assert len(first["log"]) == 1 and not (out / STATE).exists()
+    # An interrupted second run: the first run's checkpoint stays loadable.
+    (out / STATE).write_text(json.dumps({"best": {"NDCG@10": first["log"][0]["valid_NDCG@10"], "epoch": 1},
+                                         "log": first["log"]}))
+    resumed = train(tiny_shop, out, model_overrides=overrides, base_model=str(tiny_encoder), progress=False,
+                    train_config=TrainConfig(epochs=2, batch_size=16, behaviour_epochs=1), resume=True,
+                    log=lambda *_: None)
+    assert [e["epoch"] for e in resumed["log"]] == [1, 2]
+    assert load(out).recommend(query="mug", k=3)
+
+
+def test_interrupt_keeps_the_last_good_checkpoint(tiny_shop, tiny_encoder, tmp_path, monkeypatch):
+    import model.train as training
+
+    out = tmp_path / "model"
+    real_loss = training._stage1_loss
+    calls = {"n": 0}
+
+    def loss_then_interrupt(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # during the second epoch
+            training._Interrupt.active.requested = True
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_stage1_loss", loss_then_interrupt)
+    result = training.train(tiny_shop, out, model_overrides={"dim": 16, "max_item_tokens": 24},
+                            base_model=str(tiny_encoder), progress=False, log=lambda *_: None,
+                            train_config=training.TrainConfig(epochs=5, batch_size=16))
+    assert result["interrupted"]
+    assert load(out).recommend(query="mug", k=3)  # the epoch-1 checkpoint is whole
+
+
+def test_real_encoder_loss_falls_with_lora(tiny_shop):
+    """The real all-MiniLM-L6-v2, tuned with LoRA for a few steps on one batch: the loss must fall."""
+    from data.features import FEATURES
+    from model.encoder import TextEncoder, load_encoder
+    from model.recommender import RecommenderNet
+    from model.sequences import build_histories
+    from model.train import TrainConfig, _optimizer, _stage1_loss, _tuned, item_texts
+
+    torch.manual_seed(0)
+    transformer, tokenizer = load_encoder()
+    config = RecommenderConfig(n_items=len(tiny_shop.items), n_features=len(FEATURES), dim=32,
+                               encoder_tuning="lora", max_item_tokens=24, max_query_tokens=12)
+    encoder = _tuned(TextEncoder(transformer, tokenizer), config)
+    net = RecommenderNet(config, encoder)
+    texts = item_texts(tiny_shop)
+    text = encoder.embed(texts, 24)
+    queries = encoder.embed(["wool sock"] * len(texts), 12)
+    batch = [h for h in build_histories(tiny_shop.events, tiny_shop.item_position).values() if len(h) >= 2][:8]
+    train_config = TrainConfig(lr=5e-3, encoder_lr=1e-3)
+    optimizer = _optimizer(net, train_config)
+    rng = np.random.default_rng(0)
+    net.train()
+    losses = []
+    for _ in range(6):
+        loss = _stage1_loss(net, batch, text, queries, texts, train_config, torch.device("cpu"), rng)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    lora = [n for n, p in net.encoder.named_parameters() if p.requires_grad]
+    assert lora and all("lora" in n for n in lora)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "model", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_recommend_and_bad_input(tiny_model, tmp_path):
+    user = some_user(load(tiny_model))
+    result = run_cli("recommend", "--model", str(tiny_model), "--user", user, "--k", "3")
+    assert result.returncode == 0, result.stderr
+    assert len([line for line in result.stdout.splitlines() if line.strip()]) == 3
+    bad = run_cli("recommend", "--model", str(tiny_model), "--user", "nobody")
+    assert bad.returncode == 2 and "unknown user 'nobody'" in bad.stderr and "Traceback" not in bad.stderr
+    missing = run_cli("train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "m"))
+    assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr

@@ -265,3 +265,105 @@ def _text_or_none(value):
 def _nearest(wanted: str, known) -> str:
     close = difflib.get_close_matches(wanted, [str(k) for k in known], n=3, cutoff=0.5)
     return f"; nearest known: {', '.join(close)}" if close else ""
+
+
+@dataclass
+class ScoreView:
+    """A differentiable view of one (context, item) score, for the explainers: inputs in, score out.
+
+    score = forward(item_embeds, query_embeds, history_vectors, id_vector) + bias + behaviour(features)
+    forward covers every input an attribution method walks along; `bias` and the behaviour part do not
+    depend on them. Tensors carry a leading batch dimension of 1 (Captum expands it along its path).
+    """
+
+    item_position: int
+    item_input_ids: torch.Tensor  # (1, Ti)
+    item_embeds: torch.Tensor  # (1, Ti, H) word embeddings of the item's tokens
+    item_mask: torch.Tensor  # (1, Ti)
+    item_offsets: list[tuple[int, int]]  # character span of each token in `item_text`
+    item_text: str
+    query_input_ids: torch.Tensor | None  # (1, Tq)
+    query_embeds: torch.Tensor | None  # (1, Tq, H)
+    query_mask: torch.Tensor | None
+    query_offsets: list[tuple[int, int]]
+    query_text: str | None
+    history_vectors: torch.Tensor | None  # (1, Th, D) item vectors of the history units used
+    history_index: np.ndarray  # (Th,) catalog positions of those units, oldest first
+    history_codes: dict[str, torch.Tensor]  # event/gap/now codes and lengths for user_states
+    id_vector: torch.Tensor  # (1, D) the item's collaborative vector
+    bias: float
+    features: np.ndarray  # (F,) the behaviour features at the context's moment
+    pad_token_id: int
+    special_tokens: tuple[int, ...]  # ids kept in the baseline ([CLS], [SEP])
+    forward: object  # (item_embeds, query_embeds, history_vectors, id_vector) -> (B,) dot-product part
+
+    def pad_baseline(self, input_ids: torch.Tensor, embeds: torch.Tensor, word_embeddings) -> torch.Tensor:
+        """PAD embeddings everywhere except [CLS]/[SEP], which stay: the documented IG baseline."""
+        base_ids = torch.where(torch.isin(input_ids, torch.tensor(self.special_tokens)), input_ids,
+                               torch.full_like(input_ids, self.pad_token_id))
+        return word_embeddings(base_ids).detach()
+
+
+def score_view(recommender: Recommender, context: Context, item_position: int,
+               history: pd.DataFrame | None = None) -> ScoreView:
+    """Build the differentiable view of score(context, item); it reproduces `score_parts` exactly."""
+    net, encoder = recommender.net, recommender.net.encoder
+    config = net.config
+    row = recommender.items.iloc[item_position]
+    from data.schema import item_text
+
+    text = item_text(row.title, _text_or_none(row.brand), _text_or_none(row.category), _text_or_none(row.description))
+    item_batch = encoder.tokenize([text], config.max_item_tokens)
+    word_embeddings = encoder.transformer.get_input_embeddings()
+    with torch.no_grad():
+        item_embeds = word_embeddings(item_batch["input_ids"]).detach()
+    query_ids = query_embeds = query_mask = None
+    query_offsets: list = []
+    if context.query is not None:
+        query_batch = encoder.tokenize([context.query], config.max_query_tokens)
+        query_ids, query_mask = query_batch["input_ids"], query_batch["attention_mask"]
+        query_offsets = [tuple(map(int, o)) for o in query_batch["offset_mapping"][0]]
+        with torch.no_grad():
+            query_embeds = word_embeddings(query_ids).detach()
+    user_history = context.history
+    history_vectors, codes = None, {}
+    if len(user_history):
+        codes = serving_tensors([user_history], [context.moment_ns], config.max_history)
+        used = codes["items"][0, : int(codes["lengths"][0])]
+        with torch.no_grad():
+            history_vectors = (recommender.item_text_vectors + recommender.item_id_vectors)[used].unsqueeze(0)
+    history_index = codes["items"][0, : int(codes["lengths"][0])].numpy() if codes else np.zeros(0, dtype=np.int64)
+    position = torch.tensor([item_position])
+    with torch.no_grad():
+        id_vector = net.item_id_vectors(position).detach()  # (1, D)
+        bias = float(net.item_biases(position)[0])
+    features = recommender.behaviour_features(context, np.array([item_position]), history=history)[0]
+    item_mask = item_batch["attention_mask"]
+
+    def forward(item_embeds_in, query_embeds_in=None, history_in=None, id_in=None) -> torch.Tensor:
+        batch = item_embeds_in.shape[0]
+        text_embedding = encoder(attention_mask=item_mask.expand(batch, -1), inputs_embeds=item_embeds_in)
+        item_vector = net.item_text_vectors(text_embedding)  # (B, D)
+        if id_in is not None:
+            item_vector = item_vector + id_in
+        context_vector = torch.zeros_like(item_vector)
+        if history_in is not None:
+            expand = {k: v.expand(batch, *v.shape[1:]) for k, v in codes.items() if k != "items"}
+            states = net.user_states(history_in, expand["event_codes"], expand["gap_codes"], expand["now_codes"])
+            context_vector = context_vector + net.last_state(states, expand["lengths"])
+        if query_embeds_in is not None:
+            query_embedding = encoder(attention_mask=query_mask.expand(batch, -1), inputs_embeds=query_embeds_in)
+            context_vector = context_vector + net.query_vector(query_embedding)
+        return (context_vector * item_vector).sum(-1)  # (B,)
+
+    return ScoreView(
+        item_position=item_position, item_input_ids=item_batch["input_ids"], item_embeds=item_embeds,
+        item_mask=item_mask, item_offsets=[tuple(map(int, o)) for o in item_batch["offset_mapping"][0]],
+        item_text=text, query_input_ids=query_ids, query_embeds=query_embeds, query_mask=query_mask,
+        query_offsets=query_offsets, query_text=context.query, history_vectors=history_vectors,
+        history_index=history_index, history_codes=codes, id_vector=id_vector, bias=bias, features=features,
+        pad_token_id=encoder.pad_token_id,
+        special_tokens=tuple(int(t) for t in (encoder.tokenizer.cls_token_id, encoder.tokenizer.sep_token_id)
+                             if t is not None),
+        forward=forward,
+    )

@@ -28,7 +28,7 @@ def some_user(recommender, min_items: int = 3) -> str:
 
 
 def test_config_names_bad_values():
-    with pytest.raises(ModelError, match="n_heads 3 must divide config.dim 16"):
+    with pytest.raises(ModelError, match=r"n_heads 3 must divide config\.dim 16"):
         RecommenderConfig(n_items=5, n_features=3, dim=16, n_heads=3)
     with pytest.raises(ModelError, match="unknown RecommenderConfig keys: colour"):
         RecommenderConfig.from_dict({"n_items": 5, "n_features": 3, "colour": "red"})
@@ -160,7 +160,7 @@ def test_broken_config_and_missing_directory(tiny_model, tmp_path):
     copy = tmp_path / "broken"
     shutil.copytree(tiny_model, copy)
     (copy / CONFIG).write_text("{not json")
-    with pytest.raises(CheckpointError, match="config.json: not valid JSON"):
+    with pytest.raises(CheckpointError, match=r"config\.json: not valid JSON"):
         load(copy)
 
 
@@ -179,7 +179,7 @@ def test_encoder_errors_are_clear(tmp_path):
     with pytest.raises(EncoderError, match="does not exist"):
         resolve_encoder(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(EncoderError, match="no config.json"):
+    with pytest.raises(EncoderError, match=r"no config\.json"):
         resolve_encoder(tmp_path / "empty")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "config.json").write_text("{}")

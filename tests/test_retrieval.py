@@ -1,0 +1,56 @@
+"""The one top-k rule: order, ties by catalog order, exclusion, short catalogs; exact and FAISS search agree."""
+
+import numpy as np
+import pytest
+
+from model.retrieval import VectorIndex, top_k
+
+
+def test_top_k_returns_the_best_scores_first():
+    scores = np.array([0.1, 0.9, -2.0, 0.5, 0.7])
+    assert top_k(scores, 3).tolist() == [1, 4, 3]
+    assert top_k(scores, 1).tolist() == [1]
+    assert top_k(scores, 3).dtype == np.int64
+
+
+def test_ties_go_to_the_lower_catalog_position_even_across_the_cut():
+    scores = np.array([1.0, 3.0, 2.0, 3.0, 2.0, 2.0])
+    assert top_k(scores, 6).tolist() == [1, 3, 2, 4, 5, 0]
+    # Three items tie for the last two places: the two lowest positions win, whatever argpartition picked.
+    assert top_k(scores, 4).tolist() == [1, 3, 2, 4]
+    assert top_k(np.zeros(1000), 3).tolist() == [0, 1, 2]
+
+
+def test_excluded_items_never_appear_and_the_scores_are_left_alone():
+    scores = np.array([5.0, 4.0, 3.0, 2.0, 1.0])
+    assert top_k(scores, 3, exclude=np.array([0, 2])).tolist() == [1, 3, 4]
+    assert scores.tolist() == [5.0, 4.0, 3.0, 2.0, 1.0]
+    assert top_k(scores, 2, exclude=np.array([], dtype=np.int64)).tolist() == [0, 1]
+
+
+def test_k_larger_than_what_is_available_returns_what_there_is():
+    scores = np.array([0.3, 0.1, 0.2])
+    assert top_k(scores, 10).tolist() == [0, 2, 1]
+    assert top_k(scores, 10, exclude=np.array([0])).tolist() == [2, 1]
+    assert top_k(scores, 5, exclude=np.array([0, 1, 2])).tolist() == []
+    assert top_k(np.array([1.0, -np.inf, 0.0]), 3).tolist() == [0, 2]  # -inf means "not available"
+
+
+@pytest.mark.parametrize("n_items", [50, 3000])
+def test_exact_and_faiss_flat_search_agree_on_a_random_catalog(n_items):
+    rng = np.random.default_rng(n_items)
+    vectors = rng.normal(size=(n_items, 32)).astype(np.float32)
+    exact, flat = VectorIndex(vectors, use_faiss=False), VectorIndex(vectors, use_faiss=True)
+    assert not exact.use_faiss and flat.use_faiss
+    for _ in range(5):
+        query = rng.normal(size=32).astype(np.float32)
+        found = exact.search(query, 10)
+        assert found.tolist() == top_k(vectors @ query, 10).tolist()
+        assert set(flat.search(query, 10).tolist()) == set(found.tolist())
+
+
+def test_search_with_k_beyond_the_catalog_returns_every_item_once():
+    vectors = np.eye(4, dtype=np.float32)
+    query = np.array([0.1, 0.4, 0.3, 0.2], dtype=np.float32)
+    for use_faiss in (False, True):
+        assert VectorIndex(vectors, use_faiss=use_faiss).search(query, 10).tolist() == [1, 2, 3, 0]

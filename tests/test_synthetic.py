@@ -1,0 +1,268 @@
+"""The synthetic shop: seeded, the promised size, and its planted tastes really drive what shoppers do."""
+
+import dataclasses
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data.errors import DataError
+from data.io import load_dataset, write_tables
+from data.schema import make_dataset
+from data.synthetic import CATEGORIES, CAUSES, TASTE_CAUSES, TIERS, WINDOW_END, WINDOW_START, event_causes, generate
+
+SESSION_BREAK = pd.Timedelta(minutes=20)  # the generator keeps sessions of one shopper 30 minutes apart
+
+
+@pytest.fixture(scope="module")
+def shop():
+    return generate()  # the default size, as the demo builds it
+
+
+@pytest.fixture(scope="module")
+def small_shop():
+    return generate(n_users=300, n_items=200, seed=7, target_events=8000)
+
+
+def title_words(title: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9]+", title.lower()))
+
+
+def with_items(dataset):
+    """Events joined with their item's brand, category and title."""
+    return dataset.events.merge(dataset.items[["item_id", "brand", "category", "title"]], on="item_id", how="left")
+
+
+def test_same_seed_gives_the_same_shop(small_shop):
+    again = generate(n_users=300, n_items=200, seed=7, target_events=8000)
+    pd.testing.assert_frame_equal(again.items, small_shop.items)
+    pd.testing.assert_frame_equal(again.events, small_shop.events)
+    assert again.meta.fingerprint == small_shop.meta.fingerprint
+    assert again.ground_truth == small_shop.ground_truth
+
+
+def test_a_smaller_crowd_shops_in_the_same_catalog_with_the_same_tastes(small_shop):
+    fewer = generate(n_users=50, n_items=200, seed=7, target_events=1000)
+    pd.testing.assert_frame_equal(fewer.items, small_shop.items)
+    assert fewer.ground_truth["users"] == {u: small_shop.ground_truth["users"][u] for u in fewer.ground_truth["users"]}
+
+
+def test_another_seed_gives_another_shop(small_shop):
+    other = generate(n_users=300, n_items=200, seed=8, target_events=8000)
+    assert other.meta.fingerprint != small_shop.meta.fingerprint
+    assert other.ground_truth["users"] != small_shop.ground_truth["users"]
+    assert other.items["title"].tolist() != small_shop.items["title"].tolist()
+
+
+def test_default_size(shop):
+    summary = shop.summary()
+    assert summary["users"] == 2000
+    assert summary["items"] == 1500
+    assert abs(summary["events"] - 60000) < 6000
+    assert set(summary["event_types"]) == {"view", "cart", "purchase", "rating"}
+    # A funnel: most views go nowhere, fewer carts, fewer purchases.
+    counts = summary["event_types"]
+    assert counts["view"] > 3 * counts["cart"]
+    assert counts["cart"] > counts["purchase"] > 5 * counts["rating"]
+
+
+def test_size_follows_the_arguments(small_shop):
+    assert small_shop.events["user_id"].nunique() == 300
+    assert len(small_shop.items) == 200
+    assert abs(len(small_shop.events) - 8000) < 1200
+    assert small_shop.events.groupby("user_id").size().min() >= 3  # enough to hold out a last and second-to-last
+
+
+def test_every_category_has_its_own_vocabulary(shop):
+    assert len(CATEGORIES) >= 10
+    assert shop.items["category"].nunique() >= 10
+    vocabulary = shop.ground_truth["vocabulary"]
+    brands = vocabulary["brands"]
+    words = {w for attributes in vocabulary["attributes"].values() for w in attributes}
+    # Brands are single words, unique across the shop, and never also an attribute word.
+    assert all(re.fullmatch(r"[A-Z][a-z]+", brand) for brand in brands)
+    assert len({b.lower() for b in brands}) == len(brands)
+    assert not {b.lower() for b in brands} & words
+    for category in vocabulary["attributes"]:
+        tiers = {info["tier"] for info in brands.values() if info["category"] == category}
+        assert tiers == set(TIERS), category
+    item_brand_category = shop.items[["brand", "category"]].drop_duplicates()
+    assert all(brands[b]["category"] == c for b, c in item_brand_category.itertuples(index=False))
+
+
+def test_titles_carry_brand_and_attribute_words(shop):
+    for item in shop.items.itertuples():
+        assert item.title.split()[0] == item.brand
+        assert re.fullmatch(r"[A-Za-z ,]+", item.title), item.title
+    attributes_of = shop.ground_truth["vocabulary"]["attributes"]
+    has_attribute = [
+        bool(title_words(t) & set(attributes_of[c])) for t, c in zip(shop.items["title"], shop.items["category"])
+    ]
+    assert all(has_attribute)
+
+
+def test_every_planted_taste_is_a_word_in_some_title(shop):
+    in_titles = set().union(*map(title_words, shop.items["title"]))
+    users = shop.ground_truth["users"]
+    assert sorted(users) == sorted(shop.user_ids)
+    for user_id, taste in users.items():
+        assert 1 <= len(taste["categories"]) <= 3 and 1 <= len(taste["brands"]) <= 2
+        assert 2 <= len(taste["attributes"]) <= 4
+        assert all(b.lower() in in_titles for b in taste["brands"]), user_id
+        assert all(a in in_titles for a in taste["attributes"]), user_id
+        low, high = taste["price_band"]
+        assert 0 < low <= high and taste["activity"] > 0
+
+
+def test_prices_follow_the_brand_tier(shop):
+    tier = shop.items["brand"].map(lambda b: shop.ground_truth["vocabulary"]["brands"][b]["tier"])
+    median = shop.items.assign(tier=tier).groupby(["category", "tier"])["price"].median().unstack()
+    assert (median["budget"] < median["mid"]).mean() >= 0.8
+    assert (median["mid"] < median["premium"]).mean() >= 0.8
+
+
+def test_events_stay_in_the_window_and_each_user_has_a_clear_order(shop):
+    times = shop.events["timestamp"]
+    assert times.min() >= WINDOW_START and times.max() < WINDOW_END
+    # No two events of one shopper share a second, so the order within a user is never a tie-break.
+    same_user = shop.events["user_id"].eq(shop.events["user_id"].shift())
+    assert (times.diff()[same_user] > pd.Timedelta(0)).all()
+    assert times.dt.month.nunique() == 4
+
+
+def test_view_comes_before_cart_before_purchase_in_a_session(shop):
+    events = shop.events
+    gap = events.groupby("user_id")["timestamp"].diff()
+    session = (gap.isna() | (gap > SESSION_BREAK)).cumsum()
+    first = {
+        kind: events[events["event"] == kind].assign(session=session).groupby(["session", "item_id"])["timestamp"].min()
+        for kind in ("view", "cart", "purchase")
+    }
+    purchases = first["purchase"]
+    carts, views = first["cart"].reindex(purchases.index), first["view"].reindex(purchases.index)
+    in_order = (views < carts) & (carts < purchases)
+    assert in_order.mean() > 0.8
+    assert (views < purchases).mean() > 0.95
+
+
+def test_purchases_hit_favourite_brands_categories_and_words_far_more_than_chance(shop):
+    users = shop.ground_truth["users"]
+    purchases = with_items(shop).query("event == 'purchase'")
+    words = [title_words(t) for t in shop.items["title"]]
+    brand_share = shop.items["brand"].value_counts(normalize=True).to_dict()
+    category_share = shop.items["category"].value_counts(normalize=True).to_dict()
+    # Chance: the share of the catalog a shopper would hit buying at random.
+    chance = {
+        u: (
+            sum(brand_share[b] for b in taste["brands"]),
+            sum(category_share[c] for c in taste["categories"]),
+            np.mean([bool(w & set(taste["attributes"])) for w in words]),
+        )
+        for u, taste in users.items()
+    }
+    hits = [
+        (b in users[u]["brands"], c in users[u]["categories"], bool(title_words(t) & set(users[u]["attributes"])))
+        for u, b, c, t in zip(purchases["user_id"], purchases["brand"], purchases["category"], purchases["title"])
+    ]
+    hit_rate = np.mean(hits, axis=0)
+    chance_rate = np.mean([chance[u] for u in purchases["user_id"]], axis=0)
+    brand, category, word = hit_rate / chance_rate
+    assert brand > 5 and category > 2 and word > 3
+    assert hit_rate[1] > 0.6  # most purchases stay on the favourite shelves
+
+
+def test_tastes_drift_toward_their_end_weights(shop):
+    # Events a favourite caused late in the window lean to favourites whose weight grew.
+    users = shop.ground_truth["users"]
+    causes = event_causes(shop)
+    kinds = {"brand": "brands", "category": "categories", "attribute": "attributes"}
+    fired = causes[causes["cause"].isin(list(kinds))]
+    growth = []
+    for user_id, cause, token in zip(fired["user_id"], fired["cause"], fired["token"]):
+        taste, kind = users[user_id], kinds[cause]
+        k = taste[kind].index(token)
+        growth.append(taste["drift"]["end"][kind][k] - taste["drift"]["start"][kind][k])
+    growth = pd.Series(growth, index=fired.index)
+    month = fired["timestamp"].dt.month
+    assert growth[month == 4].mean() > growth[month == 1].mean() + 0.03  # about 0.05 at this size
+
+
+def test_causes_line_up_with_the_events(shop):
+    causes = event_causes(shop)
+    assert causes.columns.tolist() == ["user_id", "item_id", "timestamp", "event", "cause", "token"]
+    pd.testing.assert_frame_equal(causes[list(shop.events.columns[:4])], shop.events[list(shop.events.columns[:4])])
+    assert len(shop.ground_truth["event_causes"]) == len(shop.events)
+    assert set(causes["cause"]) == set(CAUSES)
+    users = shop.ground_truth["users"]
+    item = shop.items.set_index("item_id").loc[causes["item_id"]].reset_index(drop=True)
+    for row in pd.concat([causes, item[["brand", "category", "title"]]], axis=1).itertuples():
+        if row.cause == "brand":
+            assert row.token == row.brand and row.token in users[row.user_id]["brands"]
+        elif row.cause == "attribute":
+            assert row.token in title_words(row.title) and row.token in users[row.user_id]["attributes"]
+        elif row.cause == "category":
+            assert row.token == row.category and row.token in users[row.user_id]["categories"]
+        else:
+            assert row.token is None, row
+    purchase_causes = causes.loc[causes["event"] == "purchase", "cause"]
+    assert 0.65 <= purchase_causes.isin(TASTE_CAUSES).mean() <= 0.85
+    views = causes.loc[causes["event"] == "view", "cause"].value_counts(normalize=True)
+    assert views["noise"] > 0.05  # not every click means something
+
+
+def test_price_caused_events_are_cheap_in_the_band(shop):
+    users = shop.ground_truth["users"]
+    caused = event_causes(shop).query("cause == 'price'").merge(shop.items[["item_id", "price"]], on="item_id")
+    band = np.array([users[u]["price_band"] for u in caused["user_id"]])
+    middle = band.mean(axis=1)
+    assert ((caused["price"] >= band[:, 0]) & (caused["price"] <= middle)).mean() > 0.95
+
+
+def test_causes_follow_their_events_when_reordered(small_shop):
+    shuffled = small_shop.events.sample(frac=1.0, random_state=0).reset_index(drop=True)
+    causes = event_causes(dataclasses.replace(small_shop, events=shuffled))
+    pd.testing.assert_frame_equal(causes.drop(columns=["cause", "token"]), shuffled.drop(columns=["value"]))
+    original = event_causes(small_shop).set_index(["user_id", "item_id", "timestamp", "event"])
+    moved = causes.set_index(["user_id", "item_id", "timestamp", "event"])
+    pd.testing.assert_frame_equal(moved.sort_index(), original.sort_index())
+
+
+def test_event_causes_refuse_data_without_them(small_shop):
+    plain = make_dataset(small_shop.items, small_shop.events, source="test", format="table")
+    with pytest.raises(DataError, match="no planted event causes"):
+        event_causes(plain)
+    truth = {**small_shop.ground_truth, "event_causes": small_shop.ground_truth["event_causes"][1:]}
+    with pytest.raises(DataError, match="1 events have no planted cause"):
+        event_causes(dataclasses.replace(small_shop, ground_truth=truth))
+
+
+def test_dirt_is_small_planted_and_listed(shop):
+    dirt = shop.ground_truth["dirt"]
+    aside = shop.set_aside_events
+    assert (aside["reason"] == "duplicate").all() and len(aside) == len(dirt["duplicate_events"]) == 2
+    assert [[r.user_id, r.item_id, r.timestamp.isoformat(), r.event] for r in aside.itertuples()] == sorted(
+        dirt["duplicate_events"])
+    assert shop.items.loc[shop.items["price"].isna(), "item_id"].tolist() == dirt["items_without_price"]
+    assert shop.events["item_id"].isin(shop.items["item_id"]).all()
+    views = shop.events[shop.events["event"] == "view"].set_index("timestamp")
+    views_per_minute = views.groupby("user_id")["item_id"].rolling("60s").count().groupby(level="user_id").max()
+    assert views_per_minute[views_per_minute >= 30].index.tolist() == dirt["bot_users"]
+    assert views_per_minute.drop(dirt["bot_users"]).max() < 10
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet", "jsonl"])
+def test_write_then_load_gives_the_same_shop(small_shop, tmp_path, kind):
+    write_tables(small_shop, tmp_path, kind=kind)
+    loaded = load_dataset(tmp_path)
+    pd.testing.assert_frame_equal(loaded.items, small_shop.items)
+    pd.testing.assert_frame_equal(loaded.events, small_shop.events)
+    assert loaded.meta.fingerprint == small_shop.meta.fingerprint
+    assert loaded.ground_truth == small_shop.ground_truth
+    pd.testing.assert_frame_equal(event_causes(loaded), event_causes(small_shop))
+
+
+@pytest.mark.parametrize(("argument", "value"), [("n_items", 5), ("n_users", 0), ("seed", -1), ("target_events", 2.5)])
+def test_bad_sizes_are_data_errors(argument, value):
+    with pytest.raises(DataError, match=argument):
+        generate(**{argument: value})

@@ -432,9 +432,11 @@ def _ancient_timestamps(dataset: Dataset) -> Finding | None:
 def _out_of_order(dataset: Dataset) -> Finding | None:
     """Events that come later in the source file than a newer event of the same user.
 
-    Only detectable when the reader kept each event's place in the file as a `source_row` column.
+    Only detectable when the reader kept each event's place in its file (`dataset.source_rows`).
     """
     events = dataset.events
+    if "source_row" not in events and dataset.source_rows is not None:
+        events = events.assign(source_row=dataset.source_rows)
     if "source_row" not in events or len(events) == 0:
         return None
     in_file_order = events.sort_values("source_row", kind="stable")

@@ -94,6 +94,9 @@ class Dataset:
     set_aside_events: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=[*EVENT_COLUMNS, "reason"]))
     set_aside_items: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=[*ITEM_COLUMNS, "reason"]))
     users: pd.DataFrame | None = None  # optional user table (user_id + attributes), e.g. MovieLens u.user
+    # Where each event of `events` sat in its source file (line or record number), when the reader knew:
+    # the quality report uses it to find events stored out of time order.
+    source_rows: np.ndarray | None = field(default=None, repr=False)
 
     @cached_property
     def item_ids(self) -> np.ndarray:
@@ -182,6 +185,7 @@ def make_dataset(
     set_aside_events = events[reasons.notna()].assign(reason=reasons[reasons.notna()])
     events = events[reasons.isna()]
     events = events.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+    source_rows = events.pop("source_row").to_numpy() if "source_row" in events else None
     meta = DatasetMeta(
         source=source,
         format=format,
@@ -197,6 +201,7 @@ def make_dataset(
         set_aside_events=set_aside_events.reset_index(drop=True),
         set_aside_items=set_aside_items.reset_index(drop=True),
         users=users,
+        source_rows=source_rows,
     )
 
 
@@ -261,6 +266,8 @@ def normalise_events(frame: pd.DataFrame, *, file: str, locate: Locator) -> pd.D
     out["value"] = (
         _number_column(frame["value"], "value", file=file, locate=locate) if "value" in frame else np.nan
     )
+    # The record's place in its file, kept aside by make_dataset (not part of the contract's columns).
+    out["source_row"] = [next(iter(locate(i).values())) for i in range(len(frame))]
     return out.reset_index(drop=True)
 
 

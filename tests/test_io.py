@@ -154,3 +154,19 @@ def test_cli_check_writes_json(tmp_path):
     report = json.loads(out.read_text())
     assert report["summary"]["events"] == 4
     assert "severity" in result.stdout or "no findings" in result.stdout
+
+
+def test_events_stored_out_of_time_order_are_reported_with_their_line(tmp_path):
+    from data.quality import quality_report
+
+    events = (
+        "user_id,item_id,timestamp,event\n"
+        "u1,a,2024-01-03,view\n"
+        "u1,b,2024-01-01,view\n"  # line 3: older than the line before it
+        "u2,c,2024-01-02,view\n"
+    )
+    dataset = load_dataset(write(tmp_path, events=events))
+    assert dataset.events["item_id"].tolist() == ["b", "a", "c"]  # sorted by time within each user
+    finding = quality_report(dataset).finding("out_of_order")
+    assert finding is not None and finding.count == 1
+    assert finding.examples[0]["source_row"] == 3 and finding.examples[0]["item_id"] == "b"

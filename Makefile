@@ -8,8 +8,10 @@ DEMO ?= demo
 DATA ?= $(DEMO)/data
 MODEL ?= $(DEMO)/model
 PORT ?= 8501
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_OFFLINE := 1
 
-.PHONY: run test lint bench demo-data demo-model clean
+.PHONY: run test lint bench demo clean
 
 $(STAMP): requirements.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -21,13 +23,18 @@ $(DEV_STAMP): $(STAMP) requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
-$(DATA)/events.csv: | $(STAMP)
-	$(PY) -m data generate --out $(DATA)
+# The demo shop and its model are built once, then reused.
+$(DEMO)/data/events.csv: | $(STAMP)
+	$(PY) -m data generate --out $(DEMO)/data
 
-demo-data: $(STAMP) $(DATA)/events.csv
+$(DEMO)/model/config.json: | $(DEMO)/data/events.csv
+	$(PY) -m model train --data $(DEMO)/data --out $(DEMO)/model
 
-run: demo-data
-	WHYREC_DATA=$(DATA) WHYREC_MODEL=$(MODEL) $(PY) -m streamlit run app.py --server.port $(PORT) --server.headless true
+demo: $(STAMP) $(DEMO)/data/events.csv $(DEMO)/model/config.json
+
+run: demo
+	WHYREC_DATA=$(DATA) WHYREC_MODEL=$(MODEL) $(PY) -m streamlit run app.py --server.port $(PORT) \
+		--server.headless true --browser.gatherUsageStats false
 
 test: $(DEV_STAMP)
 	$(PY) -m pytest
@@ -35,8 +42,10 @@ test: $(DEV_STAMP)
 lint: $(DEV_STAMP)
 	$(PY) -m ruff check .
 
-bench: $(DEV_STAMP) demo-data
+bench: $(DEV_STAMP) demo
 	$(PY) -m bench.features
+	$(PY) -m bench.latency --model $(DEMO)/model
+	$(PY) -m bench.quality
 
 clean:
 	rm -rf $(DEMO) .pytest_cache test-artifacts

@@ -43,7 +43,7 @@ STATE = "train_state.json"
 class TrainConfig:
     epochs: int = 30  # an upper bound: early stopping on validation NDCG@10 decides
     patience: int = 3  # epochs without improvement before stopping
-    batch_size: int = 128  # users per step; every position of each history is a training example
+    batch_size: int = 0  # users per step (0: about 60 steps an epoch, 16..128); every history position counts
     lr: float = 2e-3
     encoder_lr: float = 3e-5  # lora / full tuning only
     weight_decay: float = 0.01
@@ -169,6 +169,7 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
     recommender = Recommender(net, dataset, text_embeddings, checkpoint_id="training")
     histories = [h for h in build_histories(split.train, dataset.item_position).values() if len(h) >= 2]
     rng = np.random.default_rng(config.seed)
+    batch_size = config.batch_size or int(np.clip(len(histories) // 60, 16, 128))
     valid = split.valid if len(split.valid) <= config.eval_users else split.valid.sample(
         config.eval_users, random_state=config.seed)
     log(f"{len(dataset.items)} items, {len(histories)} training users, {len(split.valid)} validation users "
@@ -200,9 +201,9 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
             net.train()
             order = rng.permutation(len(histories))
             losses = []
-            steps = range(0, len(order), config.batch_size)
+            steps = range(0, len(order), batch_size)
             for start in tqdm(steps, desc=f"epoch {epoch}", unit="step", disable=not progress, leave=False):
-                batch = [histories[i] for i in order[start : start + config.batch_size]]
+                batch = [histories[i] for i in order[start : start + batch_size]]
                 loss = _stage1_loss(net, batch, text_embeddings, query_embeddings, texts, config, device, rng)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

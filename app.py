@@ -4,16 +4,20 @@ import os
 
 import streamlit as st
 
+from views.loaders import DEFAULT_DATA, DEFAULT_MODEL
+
 st.set_page_config(page_title="WhyRec", page_icon="🔎", layout="wide")
 
 with st.sidebar:
-    st.title("WhyRec")
-    st.text_input(
-        "Data directory",
-        value=os.environ.get("WHYREC_DATA", "demo/data"),
-        key="data_path",
-        help="Defaults to $WHYREC_DATA, else the demo data that `make run` builds",
-    )
+    st.title("🔎 WhyRec")
+    st.caption("Recommendations, and why.")
+    st.text_input("Model directory", value=os.environ.get("WHYREC_MODEL", DEFAULT_MODEL), key="model_dir",
+                  help="A checkpoint from `python -m model train` (default: $WHYREC_MODEL or the demo model)")
+    st.text_input("Data directory", value=os.environ.get("WHYREC_DATA", DEFAULT_DATA), key="data_dir",
+                  help="Events and items to serve; must match the model's catalog (default: $WHYREC_DATA)")
 
-pages = [st.Page("views/data_overview.py", title="Data", icon="🗂️", default=True)]
+pages = [
+    st.Page("views/recommend.py", title="Recommend", icon="🎯", default=True, url_path="recommend"),
+    st.Page("views/data_overview.py", title="Data", icon="🗂️", url_path="data"),
+]
 st.navigation(pages).run()

@@ -1,0 +1,53 @@
+"""Cached loaders shared by the pages: the model once per process, results once per checkpoint."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from data.errors import WhyRecError
+
+DEFAULT_MODEL = "demo/model"
+DEFAULT_DATA = "demo/data"
+
+
+def model_dir() -> str:
+    return st.session_state.get("model_dir") or os.environ.get("WHYREC_MODEL", DEFAULT_MODEL)
+
+
+def data_dir() -> str:
+    return st.session_state.get("data_dir") or os.environ.get("WHYREC_DATA", DEFAULT_DATA)
+
+
+def _stamp(path: Path) -> float:
+    """Changes when the directory's files change, so a retrained model is picked up."""
+    if not path.exists():
+        return 0.0
+    files = [path] if path.is_file() else list(path.iterdir())
+    return max((p.stat().st_mtime for p in files), default=0.0)
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=2)
+def _load_recommender(model: str, data: str | None, stamp: float):
+    from model.checkpoint import load
+
+    return load(model, data=data)
+
+
+def recommender_or_error():
+    """The loaded Recommender, or None after one st.error saying what is wrong and what to do."""
+    model, data = Path(model_dir()), data_dir()
+    if not (model / "config.json").exists():
+        hint = "run `make run` to build the demo model" if str(model) == DEFAULT_MODEL else "check the path"
+        st.error(f"No model at `{model}`: {hint}, or choose another model directory in the sidebar.")
+        return None
+    use_data = data if data and Path(data).exists() else None
+    if data and use_data is None:
+        st.warning(f"Data directory `{data}` does not exist: using the data stored with the model.")
+    try:
+        return _load_recommender(str(model), use_data, _stamp(model) + _stamp(Path(use_data or model)))
+    except WhyRecError as exc:
+        st.error(f"Cannot open the model: {exc}")
+        return None

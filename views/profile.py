@@ -1,0 +1,74 @@
+"""The user profile card: recent history with event types and ages, tastes, price band, activity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from data.schema import EVENT_TYPES
+from views.text import md_escape
+
+
+def user_profile(recommender, user_id: str) -> dict:
+    """What the card shows, as data (also used by tests and reports)."""
+    events = recommender.dataset.user_events(user_id)
+    items = recommender.items.set_index("item_id")
+    joined = events.join(items[["title", "category", "brand", "price"]], on="item_id")
+    now = events["timestamp"].max() if len(events) else pd.Timestamp.now(tz="UTC")
+    history = recommender.histories.get(user_id)
+    recent = []
+    if history is not None and len(history):
+        for position, code, touched in list(zip(history.item_index, history.event_codes, history.last_touch))[::-1][:8]:
+            row = recommender.items.iloc[int(position)]
+            recent.append({"title": row.title, "event": EVENT_TYPES[int(code) - 1],
+                           "age_days": max(0.0, (now.value - int(touched)) / 86_400e9)})
+    prices = joined["price"].dropna()
+    last_month = events[events["timestamp"] > now - pd.Timedelta(days=30)]
+    return {
+        "user_id": user_id,
+        "events": len(events),
+        "items": int(events["item_id"].nunique()),
+        "events_last_30_days": len(last_month),
+        "first_seen": events["timestamp"].min() if len(events) else None,
+        "last_seen": now if len(events) else None,
+        "top_categories": joined["category"].value_counts().head(3).to_dict(),
+        "top_brands": joined["brand"].value_counts().head(3).to_dict(),
+        "price_band": (float(np.quantile(prices, 0.1)), float(np.quantile(prices, 0.9))) if len(prices) else None,
+        "event_counts": {str(k): int(v) for k, v in events["event"].value_counts().items() if v},
+        "recent": recent,
+    }
+
+
+def profile_card(recommender, user_id: str) -> None:
+    profile = user_profile(recommender, user_id)
+    st.markdown(f"**User {md_escape(user_id)}**")
+    if not profile["events"]:
+        st.caption("No history yet: recommendations fall back to popularity.")
+        return
+    a, b, c = st.columns(3)
+    a.metric("Events", profile["events"])
+    b.metric("Items", profile["items"])
+    c.metric("Last 30 days", profile["events_last_30_days"])
+    tastes = []
+    for label, counts in (("Categories", profile["top_categories"]), ("Brands", profile["top_brands"])):
+        if counts:
+            tastes.append(f"**{label}:** " + ", ".join(f"{md_escape(k)} ({v})" for k, v in counts.items()))
+    if profile["price_band"]:
+        low, high = profile["price_band"]
+        tastes.append(f"**Price band:** {low:,.2f} – {high:,.2f}")
+    st.markdown("  \n".join(tastes))
+    st.caption("Recent history")
+    recent = pd.DataFrame(profile["recent"])
+    if not recent.empty:
+        recent["age"] = recent.pop("age_days").map(_age)
+        st.dataframe(recent, hide_index=True, width="stretch",
+                     column_config={"title": st.column_config.TextColumn("Item", width="large")})
+
+
+def _age(days: float) -> str:
+    if days < 1 / 24:
+        return "just now"
+    if days < 1:
+        return f"{days * 24:.0f} h ago"
+    return f"{days:.0f} d ago"

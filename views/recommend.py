@@ -1,0 +1,123 @@
+"""Recommend page: choose a user or type a query, see the ranked products, open the explanation of one."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from data.errors import WhyRecError
+from views.loaders import recommender_or_error
+from views.profile import profile_card
+from views.text import md_escape
+
+PART_REASONS = {
+    "text": "its text matches {what}",
+    "collaborative": "shoppers with a history like {whose} picked it",
+    "behaviour": "{whose} recent behaviour points to it",
+}
+
+
+def _reasons(frame: pd.DataFrame) -> list[str]:
+    """One line per item from the strongest positive part of its score (the panel has the details)."""
+    parts = [c for c in frame.columns if c.startswith("part_")]
+    what = "the query" if query else "this user's history"
+    whose = "this user's" if user_id else "the"
+    lines = []
+    for _, row in frame.iterrows():
+        values = {c.removeprefix("part_"): float(row[c]) for c in parts}
+        ranked_parts = sorted(values.items(), key=lambda kv: kv[1], reverse=True)
+        name, value = ranked_parts[0]
+        line = PART_REASONS[name].format(what=what, whose=whose).capitalize() + f" (+{value:.2f})"
+        if len(ranked_parts) > 1 and ranked_parts[1][1] > 0.25 * value > 0:
+            second = ranked_parts[1][0]
+            line += "; " + PART_REASONS[second].format(what=what, whose=whose) + \
+                f" (+{ranked_parts[1][1]:.2f})"
+        lines.append(line)
+    return lines
+
+
+st.header("Recommend")
+recommender = recommender_or_error()
+if recommender is None:
+    st.stop()
+
+params = st.query_params
+user_ids = [str(u) for u in recommender.user_ids]
+
+# The URL carries the view, so a link reproduces what you see.
+if "recommend_initialised" not in st.session_state:
+    st.session_state.recommend_initialised = True
+    st.session_state.rec_mode = "Query" if params.get("query") and not params.get("user") else "User"
+    st.session_state.rec_query = params.get("query", "")
+    url_user = params.get("user")
+    if url_user is not None and url_user not in set(user_ids):
+        st.session_state.rec_bad_user = url_user
+    st.session_state.rec_user = url_user if url_user in set(user_ids) else (user_ids[0] if user_ids else None)
+    st.session_state.rec_personalise = bool(params.get("user") and params.get("query"))
+
+if st.session_state.pop("rec_bad_user", None) is not None:
+    st.error(f"Unknown user in the link: `{md_escape(params.get('user', ''))}`. Showing user "
+             f"`{md_escape(st.session_state.rec_user)}` instead; pick another below.")
+
+left, right = st.columns([1, 2], gap="large")
+with left:
+    mode = st.radio("Recommend for", ["User", "Query"], horizontal=True, key="rec_mode")
+    user_id = query = None
+    if mode == "User":
+        user_id = st.selectbox("User", user_ids, key="rec_user", help="Type to search by id")
+        query = st.text_input("Optional: narrow down with a query", key="rec_user_query",
+                              placeholder="e.g. waterproof hiking sock") or None
+    else:
+        query = st.text_input("What are you looking for?", key="rec_query",
+                              placeholder="e.g. waterproof hiking sock")
+        if st.checkbox("Personalise for a user", key="rec_personalise"):
+            user_id = st.selectbox("User", user_ids, key="rec_user")
+        if not query or not query.strip():
+            st.info("Type a query to see matching products.")
+            st.stop()
+    k = st.slider("How many items", 5, 50, 10, key="rec_k")
+    if user_id is not None:
+        with st.container(border=True):
+            profile_card(recommender, user_id)
+
+wanted = {"user": user_id, "query": query}
+for key, value in wanted.items():
+    if value:
+        params[key] = value
+    elif key in params:
+        del params[key]
+
+
+@st.cache_data(show_spinner="Ranking the catalog…", max_entries=256)
+def ranked(checkpoint_id: str, user_id, query, k: int, _recommender) -> tuple[pd.DataFrame, tuple, str]:
+    result = _recommender.recommend(user_id=user_id, query=query, k=k)
+    frame = pd.DataFrame([{
+        "rank": r.rank, "item_id": r.item_id, "title": r.title, "category": r.category, "brand": r.brand,
+        "price": r.price, "score": r.score, **{f"part_{name}": value for name, value in r.parts.items()},
+    } for r in result])
+    return frame, tuple(result.notes), result.mode
+
+
+with right:
+    try:
+        frame, notes, used_mode = ranked(recommender.checkpoint_id, user_id, query, k, recommender)
+    except WhyRecError as exc:
+        st.error(str(exc))
+        st.stop()
+    for note in notes:
+        st.info(note)
+    frame["reason"] = _reasons(frame)
+    st.subheader(f"Top {len(frame)}" + (f" for “{md_escape(query)}”" if query else ""))
+    low, high = float(frame["score"].min()), float(frame["score"].max())
+    st.dataframe(
+        frame[["rank", "title", "category", "brand", "price", "score", "reason"]],
+        hide_index=True, width="stretch",
+        column_config={
+            "rank": st.column_config.NumberColumn("#", width="small"),
+            "title": st.column_config.TextColumn("Item", width="large"),
+            "price": st.column_config.NumberColumn("Price", format="%.2f"),
+            "score": st.column_config.ProgressColumn("Score", min_value=min(low, 0.0) if low < 0 else low - 1,
+                                                     max_value=high, format="%.2f"),
+            "reason": st.column_config.TextColumn("Why, in one line", width="large"),
+        },
+    )

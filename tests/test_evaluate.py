@@ -254,3 +254,28 @@ def test_the_evaluate_command_writes_the_report_of_a_trained_checkpoint(tiny_mod
     assert set(json.loads(capsys.readouterr().out)) == set(report["summary"])
     # Round trip: the stored checkpoint evaluates to the same numbers in-process.
     assert evaluate_model(recommender)["summary"] == report["summary"]
+
+
+def test_the_text_baseline_uses_the_untuned_encoder_even_after_tuning(tiny_encoder, tmp_path):
+    from model.encoder import TextEncoder, load_encoder
+    from model.evaluate import untuned_text_embeddings
+    from model.recommender import RecommenderConfig, RecommenderNet
+    from model.serving import Recommender
+    from model.train import item_texts
+
+    dataset = sequence_shop()
+    frozen = tiny_recommender(dataset)
+    embeddings, note = untuned_text_embeddings(frozen)
+    assert embeddings is frozen.text_embeddings and "frozen" in note
+
+    config = RecommenderConfig(n_items=len(dataset.items), n_features=len(FEATURES), text_dim=32, dim=16,
+                               encoder_tuning="full", max_item_tokens=24)
+    net = RecommenderNet(config, TextEncoder(*load_encoder(tiny_encoder)))
+    tuned = Recommender(net, dataset, torch.zeros(len(dataset.items), 32), metadata={"base_encoder": str(tiny_encoder)})
+    embeddings, note = untuned_text_embeddings(tuned)
+    expected = TextEncoder(*load_encoder(tiny_encoder)).embed(item_texts(dataset), 24)
+    assert torch.allclose(embeddings, expected) and "re-embedded" in note
+
+    lost = Recommender(net, dataset, torch.zeros(len(dataset.items), 32), metadata={"base_encoder": str(tmp_path / "gone")})
+    embeddings, note = untuned_text_embeddings(lost)
+    assert embeddings is lost.text_embeddings and "failed" in note

@@ -7,6 +7,7 @@ import streamlit as st
 
 from data import DataError, load_dataset
 from data.quality import quality_report
+from views.loaders import data_dir
 
 
 @st.cache_data(show_spinner="Reading the dataset…")
@@ -20,8 +21,8 @@ def _mtime(path: Path) -> float:
 
 
 st.header("Data")
-st.caption("Recommendations and explanations arrive with the model; this page shows the data they will use.")
-path = Path(st.session_state.get("data_path") or "demo/data")
+st.caption("What the loaded dataset holds, and what is wrong with it.")
+path = Path(data_dir())
 try:
     if not path.exists():
         raise DataError("no such directory: run `make run` to build the demo data, or choose another", file=str(path))

@@ -1,0 +1,86 @@
+"""The dashboard driven headless with Streamlit's AppTest: every page, the happy path and bad input."""
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from data.io import write_tables
+
+APP = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "app.py")
+
+
+@pytest.fixture()
+def app(monkeypatch, tiny_model, tiny_shop, tmp_path_factory):
+    data = tmp_path_factory.mktemp("shop-data")
+    write_tables(tiny_shop, data)
+    monkeypatch.setenv("WHYREC_MODEL", str(tiny_model))
+    monkeypatch.setenv("WHYREC_DATA", str(data))
+    return AppTest.from_file(APP, default_timeout=180)
+
+
+def ranked_table(at):
+    tables = [t.value for t in at.dataframe if "score" in t.value.columns]
+    assert tables, "no ranked list on the page"
+    return tables[-1]
+
+
+def test_recommend_for_the_first_user(app):
+    app.run()
+    assert not app.exception
+    assert not app.error
+    table = ranked_table(app)
+    assert len(table) == 10
+    assert list(table["rank"]) == list(range(1, 11))
+    assert table["reason"].str.len().min() > 10
+    assert app.query_params.get("user")  # the URL carries the view
+
+
+def test_choose_another_user_and_k(app):
+    app.run()
+    users = app.selectbox(key="rec_user").options
+    app.selectbox(key="rec_user").select(users[3]).run()
+    app.slider(key="rec_k").set_value(5).run()
+    assert not app.exception
+    assert len(ranked_table(app)) == 5
+    assert app.query_params["user"] == users[3]
+
+
+def test_query_mode(app):
+    app.query_params["query"] = "wool sock"
+    app.run()
+    assert not app.exception
+    assert app.radio(key="rec_mode").value == "Query"
+    assert len(ranked_table(app)) == 10
+    app.text_input(key="rec_query").input("   ").run()
+    assert any("Type a query" in i.value for i in app.info)
+
+
+def test_unknown_user_in_the_link(app):
+    app.query_params["user"] = "no-such-user"
+    app.run()
+    assert not app.exception
+    assert any("Unknown user in the link" in e.value for e in app.error)
+    assert len(ranked_table(app)) == 10  # the page still works
+
+
+def test_missing_model_directory(app, monkeypatch, tmp_path):
+    monkeypatch.setenv("WHYREC_MODEL", str(tmp_path / "nowhere"))
+    app.run()
+    assert not app.exception
+    assert any("No model at" in e.value for e in app.error)
+
+
+def test_data_that_does_not_match_the_model(app, monkeypatch, tmp_path):
+    from data.synthetic import generate
+
+    write_tables(generate(n_users=20, n_items=30, seed=11, target_events=500), tmp_path / "other")
+    monkeypatch.setenv("WHYREC_DATA", str(tmp_path / "other"))
+    app.run()
+    assert not app.exception
+    assert any("does not match the checkpoint" in e.value for e in app.error)
+
+
+def test_data_page(app):
+    app.run()
+    app.switch_page("views/data_overview.py").run()
+    assert not app.exception
+    assert [m.label for m in app.metric][:3] == ["Users", "Items", "Events"]

@@ -120,9 +120,13 @@ def load_tables(path: Path, prefer: str | None = None) -> Dataset:
 def write_tables(dataset: Dataset, directory: Path, kind: str = "csv") -> None:
     """Write a dataset in the WhyRec layout (the inverse of `load_tables`)."""
     directory.mkdir(parents=True, exist_ok=True)
-    events = dataset.events.assign(timestamp=dataset.events["timestamp"].map(lambda t: t.isoformat()),
-                                   event=dataset.events["event"].astype(str))
-    for stem, frame in (("items", dataset.items), ("events", events)):
+    # What was set aside goes back in, so the files hold what the source held (duplicates included):
+    # reading them again sets the same records aside and gives the same fingerprint.
+    columns = list(dataset.events.columns)
+    events = pd.concat([dataset.events, dataset.set_aside_events[columns]], ignore_index=True)
+    events = events.assign(timestamp=events["timestamp"].map(lambda t: t.isoformat()), event=events["event"].astype(str))
+    items = pd.concat([dataset.items, dataset.set_aside_items[list(dataset.items.columns)]], ignore_index=True)
+    for stem, frame in (("items", items), ("events", events)):
         target = directory / f"{stem}.{kind}"
         if kind == "csv":
             frame.to_csv(target, index=False)

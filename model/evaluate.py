@@ -68,7 +68,7 @@ def model_scorer(recommender, with_behaviour: bool = True) -> Callable:
         net = recommender.net
         tensors = serving_tensors(histories, moments, net.config.max_history)
         with torch.no_grad():
-            states = recommender._user_state(tensors)  # (B, D)
+            states = recommender.net.scaled_context(recommender._user_state(tensors))  # (B, D)
             states = states * (tensors["lengths"] > 0).unsqueeze(-1)
             scores = states @ (recommender.item_text_vectors + recommender.item_id_vectors).T
             scores = scores + recommender.item_bias_values  # (B, N)

@@ -3,7 +3,11 @@
 score(context, item) = ⟨context, text_vector(item)⟩          item text, through the encoder   ("text")
                      + ⟨context, id_vector(item)⟩ + bias(item) collaborative memory of the item ("collaborative")
                      + behaviour_head(features(user, item, t)) point-in-time behaviour         ("behaviour")
-context = user_state(history) + query_vector(query), either part optional.
+context = scale(user_state(history) + query_vector(query)), either part optional.
+
+With a temperature τ > 0 the dot product is a cosine: item vectors are divided by the norm of
+(text + id) and the context is unit length divided by τ. Text vectors of a frozen encoder and fresh ID
+vectors live on different scales; the cosine keeps either from drowning the other and trains faster.
 
 The top is additive on purpose: every score splits exactly into these parts, which the explainers
 then break down further (tokens by Integrated Gradients, features by SHAP).
@@ -40,6 +44,7 @@ class RecommenderConfig:
     max_query_tokens: int = 64  # longer queries are truncated and flagged
     encoder_tuning: str = "frozen"  # frozen | lora | full; default per device is in the README
     lora_rank: int = 8
+    temperature: float = 0.07  # cosine scores / τ; 0 turns the plain dot product back on (UniSRec uses 0.07)
 
     def __post_init__(self) -> None:
         if self.n_items < 1:
@@ -118,8 +123,28 @@ class RecommenderNet(nn.Module):
     def item_biases(self, item_index: torch.Tensor) -> torch.Tensor:
         return self.item_bias(item_index + 1).squeeze(-1)  # (…,)
 
+    def item_parts(self, text_embeddings: torch.Tensor, item_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text and collaborative parts of the item vectors (…, D) each; they sum to the item vector."""
+        text, ident = self.item_text_vectors(text_embeddings), self.item_id_vectors(item_index)
+        if self.config.temperature > 0:
+            norm = (text + ident).norm(dim=-1, keepdim=True).clamp(min=1e-6)
+            text, ident = text / norm, ident / norm
+        return text, ident
+
     def item_vectors(self, text_embeddings: torch.Tensor, item_index: torch.Tensor) -> torch.Tensor:
-        return self.item_text_vectors(text_embeddings) + self.item_id_vectors(item_index)  # (…, D)
+        text, ident = self.item_parts(text_embeddings, item_index)
+        return text + ident  # (…, D)
+
+    def normalised_item_vector(self, item_vector: torch.Tensor) -> torch.Tensor:
+        if self.config.temperature > 0:
+            return item_vector / item_vector.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+        return item_vector
+
+    def scaled_context(self, context: torch.Tensor) -> torch.Tensor:
+        """(…, D) raw user state + query vector -> the context the items are scored against."""
+        if self.config.temperature > 0:
+            return nn.functional.normalize(context, dim=-1) / self.config.temperature
+        return context
 
     # ---- users and queries -----------------------------------------------------------------
 
@@ -153,21 +178,3 @@ class RecommenderNet(nn.Module):
         """(…, F) raw behaviour features -> (…,) their part of the score. SHAP explains exactly this."""
         standard = (features - self.feature_mean) / self.feature_std
         return self.behaviour_head(standard).squeeze(-1)
-
-    # ---- the score -----------------------------------------------------------------------------
-
-    def score_parts(
-        self,
-        context: torch.Tensor,  # (B, D) or (D,)
-        item_text_vectors: torch.Tensor,  # (B, D) or (N, D)
-        item_index: torch.Tensor,  # (B,) or (N,)
-        features: torch.Tensor | None,  # (B, F) or (N, F); None leaves behaviour out (stage 1)
-    ) -> dict[str, torch.Tensor]:
-        """The additive parts of the score, each (B,) or (N,); their sum is the score."""
-        parts = {
-            "text": (context * item_text_vectors).sum(-1),
-            "collaborative": (context * self.item_id_vectors(item_index)).sum(-1) + self.item_biases(item_index),
-        }
-        if features is not None:
-            parts["behaviour"] = self.behaviour_score(features)
-        return parts

@@ -106,8 +106,9 @@ class Recommender:
         """Cache the item vectors (text and collaborative parts) for whole-catalog ranking."""
         with torch.no_grad():
             index = torch.arange(len(self.item_ids))
-            self.item_text_vectors = self.net.item_text_vectors(self.text_embeddings).float()  # (N, D)
-            self.item_id_vectors = self.net.item_id_vectors(index).float()  # (N, D)
+            text, ident = self.net.item_parts(self.text_embeddings, index)
+            self.item_text_vectors = text.float()  # (N, D)
+            self.item_id_vectors = ident.float()  # (N, D)
             self.item_bias_values = self.net.item_biases(index).float()  # (N,)
 
     def item_positions(self, item_ids) -> np.ndarray:
@@ -135,6 +136,13 @@ class Recommender:
             raise ModelError("the query is empty: type some words, or leave it out to rank for the user")
         if user_id is None and query is None and history is None:
             raise ModelError("give a user, a query, or both")
+        if user_id is not None and history is None:
+            self.check_user(user_id)
+        if at is not None:  # point in time: rebuild from the events before `at`, so nothing later leaks in
+            cutoff = pd.Timestamp(at)
+            events = history if history is not None else (
+                self.dataset.user_events(user_id) if user_id is not None else None)
+            history = None if events is None else events[events["timestamp"] < cutoff]
         if history is not None:
             user_history = history_from_events(user_id or "what-if", history, self.dataset.item_position)
         elif user_id is not None:
@@ -142,8 +150,6 @@ class Recommender:
         else:
             user_history = empty_history("anonymous")
         moment = self._moment(at, user_history)
-        if at is not None:
-            user_history = _before(user_history, moment)
         vector = torch.zeros(self.config.dim)
         if len(user_history):
             tensors = serving_tensors([user_history], [moment], self.config.max_history)
@@ -158,6 +164,8 @@ class Recommender:
             if truncated:
                 notes.append(f"the query was cut to the encoder's limit of {self.config.max_query_tokens} tokens")
         mode = ("user+query" if query else "user") if len(user_history) else ("query" if query else "popularity")
+        with torch.no_grad():
+            vector = self.net.scaled_context(vector)
         return Context(vector, user_id, user_history, moment, query, truncated, mode, tuple(notes))
 
     def _user_state(self, tensors: dict) -> torch.Tensor:
@@ -346,6 +354,7 @@ def score_view(recommender: Recommender, context: Context, item_position: int,
         item_vector = net.item_text_vectors(text_embedding)  # (B, D)
         if id_in is not None:
             item_vector = item_vector + id_in
+        item_vector = net.normalised_item_vector(item_vector)
         context_vector = torch.zeros_like(item_vector)
         if history_in is not None:
             expand = {k: v.expand(batch, *v.shape[1:]) for k, v in codes.items() if k != "items"}
@@ -354,7 +363,7 @@ def score_view(recommender: Recommender, context: Context, item_position: int,
         if query_embeds_in is not None:
             query_embedding = encoder(attention_mask=query_mask.expand(batch, -1), inputs_embeds=query_embeds_in)
             context_vector = context_vector + net.query_vector(query_embedding)
-        return (context_vector * item_vector).sum(-1)  # (B,)
+        return (net.scaled_context(context_vector) * item_vector).sum(-1)  # (B,)
 
     return ScoreView(
         item_position=item_position, item_input_ids=item_batch["input_ids"], item_embeds=item_embeds,

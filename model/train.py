@@ -317,7 +317,7 @@ def _stage1_loss(net: RecommenderNet, batch, text_embeddings: torch.Tensor, quer
         bias = net.item_biases(all_index)  # (N,)
         history = catalog[tensors["items"].clamp(min=0)]  # (B, T, D)
         states = net.user_states(history, tensors["event_codes"], tensors["gap_codes"], tensors["now_codes"])
-        logits = states @ catalog.T + bias  # (B, T, N)
+        logits = net.scaled_context(states) @ catalog.T + bias  # (B, T, N)
         loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
         if config.query_weight > 0:
             valid = targets >= 0
@@ -325,7 +325,7 @@ def _stage1_loss(net: RecommenderNet, batch, text_embeddings: torch.Tensor, quer
             query = net.query_vector(query_embeddings.to(device)[wanted])  # (M, D)
             # Half the pseudo-queries come with the user's state, so personalised queries are trained too.
             with_user = torch.as_tensor(rng.random(len(wanted)) < 0.5, device=device).unsqueeze(-1)
-            context = query + with_user * states[valid]
+            context = net.scaled_context(query + with_user * states[valid])
             query_logits = context @ catalog.T + bias
             loss = loss + config.query_weight * nn.functional.cross_entropy(query_logits.float(), wanted)
     return loss

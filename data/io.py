@@ -124,7 +124,8 @@ def write_tables(dataset: Dataset, directory: Path, kind: str = "csv") -> None:
     # reading them again sets the same records aside and gives the same fingerprint.
     columns = list(dataset.events.columns)
     events = pd.concat([dataset.events, dataset.set_aside_events[columns]], ignore_index=True)
-    events = events.assign(timestamp=events["timestamp"].map(lambda t: t.isoformat()), event=events["event"].astype(str))
+    events = events.assign(timestamp=events["timestamp"].map(lambda t: t.isoformat()),
+                           event=events["event"].astype(str))
     items = pd.concat([dataset.items, dataset.set_aside_items[list(dataset.items.columns)]], ignore_index=True)
     for stem, frame in (("items", items), ("events", events)):
         target = directory / f"{stem}.{kind}"

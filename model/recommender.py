@@ -102,7 +102,12 @@ class RecommenderNet(nn.Module):
         # Standardisation of the raw features, set from training data; part of the head, saved with it.
         self.register_buffer("feature_mean", torch.zeros(config.n_features))
         self.register_buffer("feature_std", torch.ones(config.n_features))
-        nn.init.normal_(self.item_id.weight, std=0.02)
+        # Small starts (as BERT's 0.02): the default N(0, 1) would bury the unit-length item vectors
+        # under position and event noise, and the model would first have to learn to ignore it.
+        for table in (self.item_id, self.position, self.event_type, self.gap, self.now_gap):
+            nn.init.normal_(table.weight, std=0.02)
+            if table.padding_idx is not None:
+                table.weight.data[table.padding_idx].zero_()
         nn.init.zeros_(self.item_bias.weight)
         nn.init.zeros_(self.behaviour_head[-1].weight)  # starts neutral: stage 2 learns what behaviour adds
         nn.init.zeros_(self.behaviour_head[-1].bias)

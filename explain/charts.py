@@ -1,0 +1,139 @@
+"""Plotly figures and HTML fragments drawn from one `Explanation`: the dashboard and the reports share them.
+
+Every string that comes from data passes through `escape` before it reaches HTML or a Plotly label
+(Plotly reads a subset of HTML in labels, so a title could otherwise become a link).
+"""
+
+from __future__ import annotations
+
+import html
+
+import plotly.graph_objects as go
+
+from explain.base import Attribution, Explanation
+
+# Colour-blind-safe diverging pair (ColorBrewer PuOr ends): orange raises the score, purple lowers it.
+RAISES = "#e66101"
+LOWERS = "#5e3c99"
+NEUTRAL = "#9e9e9e"
+PART_LABELS = {
+    "item_tokens": "Item words",
+    "query_tokens": "Query words",
+    "history": "History",
+    "collaborative": "Item ID (collaborative)",
+    "behaviour": "Behaviour features",
+    "history_tokens": "Words in history items",
+}
+PUNCTUATION = set(".,;:!?)]}%'\"")
+
+
+def escape(text) -> str:
+    """The one HTML escape for text from data (titles, brands, queries, user ids)."""
+    return html.escape(str(text), quote=True)
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _layout(figure: go.Figure, title: str, height: int) -> go.Figure:
+    figure.update_layout(title={"text": escape(title), "x": 0, "font": {"size": 15}}, height=height,
+                         margin={"l": 10, "r": 10, "t": 40, "b": 10}, plot_bgcolor="white",
+                         font={"family": "DejaVu Sans, Arial, sans-serif", "size": 12}, showlegend=False)
+    figure.update_xaxes(gridcolor="#eeeeee", zerolinecolor="#bbbbbb")
+    return figure
+
+
+def waterfall(explanation: Explanation) -> go.Figure:
+    """Base value → each top-level part → the score (or the margin, for a pair)."""
+    parts = [p for p in explanation.parts if p.in_total and len(p)]
+    labels = ["Base value", *(PART_LABELS[p.kind] for p in parts), "Margin" if explanation.is_pair else "Score"]
+    values = [explanation.base_value, *(p.total for p in parts), explanation.score]
+    figure = go.Figure(go.Waterfall(
+        orientation="v", x=labels, y=values, measure=["absolute", *(["relative"] * len(parts)), "total"],
+        text=[f"{v:+.3f}" if 0 < i < len(values) - 1 else f"{v:.3f}" for i, v in enumerate(values)],
+        textposition="outside", connector={"line": {"color": "#bbbbbb"}},
+        increasing={"marker": {"color": RAISES}}, decreasing={"marker": {"color": LOWERS}},
+        totals={"marker": {"color": "#4d4d4d"}},
+    ))
+    figure.update_yaxes(title_text="score", gridcolor="#eeeeee")
+    title = "How the margin builds up" if explanation.is_pair else "How the score builds up"
+    return _layout(figure, title, 340)
+
+
+def _bars(names, values, hover, title: str, axis: str) -> go.Figure:
+    figure = go.Figure(go.Bar(
+        x=list(values), y=[escape(_clip(n)) for n in names], orientation="h",
+        marker={"color": [RAISES if v >= 0 else LOWERS for v in values]},
+        text=[f"{v:+.3f}" for v in values], textposition="auto", hovertext=[escape(h) for h in hover],
+        hoverinfo="text",
+    ))
+    figure.update_yaxes(autorange="reversed", automargin=True)
+    figure.update_xaxes(title_text=axis)
+    return _layout(figure, title, 70 + 28 * max(3, len(names)))
+
+
+def history_bars(explanation: Explanation, top: int = 8) -> go.Figure | None:
+    """The history items that moved the score most, with their event and age."""
+    part = explanation.part("history")
+    if part is None or not len(part):
+        return None
+    entries = part.top(top)
+    names = [f"{d.get('title', n)} · {d.get('event', '')}, {d.get('age_days', 0):.0f} d ago" for n, _, d in entries]
+    return _bars(names, [v for _, v, _ in entries], [d.get("title", n) for n, _, d in entries],
+                 "Past interactions that mattered", "contribution to the score")
+
+
+def behaviour_bars(explanation: Explanation) -> go.Figure | None:
+    """SHAP values of the behaviour features, each named with the user's actual value and its unit."""
+    part = explanation.part("behaviour")
+    if part is None or not len(part):
+        return None
+    entries = part.top(len(part))
+    names = [f"{n} = {_value(d)}" for n, _, d in entries]
+    hover = [f"{n}: {d.get('meaning', '')}" for n, _, d in entries]
+    return _bars(names, [v for _, v, _ in entries], hover, "Behaviour features (SHAP)", "contribution to the score")
+
+
+def _value(detail: dict) -> str:
+    value = detail.get("value")
+    if value is None:
+        return "?"
+    unit = detail.get("unit", "")
+    return f"{value:.2f} {unit}".strip()
+
+
+def token_html(part: Attribution | None, *, limit: int = 120) -> str:
+    """The words of a token part, each shaded by its attribution; escaped, self-contained HTML."""
+    if part is None or not len(part):
+        return "<p class='whyrec-tokens'><em>no words</em></p>"
+    words = part.words()
+    scale = max((abs(v) for v in words.values), default=0.0) or 1.0
+    spans = []
+    for index, (name, value, detail) in enumerate(zip(words.names, words.values, words.details)):
+        if index >= limit:
+            spans.append("<span class='whyrec-more'>…</span>")
+            break
+        word = detail.get("word", name)
+        colour = RAISES if value >= 0 else LOWERS
+        alpha = min(1.0, abs(value) / scale)
+        separator = "" if index == 0 or str(word)[:1] in PUNCTUATION else " "
+        spans.append(
+            f"{separator}<span title='{value:+.4f}' style='background:{_rgba(colour, 0.85 * alpha)};"
+            f"padding:1px 2px;border-radius:3px;color:{'#ffffff' if alpha > 0.6 else '#111111'}'>"
+            f"{escape(word)}</span>"
+        )
+    return f"<p class='whyrec-tokens' style='line-height:1.9;font-size:15px'>{''.join(spans)}</p>"
+
+
+def legend_html() -> str:
+    return (f"<span style='background:{_rgba(RAISES, 0.85)};color:#fff;padding:1px 6px;border-radius:3px'>"
+            f"raises the score</span> <span style='background:{_rgba(LOWERS, 0.85)};color:#fff;padding:1px 6px;"
+            f"border-radius:3px'>lowers the score</span> <span style='color:#555'>· stronger colour, larger "
+            f"effect; hover a word for its value</span>")
+
+
+def _rgba(hex_colour: str, alpha: float) -> str:
+    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha:.2f})"

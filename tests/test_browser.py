@@ -1,0 +1,157 @@
+"""The dashboard in a real browser: Playwright drives the system Chromium against `streamlit run app.py`."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+EVIL = "<img src=x onerror=alert(1)>"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="system Chromium is not installed (.ci/run installs it)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class App:
+    """`streamlit run app.py` on a free loopback port, stopped at the end."""
+
+    def __init__(self, model: Path, data: Path) -> None:
+        self.port = free_port()
+        env = {**os.environ, "WHYREC_MODEL": str(model), "WHYREC_DATA": str(data), "PYTHONUNBUFFERED": "1"}
+        self.log = open(ARTIFACTS / f"streamlit-{self.port}.log", "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(self.port),
+             "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError("streamlit did not come up; see " + self.log.name)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo shop and a demo model trained on it with the real encoder (a short run)."""
+    from data.io import write_tables
+    from data.synthetic import generate
+    from model.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("demo")
+    shop = generate(n_users=400, n_items=300, seed=0, target_events=12_000)
+    write_tables(shop, root / "data")
+    train(shop, root / "model", train_config=TrainConfig(epochs=3, behaviour_epochs=5), progress=False,
+          log=lambda *_: None)
+    return root
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory, tiny_encoder, tiny_shop):
+    """A shop whose item titles and brands are markup, and a tiny model trained on it."""
+    from data.io import write_tables
+    from data.schema import make_dataset
+    from model.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("hostile")
+    items = tiny_shop.items.assign(title=EVIL, brand="<script>alert(2)</script>")
+    shop = make_dataset(items, tiny_shop.events, source="hostile", format="table")
+    write_tables(shop, root / "data")
+    train(shop, root / "model", model_overrides={"dim": 16, "max_item_tokens": 24}, base_model=str(tiny_encoder),
+          train_config=TrainConfig(epochs=1, batch_size=16, behaviour_epochs=1), progress=False, log=lambda *_: None)
+    return root
+
+
+def wait_for_page(page) -> None:
+    page.wait_for_selector("h1, h2", timeout=60_000)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=120_000)
+
+
+def test_choose_a_user_and_open_an_explanation(browser, demo):
+    app = App(demo / "model", demo / "data")
+    try:
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        dialogs = []
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        page.goto(app.url)
+        wait_for_page(page)
+        page.get_by_text("Recommend", exact=True).first.wait_for()
+        # Choose a user through the searchable select box.
+        select = page.get_by_test_id("stSelectbox").first
+        select.click()
+        page.keyboard.type("u0007")
+        page.keyboard.press("Enter")
+        page.wait_for_function("() => window.location.search.includes('user=u0007')", timeout=60_000)
+        wait_for_page(page)
+        # The explanation panel of the top item: its charts render.
+        page.get_by_text("Why this score").first.wait_for(timeout=120_000)
+        page.wait_for_selector(".js-plotly-plot", timeout=120_000)
+        wait_for_page(page)
+        charts = page.locator(".js-plotly-plot").count()
+        assert charts >= 3, f"{charts} charts rendered"
+        page.screenshot(path=str(ARTIFACTS / "recommend-explanation.png"), full_page=True)
+        assert not dialogs
+        assert page.get_by_test_id("stException").count() == 0
+    finally:
+        app.stop()
+
+
+def test_markup_in_data_shows_as_text(browser, hostile):
+    app = App(hostile / "model", hostile / "data")
+    try:
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        dialogs = []
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        page.goto(app.url)
+        wait_for_page(page)
+        page.get_by_text("Why this score").first.wait_for(timeout=120_000)
+        wait_for_page(page)
+        page.get_by_text(EVIL).first.wait_for(timeout=30_000)  # shown as text, literally
+        assert page.locator("img[src='x']").count() == 0
+        page.screenshot(path=str(ARTIFACTS / "hostile-titles.png"), full_page=True)
+        assert not dialogs, dialogs
+    finally:
+        app.stop()

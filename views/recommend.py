@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from data.errors import WhyRecError
+from views.explanation_panel import explanation_panel
 from views.loaders import recommender_or_error
 from views.profile import profile_card
 from views.text import md_escape
@@ -121,3 +122,6 @@ with right:
             "reason": st.column_config.TextColumn("Why, in one line", width="large"),
         },
     )
+
+with st.container(border=True):
+    explanation_panel(recommender, frame, user_id, query)

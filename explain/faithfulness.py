@@ -1,0 +1,216 @@
+"""Faithfulness, measured: do the tokens IG ranks highest really move the score, more than random ones do?
+
+Definitions (n = the item's real tokens, word pieces counted singly; [CLS]/[SEP] never move). Removing a token
+replaces its embedding with the explanation's baseline token ([PAD] by default), keeping the attention mask and
+every other input, and the score is recomputed through the score view. s(S) is the score with the tokens in S
+removed; top_k are the k tokens with the largest IG values (most positive first); K = min(k_max, n).
+
+    deletion_curve[k]        s(top_k), k = 0..K                        (falls fast when IG is right)
+    insertion_curve[k]       s(every token except top_k removed), k = 0..K
+    deletion_top3_drop       score - s(the top 3 tokens with positive IG value, fewer if fewer are positive)
+    deletion_random3_drop    the same drop for as many tokens drawn at random, averaged over random_draws draws
+    aopc_comprehensiveness   mean over k = 1..K of score - s(top_k)            (higher: the top tokens matter)
+    aopc_sufficiency         mean over k = 1..K of score - s(all but top_k removed)  (lower: they suffice)
+    *_random                 the same for random orders, averaged over the draws: the bar to clear
+
+Agreement (on demand, agreement=True): SHAP's Partition explainer over the same tokens, with shap.maskers.Text
+over the model's tokenizer masking a token by the same baseline token, gives a second opinion; `spearman` is
+the Spearman rank correlation of its token values with IG's (None when either side is constant or n < 3).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from data.errors import WhyRecError
+from explain.base import Attribution, Explanation
+from explain.behaviour import import_shap
+from explain.errors import ExplanationError
+from explain.gradients import TOKENIZING, LockedTokenizer, baseline_token_id, device_of, text_baseline
+
+K_MAX = 10  # the first ten tokens removed: past them an item title is mostly gone
+RANDOM_DRAWS = 5  # random orders averaged for the random bar; each costs 2 (k_max + 1) forward rows
+TOP = 3  # the headline: the three strongest tokens
+MAX_EVALS = 500  # SHAP Partition evaluations; 300-500 settle the ranking of a 64-token item
+CHUNK = 64  # masked variants per forward pass
+
+
+def faithfulness(recommender, explanation: Explanation, *, history: pd.DataFrame | None = None,
+                 k_max: int = K_MAX, random_draws: int = RANDOM_DRAWS, seed: int = 0, agreement: bool = False,
+                 max_evals: int = MAX_EVALS) -> dict:
+    """Deletion and insertion of the item's top-IG tokens versus random ones; optionally SHAP agreement."""
+    if explanation.is_pair:
+        raise ExplanationError("faithfulness is measured on one item's explanation; measure A and B separately")
+    if explanation.checkpoint_id != recommender.checkpoint_id:
+        raise ExplanationError(f"the explanation is of model {explanation.checkpoint_id}, this recommender is "
+                               f"{recommender.checkpoint_id}")
+    if k_max < 1 or random_draws < 1 or max_evals < 1:
+        raise ExplanationError(f"k_max {k_max}, random_draws {random_draws} and max_evals {max_evals} must be "
+                               "positive")
+    started = time.perf_counter()
+    view = _view(recommender, explanation, history)
+    part = explanation.part("item_tokens")
+    tokenizer = recommender.net.encoder.tokenizer
+    pieces = tokenizer.convert_ids_to_tokens([int(i) for i in view.item_input_ids[0].tolist()])
+    positions = [d["position"] for d in part.details]
+    if max(positions, default=-1) >= len(pieces) or any(pieces[p] != name for p, name in zip(positions, part.names)):
+        raise ExplanationError(f"item '{explanation.item_id}' reads other tokens now than when it was explained")
+    result = removal_curves(recommender, view, part, explanation.score, k_max=k_max, random_draws=random_draws,
+                            seed=seed)
+    result["agreement"] = agreement_with_shap(recommender, view, part, max_evals) if agreement else None
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+def removal_curves(recommender, view, part: Attribution, score: float, *, k_max: int = K_MAX,
+                   random_draws: int = RANDOM_DRAWS, seed: int = 0) -> dict:
+    """The deletion and insertion measures above for one item_tokens part of the score `view` reproduces."""
+    positions = np.array([d["position"] for d in part.details], dtype=np.int64)
+    ig_values = np.asarray(part.values, dtype=np.float64)
+    kind = part.parameters["baseline"]
+    n = len(positions)
+    result = {"score": score, "n_tokens": n, "baseline": kind, "k_max": min(k_max, n),
+              "random_draws": random_draws, "seed": seed, "notes": []}
+    if n == 0:
+        result["notes"].append("the item has no text tokens: nothing to remove")
+        result.update(deletion_top3_drop=0.0, deletion_random3_drop=0.0, aopc_comprehensiveness=0.0,
+                      aopc_sufficiency=0.0, aopc_comprehensiveness_random=0.0, aopc_sufficiency_random=0.0,
+                      curves={"deletion": [score], "insertion": [score], "deletion_random": [score],
+                              "insertion_random": [score]})
+        return result
+    scorer = _RemovalScorer(recommender, view, kind, score)
+    result.update(_curves(scorer, positions, ig_values, min(k_max, n), random_draws, seed, result["notes"]))
+    return result
+
+
+def _view(recommender, explanation: Explanation, history):
+    from model.serving import score_view
+
+    try:
+        with TOKENIZING:
+            context = recommender.context(explanation.user_id, explanation.query, history=history)
+            position = int(recommender.item_positions([explanation.item_id])[0])
+            return score_view(recommender, context, position, history=history)
+    except WhyRecError as exc:
+        raise ExplanationError(f"cannot rebuild the explained score: {exc}") from exc
+
+
+class _ItemForward:
+    """forward(item token embeddings) with every other input of the view held at its value; no gradients."""
+
+    def __init__(self, recommender, view) -> None:
+        device = device_of(recommender)
+        self.view, self.device = view, device
+        self.others = (None if view.query_embeds is None else view.query_embeds.to(device),
+                       None if view.history_vectors is None else view.history_vectors.to(device),
+                       view.id_vector.to(device))
+
+    def __call__(self, item_embeds: torch.Tensor) -> np.ndarray:
+        """(V, T, H) -> (V,) float64."""
+        out = []
+        for chunk in item_embeds.split(CHUNK):
+            others = [None if x is None else x.expand(len(chunk), *x.shape[1:]) for x in self.others]
+            with torch.no_grad():
+                out.append(self.view.forward(chunk, *others).double().cpu())
+        return torch.cat(out).numpy()
+
+
+class _RemovalScorer:
+    """s(S): the score with some item tokens replaced by the baseline token, everything else as it was."""
+
+    def __init__(self, recommender, view, kind: str, score: float) -> None:
+        encoder = recommender.net.encoder
+        self.forward = _ItemForward(recommender, view)
+        self.embeds = view.item_embeds.to(self.forward.device)  # (1, T, H)
+        self.replacement = text_baseline(view, view.item_input_ids.to(self.forward.device), self.embeds,
+                                         encoder.word_embeddings, kind, encoder.tokenizer.mask_token_id)
+        self.score = score
+
+    def scores(self, removed: np.ndarray) -> np.ndarray:
+        """(V, T) bool, True = removed -> (V,) scores: the score moved by forward(S) - forward(nothing removed).
+
+        The reference row rides in the same batch, so removing nothing gives the score to the last bit.
+        """
+        rows = torch.as_tensor(np.concatenate([np.zeros((1, removed.shape[1]), dtype=bool), removed]))
+        mask = rows.to(self.forward.device).unsqueeze(-1)  # (V + 1, T, 1)
+        values = self.forward(torch.where(mask, self.replacement, self.embeds))
+        return self.score + (values[1:] - values[0])
+
+
+def _curves(scorer: _RemovalScorer, positions: np.ndarray, ig_values: np.ndarray, k: int, draws: int, seed: int,
+            notes: list[str]) -> dict:
+    length = scorer.embeds.shape[1]
+    rng = np.random.default_rng(seed)
+    ranked = positions[np.argsort(-ig_values, kind="stable")]  # most positive first
+    orders = [ranked] + [rng.permutation(positions) for _ in range(draws)]
+    top = min(TOP, int((ig_values > 0).sum()))
+    if top < TOP:
+        notes.append(f"only {top} token(s) have a positive IG value; the top-3 drop removes {top}")
+
+    def rows(order: np.ndarray) -> np.ndarray:  # (2 (k + 1) + 1, T): deletion of top_0..top_k, insertion, top-3
+        out = np.zeros((2 * (k + 1) + 1, length), dtype=bool)
+        for j in range(k + 1):
+            out[j, order[:j]] = True
+            out[k + 1 + j, positions] = True
+            out[k + 1 + j, order[:j]] = False
+        out[-1, order[:top]] = True
+        return out
+
+    scores = scorer.scores(np.concatenate([rows(order) for order in orders])).reshape(len(orders), -1)  # one batch
+    deletion, insertion = scores[:, : k + 1], scores[:, k + 1 : -1]  # (1 + draws, k + 1) each
+    score = scorer.score
+    return {
+        "deletion_top3_drop": float(score - scores[0, -1]),
+        "deletion_random3_drop": float(np.mean(score - scores[1:, -1])),
+        "aopc_comprehensiveness": float(np.mean(score - deletion[0, 1:])),
+        "aopc_sufficiency": float(np.mean(score - insertion[0, 1:])),
+        "aopc_comprehensiveness_random": float(np.mean(score - deletion[1:, 1:])),
+        "aopc_sufficiency_random": float(np.mean(score - insertion[1:, 1:])),
+        "curves": {"deletion": deletion[0].tolist(), "insertion": insertion[0].tolist(),
+                   "deletion_random": deletion[1:].mean(0).tolist(),
+                   "insertion_random": insertion[1:].mean(0).tolist()},
+    }
+
+
+def agreement_with_shap(recommender, view, part: Attribution, max_evals: int = MAX_EVALS) -> dict:
+    """SHAP Partition values of the same tokens (Text masker, the baseline token as mask) and their rank agreement."""
+    shap = import_shap()
+    positions = np.array([d["position"] for d in part.details], dtype=np.int64)
+    ig_values = np.asarray(part.values, dtype=np.float64)
+    kind, ig_seconds = part.parameters["baseline"], part.seconds
+    encoder = recommender.net.encoder
+    out = {"method": "shap_partition", "max_evals": max_evals, "ig_seconds": ig_seconds, "spearman": None,
+           "shap_values": [], "shap_base_value": None, "seconds": 0.0, "note": None}
+    if len(positions) == 0:
+        out["note"] = "no tokens to compare"
+        return out
+    started = time.perf_counter()
+    # The text up to the last token the model kept: re-tokenised, it gives the view's tokens again.
+    text = view.item_text[: view.item_offsets[int(positions.max())][1]]
+    mask_token = baseline_token_id(view, kind, encoder.tokenizer.mask_token_id)
+    tokenizer = LockedTokenizer(encoder.tokenizer)
+    masker = shap.maskers.Text(tokenizer, mask_token=mask_token, collapse_mask_token=False, output_type="token_ids")
+    if list(tokenizer(text)["input_ids"]) != view.item_input_ids[0].tolist():
+        out["note"] = "the tokenizer does not give the model's tokens back from the text; no comparison"
+        return out
+    forward = _ItemForward(recommender, view)
+
+    def score(token_ids) -> np.ndarray:  # SHAP's masked variants of the token ids, (V, T)
+        with torch.no_grad():
+            embeds = encoder.word_embeddings(torch.as_tensor(np.asarray(token_ids, dtype=np.int64),
+                                                             device=forward.device))
+        return forward(embeds)
+
+    result = shap.explainers.Partition(score, masker)([text], max_evals=max_evals, silent=True)
+    shap_values = np.asarray(result.values[0], dtype=np.float64)[positions]
+    out.update(shap_values=shap_values.tolist(), shap_base_value=float(np.asarray(result.base_values).reshape(-1)[0]),
+               seconds=time.perf_counter() - started)
+    if len(positions) < 3 or np.ptp(shap_values) == 0 or np.ptp(ig_values) == 0:
+        out["note"] = "too few or constant values for a rank correlation"
+    else:
+        out["spearman"] = float(pd.Series(ig_values).corr(pd.Series(shap_values), method="spearman"))
+    return out

@@ -1,0 +1,513 @@
+"""Explanations: closed-form fakes for IG and SHAP, the explainer contract, completeness, JSON, threads, bad input."""
+
+import json
+import math
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from data.features import FEATURES
+from explain import (
+    KINDS,
+    Attribution,
+    BehaviourAttributor,
+    Explanation,
+    ExplanationError,
+    HistoryTokenAttributor,
+    PathSettings,
+    TokenAttributor,
+    explain,
+    explain_pair,
+)
+from explain.__main__ import main
+from explain.gradients import integrate, token_entries
+from explain.tokens import joint_change
+from model.checkpoint import load
+from model.sequences import UserHistory
+from model.serving import Recommender, ScoreView, score_view
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Hundreds of tiny forward passes: on a small shared CPU, waking a second thread costs more than the work.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def recommender(tiny_model):
+    return load(tiny_model)
+
+
+def some_user(recommender, min_items: int = 3) -> str:
+    return next(u for u in recommender.user_ids if len(recommender.histories[u]) >= min_items)
+
+
+@pytest.fixture(scope="module")
+def user(recommender):
+    return some_user(recommender)
+
+
+@pytest.fixture(scope="module")
+def top_items(recommender, user):
+    return [r.item_id for r in recommender.recommend(user_id=user, k=3)]
+
+
+@pytest.fixture(scope="module")
+def explained(recommender, user, top_items):
+    return explain(recommender, top_items[0], user_id=user, query="warm wool sock", n_steps=32)
+
+
+def served_score(recommender, item_id, user_id=None, query=None, history=None) -> float:
+    return float(recommender.score(user_id, query, [item_id], history=history)[0])
+
+
+# ---- closed-form fakes ------------------------------------------------------------------------------------------
+
+def test_integrated_gradients_of_a_linear_function_are_exact():
+    torch.manual_seed(0)
+    weights = (torch.randn(1, 5, 4, dtype=torch.float64), torch.randn(1, 3, dtype=torch.float64))
+    inputs = (torch.randn(1, 5, 4, dtype=torch.float64), torch.randn(1, 3, dtype=torch.float64))
+    baselines = (torch.randn(1, 5, 4, dtype=torch.float64), torch.zeros(1, 3, dtype=torch.float64))
+
+    def forward(tokens, vector):
+        return (tokens * weights[0]).sum((1, 2)) + (vector * weights[1]).sum(1)
+
+    for method in ("gausslegendre", "riemann_middle", "riemann_left"):
+        run = integrate(forward, inputs, baselines, PathSettings(n_steps=4, method=method))
+        # IG of a linear function = (x - baseline) * weight, summed over the embedding dimension.
+        expected = [((x - b) * w).sum(-1)[0].numpy() for x, b, w in zip(inputs, baselines, weights)]
+        for got, want in zip(run.attributions, expected):
+            np.testing.assert_allclose(got, want.reshape(-1), rtol=1e-10, atol=1e-12)
+        assert run.start == pytest.approx(float(forward(*baselines)[0]), abs=1e-12)
+        assert run.end == pytest.approx(float(forward(*inputs)[0]), abs=1e-12)
+        assert abs(run.delta) < 1e-10
+
+
+class _FakeEncoder(nn.Module):
+    def __init__(self, tokenizer, hidden: int):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.embedding = nn.Embedding(len(tokenizer), hidden)
+
+    def word_embeddings(self, input_ids):
+        return self.embedding(input_ids)
+
+
+class _FakeNet(nn.Module):
+    """A behaviour head that is linear: exact SHAP values are w_i (x_i - E[x_i])."""
+
+    def __init__(self, encoder, weights):
+        super().__init__()
+        self.encoder = encoder
+        self.weights = torch.as_tensor(weights, dtype=torch.float32)
+
+    def behaviour_score(self, features):
+        return features @ self.weights + 0.25
+
+
+class _FakeFeatures:
+    def __init__(self, rows):
+        self.rows = rows
+
+    def pair_features(self, user_ids, items, at):
+        return self.rows[: len(user_ids)]
+
+
+class _FakeRecommender:
+    checkpoint_id = "fake"
+
+    def __init__(self, net, items, rows):
+        self.net, self.items, self.features = net, items, _FakeFeatures(rows)
+        self.user_ids = np.array(["u1", "u2"])
+        self.item_ids = items["item_id"].to_numpy()
+
+
+@pytest.fixture(scope="module")
+def linear_world(tiny_encoder):
+    """A ScoreView whose forward is linear in every input, over the tiny tokenizer: IG is known in closed form."""
+    from transformers import BertTokenizerFast
+
+    torch.manual_seed(1)
+    tokenizer = BertTokenizerFast.from_pretrained(tiny_encoder)
+    hidden, dim = 6, 4
+    net = _FakeNet(_FakeEncoder(tokenizer, hidden), np.linspace(-1, 1, len(FEATURES)))
+    items = pd.DataFrame({"item_id": ["i0", "i1", "i2"], "title": ["red mug", "blue sock", "green hat"]})
+    rows = np.random.default_rng(0).normal(size=(40, len(FEATURES)))
+
+    def tokens(text):
+        batch = tokenizer([text], return_tensors="pt", return_offsets_mapping=True)
+        ids = batch["input_ids"]
+        return ids, net.encoder.word_embeddings(ids).detach(), [tuple(map(int, o)) for o in batch["offset_mapping"][0]]
+
+    item_ids, item_embeds, item_offsets = tokens("waterproof wool socks")
+    query_ids, query_embeds, query_offsets = tokens("warm sock")
+    weights = {"item": torch.randn(1, item_ids.shape[1], hidden), "query": torch.randn(1, query_ids.shape[1], hidden),
+               "history": torch.randn(1, 2, dim), "id": torch.randn(1, dim)}
+
+    def forward(item, query=None, history=None, id_vector=None):
+        out = (item * weights["item"]).sum((1, 2)) + (query * weights["query"]).sum((1, 2))
+        return out + (history * weights["history"]).sum((1, 2)) + (id_vector * weights["id"]).sum(1)
+
+    view = ScoreView(
+        item_position=0, item_input_ids=item_ids, item_embeds=item_embeds, item_mask=torch.ones_like(item_ids),
+        item_offsets=item_offsets, item_text="waterproof wool socks", query_input_ids=query_ids,
+        query_embeds=query_embeds, query_mask=torch.ones_like(query_ids), query_offsets=query_offsets,
+        query_text="warm sock", history_vectors=torch.randn(1, 2, dim), history_index=np.array([1, 2]),
+        history_codes={}, id_vector=torch.randn(1, dim), bias=0.125, features=rows[0] + 0.5,
+        pad_token_id=tokenizer.pad_token_id, special_tokens=(tokenizer.cls_token_id, tokenizer.sep_token_id),
+        forward=forward,
+    )
+    day = 86_400 * 10**9
+    history = UserHistory("u1", np.array([1, 2]), np.array([1, 3]), np.array([0, 5 * day]), np.array([0, 5 * day]))
+
+    class Context:
+        moment_ns = 10 * day
+
+    context = Context()
+    context.history = history
+    return _FakeRecommender(net, items, rows), context, view, weights
+
+
+def test_token_attributor_on_a_linear_view_matches_closed_form(linear_world):
+    recommender, context, view, weights = linear_world
+    item, query, history, collaborative = TokenAttributor(PathSettings(n_steps=3)).attribute(recommender, context,
+                                                                                             view)
+    words = recommender.net.encoder.word_embeddings
+    expected_item = ((view.item_embeds - view.pad_baseline(view.item_input_ids, view.item_embeds, words))
+                     * weights["item"]).sum(-1)[0]
+    positions = [d["position"] for d in item.details]
+    np.testing.assert_allclose(item.values, expected_item[positions].detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert positions == list(range(1, view.item_input_ids.shape[1] - 1))  # [CLS] and [SEP] left out
+    assert len(query) == view.query_input_ids.shape[1] - 2
+    expected_units = (view.history_vectors * weights["history"]).sum(-1)[0].numpy()  # baseline: zeros
+    by_item = {d["item_id"]: v for v, d in zip(history.values, history.details)}
+    assert by_item == pytest.approx({"i1": expected_units[0], "i2": expected_units[1]}, rel=1e-5)
+    assert [abs(v) for v in history.values] == sorted((abs(v) for v in history.values), reverse=True)
+    assert [d["event"] for d in sorted(history.details, key=lambda d: d["unit"])] == ["view", "purchase"]
+    assert sorted(d["age_days"] for d in history.details) == [5.0, 10.0]
+    assert collaborative.names == ("item ID vector", "item bias")
+    assert collaborative.values[0] == pytest.approx(float((view.id_vector * weights["id"]).sum()), rel=1e-5)
+    assert collaborative.values[1] == view.bias
+    assert item.base_value == pytest.approx(float(forward_at_baseline(view, words)), abs=1e-5)
+
+
+def forward_at_baseline(view, words):
+    item = view.pad_baseline(view.item_input_ids, view.item_embeds, words)
+    query = view.pad_baseline(view.query_input_ids, view.query_embeds, words)
+    return view.forward(item, query, torch.zeros_like(view.history_vectors), torch.zeros_like(view.id_vector))[0]
+
+
+def test_behaviour_attributor_on_a_linear_head_matches_closed_form(linear_world):
+    recommender, context, view, _ = linear_world
+    (part,) = BehaviourAttributor(background_size=40).attribute(recommender, context, view)
+    weights = recommender.net.weights.double().numpy()
+    background = recommender.features.rows
+    np.testing.assert_allclose(part.values, weights * (view.features - background.mean(0)), rtol=1e-5, atol=1e-6)
+    assert part.base_value == pytest.approx(float((background @ weights).mean() + 0.25), abs=1e-6)
+    assert part.names == tuple(spec.label for spec in FEATURES)
+    assert [d["unit"] for d in part.details] == [spec.unit for spec in FEATURES]
+    assert [d["value"] for d in part.details] == pytest.approx(list(view.features))
+
+
+def test_token_entries_merge_word_pieces_into_the_words_as_written(recommender):
+    tokenizer = recommender.net.encoder.tokenizer
+    text = "Zephyra wool-socks, WATERPROOF"
+    batch = tokenizer([text], return_tensors="pt", return_offsets_mapping=True)
+    entries = token_entries(tokenizer, batch["input_ids"], [tuple(map(int, o)) for o in batch["offset_mapping"][0]],
+                            text, (tokenizer.cls_token_id, tokenizer.sep_token_id), tokenizer.pad_token_id)
+    words = list(dict.fromkeys((e["word_index"], e["word"]) for e in entries))
+    assert [w for _, w in words] == ["Zephyra", "wool", "-", "socks", ",", "WATERPROOF"]
+    assert any(e["token"].startswith("##") for e in entries)  # the tiny vocabulary splits "Zephyra"
+
+
+# ---- the contract every explainer keeps --------------------------------------------------------------------------
+
+EXPLAINERS = [TokenAttributor, HistoryTokenAttributor, BehaviourAttributor]
+
+
+@pytest.mark.parametrize("explainer_class", EXPLAINERS, ids=lambda c: c.__name__)
+def test_every_explainer_keeps_the_contract(explainer_class, recommender, user, top_items):
+    explainer = explainer_class()
+    public = [name for name in dir(explainer) if not name.startswith("_") and callable(getattr(explainer, name))]
+    assert public == ["attribute"]  # one verb
+    assert isinstance(explainer_class.method, str) and isinstance(explainer_class.has_convergence_delta, bool)
+    context = recommender.context(user, "wool sock")
+    view = score_view(recommender, context, int(recommender.item_positions([top_items[0]])[0]))
+    parts = explainer.attribute(recommender, context, view)
+    assert isinstance(parts, tuple) and parts and all(isinstance(p, Attribution) for p in parts)
+    for part in parts:
+        assert part.kind in KINDS and part.method == explainer_class.method
+        assert len(part.names) == len(part.values) == len(part.details) > 0
+        assert all(math.isfinite(v) for v in part.values)
+        if not explainer_class.has_convergence_delta:
+            assert abs(part.completeness_gap) <= 1e-6
+
+
+# ---- completeness on the tiny model -----------------------------------------------------------------------------
+
+def test_parts_add_up_to_the_models_score(recommender, user, top_items, explained):
+    assert explained.score == pytest.approx(served_score(recommender, top_items[0], user, "warm wool sock"), abs=1e-9)
+    delta = explained.part("item_tokens").completeness_gap
+    assert abs(explained.base_value + explained.total - explained.score) <= abs(delta) + 1e-4
+    assert explained.completeness_gap == pytest.approx(explained.base_value + explained.total - explained.score)
+    in_total = {p.kind for p in explained.parts if p.in_total}
+    assert in_total == {"item_tokens", "query_tokens", "history", "collaborative", "behaviour"}
+    assert not explained.part("history_tokens").in_total
+    # The joint run's parts share one base value and one delta; the explanation's base adds SHAP's.
+    joint = [explained.part(k) for k in ("item_tokens", "query_tokens", "history", "collaborative")]
+    assert len({(p.base_value, p.completeness_gap) for p in joint}) == 1
+    assert explained.base_value == explained.part("item_tokens").base_value + explained.part("behaviour").base_value
+
+
+@pytest.mark.parametrize("case", ["user", "query", "user+query", "zero baseline", "riemann"])
+def test_completeness_holds_in_every_mode(recommender, user, top_items, case):
+    kwargs = {"user": {"user_id": user}, "query": {"query": "red steel pan"},
+              "user+query": {"user_id": user, "query": "green cotton shirt"},
+              "zero baseline": {"user_id": user, "baseline": "zero"},
+              "riemann": {"user_id": user, "method": "riemann_middle", "internal_batch_size": 7}}[case]
+    e = explain(recommender, top_items[1], n_steps=40, **kwargs)
+    delta = e.part("item_tokens").completeness_gap
+    assert abs(e.completeness_gap) <= abs(delta) + 1e-4
+    assert abs(delta) <= 0.05 * abs(e.score - e.base_value) + 1e-3  # the path is fine enough at 40 steps
+    assert e.part("item_tokens").parameters["baseline"] == kwargs.get("baseline", "pad")
+
+
+def test_a_wrong_part_breaks_the_sum(explained):
+    # The sum check can fail: shift one value and the gap shows it.
+    item = explained.part("item_tokens")
+    shifted = replace(item, values=(item.values[0] + 0.5, *item.values[1:]))
+    broken = replace(explained, parts=tuple(shifted if p.kind == "item_tokens" else p for p in explained.parts))
+    assert broken.completeness_gap == pytest.approx(explained.completeness_gap + 0.5)
+
+
+def test_shap_is_additive_on_the_behaviour_head(recommender, explained):
+    part = explained.part("behaviour")
+    features = torch.tensor([[d["value"] for d in part.details]], dtype=torch.float32)
+    with torch.no_grad():
+        behaviour = float(recommender.net.behaviour_score(features)[0])
+    assert abs(part.base_value + math.fsum(part.values) - behaviour) <= 1e-6
+    assert [d["feature"] for d in part.details] == [spec.name for spec in FEATURES]
+
+
+def test_history_part_names_the_items_and_drills_into_the_top_three(recommender, user, explained):
+    history = explained.part("history")
+    units = recommender.histories[user]
+    assert len(history) == min(len(units), recommender.config.max_history)
+    assert {d["item_id"] for d in history.details} == set(recommender.item_ids[units.item_index[-len(history):]])
+    assert all(d["event"] in ("view", "cart", "purchase", "rating") and d["age_days"] >= 0 for d in history.details)
+    assert [abs(v) for v in history.values] == sorted((abs(v) for v in history.values), reverse=True)
+    drill = explained.part("history_tokens")
+    assert {d["item_id"] for d in drill.details} == {d["item_id"] for d in history.details[:3]}
+    assert drill.parameters["units"] == [d["unit"] for d in history.details[:3]]
+
+
+def test_the_drill_down_starts_from_the_same_score(explained):
+    # At its input the drill-down's forward is the joint run's: both end at forward(input) of the score view.
+    drill, joint = explained.part("history_tokens"), explained.part("item_tokens")
+    drill_end = drill.base_value + drill.total - drill.completeness_gap
+    joint_end = joint.base_value + joint_change({p.kind: p for p in explained.parts})
+    assert drill_end == pytest.approx(joint_end, abs=1e-4)
+    assert drill.base_value != pytest.approx(joint_end, abs=1e-6)  # blanking the items' words moves the score
+
+
+def test_words_merge_pieces_and_keep_the_total(explained):
+    item = explained.part("item_tokens")
+    words = item.words()
+    assert words.total == pytest.approx(item.total, abs=1e-9)
+    assert len(words) < len(item) and not any(name.startswith("##") for name in words.names)
+    text_words = [name for name in words.names if name.isalnum()]
+    assert text_words and all(name in explained.item_title or name.lower() in explained.item_title.lower()
+                              for name in text_words[:3])
+    with pytest.raises(ExplanationError, match="has no words"):
+        explained.part("behaviour").words()
+
+
+# ---- JSON ----------------------------------------------------------------------------------------------------------
+
+def test_json_round_trip_is_exact(explained):
+    text = explained.to_json()
+    again = Explanation.from_json(text)
+    assert again == explained
+    assert again.to_json() == text
+    data = json.loads(text)
+    assert data["schema_version"] == 1 and data["schema"] == "whyrec-explanation"
+    assert {p["kind"]: p["in_total"] for p in data["parts"]}["history_tokens"] is False
+    assert data["completeness_gap"] == explained.completeness_gap
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d.update(schema_version=2), "schema_version 2"),
+    (lambda d: d.update(colour="red"), "unknown explanation keys: colour"),
+    (lambda d: d["parts"][0].update(in_total=False), "in_total False contradicts"),
+    (lambda d: d["parts"][0].update(values=[1.0]), "must be as many"),
+    (lambda d: d["parts"][0].update(kind="pixels"), "kind 'pixels'"),
+])
+def test_json_that_breaks_the_schema_is_refused(explained, change, message):
+    data = explained.to_dict()
+    change(data)
+    with pytest.raises(ExplanationError, match=message):
+        Explanation.from_dict(json.loads(json.dumps(data)))
+
+
+# ---- threads ------------------------------------------------------------------------------------------------------
+
+def test_two_threads_give_the_serial_values(recommender):
+    # Item texts and queries are cut at different token limits by one shared tokenizer: a race between the two
+    # shows up as a text cut at the wrong length. Several rounds give it room to happen.
+    users = [u for u in recommender.user_ids if len(recommender.histories[u]) >= 3][:2]
+    jobs = [(u, [r.item_id for r in recommender.recommend(user_id=u, k=2)]) for u in users]
+    serial = [explain_pair(recommender, a, b, user_id=u, query="wool", n_steps=12) for u, (a, b) in jobs]
+    for _ in range(6):
+        threaded, errors = [None, None], []
+
+        def work(i, threaded=threaded, errors=errors):
+            try:
+                u, (a, b) = jobs[i]
+                threaded[i] = explain_pair(recommender, a, b, user_id=u, query="wool", n_steps=12)
+            except Exception as exc:  # surfaced below: an exception in a thread would otherwise vanish
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        for alone, together in zip(serial, threaded):
+            assert [p.names for p in alone.parts] == [p.names for p in together.parts]
+            assert [p.values for p in alone.parts] == [p.values for p in together.parts]
+            assert alone.score == together.score
+
+
+# ---- pairs ----------------------------------------------------------------------------------------------------------
+
+def test_pair_explains_the_margin(recommender, user, top_items):
+    a, b = top_items[0], top_items[2]
+    pair = explain_pair(recommender, a, b, user_id=user, n_steps=32)
+    margin = served_score(recommender, a, user) - served_score(recommender, b, user)
+    assert pair.score == pytest.approx(margin, abs=1e-9)
+    assert abs(pair.completeness_gap) <= abs(pair.part("item_tokens").completeness_gap) + 1e-4
+    assert pair.is_pair and pair.versus_item_id == b and "pair" in pair.flags
+    items = pair.part("item_tokens")
+    assert {name[:3] for name in items.names} == {"A: ", "B: "}
+    assert pair.part("behaviour").base_value == 0.0  # the same background on both sides
+    single_a = explain(recommender, a, user_id=user, n_steps=32)
+    single_b = explain(recommender, b, user_id=user, n_steps=32)
+    assert pair.base_value == pytest.approx(single_a.base_value - single_b.base_value, abs=1e-9)
+    features_a = dict(zip(single_a.part("behaviour").names, single_a.part("behaviour").values))
+    features_b = dict(zip(single_b.part("behaviour").names, single_b.part("behaviour").values))
+    contrast = dict(zip(pair.part("behaviour").names, pair.part("behaviour").values))
+    assert contrast == pytest.approx({k: features_a[k] - features_b[k] for k in features_a}, abs=1e-9)
+
+
+def test_pair_of_an_item_with_itself_is_zero(recommender, user, top_items):
+    pair = explain_pair(recommender, top_items[0], top_items[0], user_id=user, n_steps=8)
+    assert pair.score == 0.0 and pair.base_value == 0.0
+    for part in pair.parts:
+        assert part.total == pytest.approx(0.0, abs=1e-9)
+
+
+# ---- bad input ----------------------------------------------------------------------------------------------------
+
+def test_unknown_item_and_user_are_named(recommender, user):
+    with pytest.raises(ExplanationError, match="no-such-item"):
+        explain(recommender, "no-such-item", user_id=user)
+    with pytest.raises(ExplanationError, match="nobody"):
+        explain(recommender, recommender.item_ids[0], user_id="nobody")
+    with pytest.raises(ExplanationError, match="nobody"):
+        explain_pair(recommender, recommender.item_ids[0], recommender.item_ids[1], user_id="nobody")
+
+
+@pytest.mark.parametrize("n_steps", [0, 10_000, -3, 2.5])
+def test_n_steps_outside_the_range_is_refused(recommender, user, n_steps):
+    with pytest.raises(ExplanationError, match=r"1\.\.1000"):
+        explain(recommender, recommender.item_ids[0], user_id=user, n_steps=n_steps)
+
+
+def test_bad_settings_are_refused(recommender, user):
+    with pytest.raises(ExplanationError, match="baseline 'blank'"):
+        explain(recommender, recommender.item_ids[0], user_id=user, baseline="blank")
+    with pytest.raises(ExplanationError, match="method 'simpson'"):
+        explain(recommender, recommender.item_ids[0], user_id=user, method="simpson")
+    with pytest.raises(ExplanationError, match="method 'riemann_trapezoid'"):  # its weights sum to (n - 1) / n
+        explain(recommender, recommender.item_ids[0], user_id=user, method="riemann_trapezoid")
+    with pytest.raises(ExplanationError, match="at least 2"):
+        explain(recommender, recommender.item_ids[0], user_id=user, method="riemann_left", n_steps=1)
+    with pytest.raises(ExplanationError, match="query is empty"):
+        explain(recommender, recommender.item_ids[0], query="  ")
+
+
+def test_a_huge_query_is_truncated_and_flagged(recommender, top_items):
+    e = explain(recommender, top_items[0], query="warm wool " * 10_000, n_steps=16)
+    assert "query_truncated" in e.flags and any("cut" in note for note in e.notes)
+    assert len(e.part("query_tokens")) == recommender.config.max_query_tokens - 2  # [CLS] and [SEP] take two
+    assert abs(e.completeness_gap) <= abs(e.part("item_tokens").completeness_gap) + 1e-4
+
+
+def test_a_user_without_history_gets_an_empty_flagged_history_part(recommender, user, top_items):
+    empty = recommender.dataset.events.iloc[:0]
+    e = explain(recommender, top_items[0], user_id=user, history=empty, n_steps=16)
+    assert "no_history" in e.flags and len(e.part("history")) == 0 and e.part("history_tokens") is None
+    assert e.score == pytest.approx(served_score(recommender, top_items[0], user, history=empty), abs=1e-9)
+    assert abs(e.completeness_gap) <= 1e-4
+    anonymous = explain(recommender, top_items[0], query="red mug", n_steps=16)
+    assert "no_history" in anonymous.flags and anonymous.user_id is None
+
+
+def test_an_item_without_text_is_flagged_and_still_adds_up(recommender, user):
+    items = recommender.dataset.items.copy()
+    items.loc[0, ["title", "brand", "category", "description"]] = ["", None, None, None]
+    embeddings = recommender.text_embeddings.clone()
+    embeddings[0] = recommender.net.encoder.embed([""], recommender.config.max_item_tokens)[0]
+    blank = Recommender(recommender.net, replace(recommender.dataset, items=items), embeddings,
+                        checkpoint_id=recommender.checkpoint_id)
+    item_id = str(items.item_id[0])
+    e = explain(blank, item_id, user_id=user, n_steps=16)
+    assert "empty_item_text" in e.flags and len(e.part("item_tokens")) == 0
+    assert e.score == pytest.approx(served_score(blank, item_id, user), abs=1e-9)
+    assert abs(e.completeness_gap) <= abs(e.part("item_tokens").completeness_gap) + 1e-4
+
+
+def test_drill_down_refuses_units_outside_the_history(recommender, user, top_items):
+    context = recommender.context(user)
+    view = score_view(recommender, context, int(recommender.item_positions([top_items[0]])[0]))
+    with pytest.raises(ExplanationError, match="outside"):
+        HistoryTokenAttributor().attribute(recommender, context, view, units=[999])
+
+
+# ---- command line ------------------------------------------------------------------------------------------------
+
+def test_cli_prints_a_summary_and_writes_json(tiny_model, recommender, user, top_items, tmp_path, capsys):
+    out = tmp_path / "e.json"
+    code = main(["item", "--model", str(tiny_model), "--item", top_items[0], "--user", user, "--steps", "8",
+                 "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    for heading in ("score", "top item words", "top history items", "top behaviour features", "top-3 drop"):
+        assert heading in printed
+    assert Explanation.from_json(out.read_text()).item_id == top_items[0]
+    code = main(["pair", "--model", str(tiny_model), "--a", top_items[0], "--b", top_items[1], "--query", "mug",
+                 "--steps", "8"])
+    assert code == 0 and "margin score(A) - score(B)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [
+    ["item", "--item", "no-such-item", "--user", "{user}"],
+    ["item", "--item", "{item}", "--user", "nobody"],
+    ["item", "--item", "{item}"],
+    ["item", "--item", "{item}", "--user", "{user}", "--steps", "0"],
+    ["pair", "--a", "{item}", "--b", "no-such-item", "--user", "{user}"],
+])
+def test_cli_bad_input_exits_2_with_one_line(tiny_model, user, top_items, argv, capsys):
+    argv = [a.format(user=user, item=top_items[0]) for a in argv]
+    assert main([argv[0], "--model", str(tiny_model), *argv[1:]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err

@@ -1,0 +1,120 @@
+"""Faithfulness: deletion/insertion and SHAP agreement, exact on a linear fake, consistent on the tiny model."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from explain import ExplanationError, PathSettings, TokenAttributor, explain, explain_pair, faithfulness
+from explain.faithfulness import agreement_with_shap, removal_curves
+from model.checkpoint import load
+from model.serving import score_view
+from tests.test_explain import linear_world, one_thread  # noqa: F401  (fixtures shared with the explain tests)
+
+
+@pytest.fixture(scope="module")
+def linear_tokens(linear_world):  # noqa: F811
+    recommender, context, view, _ = linear_world
+    item = TokenAttributor(PathSettings(n_steps=2)).attribute(recommender, context, view)[0]
+    with torch.no_grad():
+        score = float(view.forward(view.item_embeds, view.query_embeds, view.history_vectors, view.id_vector)[0])
+    return recommender, view, item, score
+
+
+# ---- closed form: on a linear score, removing a token takes away exactly its IG value ----------------------------
+
+def test_removal_on_a_linear_score_takes_away_exactly_the_ig_values(linear_tokens):
+    recommender, view, item, score = linear_tokens
+    values = np.array(item.values)
+    result = removal_curves(recommender, view, item, score, k_max=4, random_draws=8)
+    ranked = np.sort(values)[::-1]
+    expected_deletion = score - np.concatenate([[0.0], np.cumsum(ranked[:4])])
+    np.testing.assert_allclose(result["curves"]["deletion"], expected_deletion, rtol=1e-5, atol=1e-5)
+    expected_insertion = score - values.sum() + np.concatenate([[0.0], np.cumsum(ranked[:4])])
+    np.testing.assert_allclose(result["curves"]["insertion"], expected_insertion, rtol=1e-5, atol=1e-5)
+    positive = ranked[ranked > 0][:3]
+    assert result["deletion_top3_drop"] == pytest.approx(positive.sum(), abs=1e-5)
+    assert result["aopc_comprehensiveness"] == pytest.approx(np.mean(np.cumsum(ranked[:4])), abs=1e-5)
+    # The top-k carry the largest sum of any k tokens: nothing random can beat them.
+    assert result["deletion_top3_drop"] >= result["deletion_random3_drop"]
+    assert result["aopc_comprehensiveness"] >= result["aopc_comprehensiveness_random"]
+    assert result["aopc_sufficiency"] <= result["aopc_sufficiency_random"]
+
+
+def test_shap_partition_agrees_with_ig_on_a_linear_score(linear_tokens):
+    recommender, view, item, _ = linear_tokens
+    agreement = agreement_with_shap(recommender, view, item, max_evals=200)
+    # An additive score: every Owen value is the token's own effect, which is its IG value.
+    np.testing.assert_allclose(agreement["shap_values"], item.values, rtol=1e-4, atol=1e-5)
+    assert agreement["spearman"] == pytest.approx(1.0)
+
+
+# ---- the tiny model ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def recommender(tiny_model):
+    return load(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def user(recommender):
+    return next(u for u in recommender.user_ids if len(recommender.histories[u]) >= 3)
+
+
+@pytest.fixture(scope="module")
+def explained(recommender, user):
+    item = recommender.recommend(user_id=user, k=1)[0].item_id
+    return explain(recommender, item, user_id=user, query="wool sock", n_steps=24)
+
+
+def test_faithfulness_numbers_are_what_they_say(recommender, user, explained):
+    result = faithfulness(recommender, explained, k_max=5, random_draws=4)
+    curves = result["curves"]
+    assert curves["deletion"][0] == pytest.approx(explained.score, abs=1e-9)
+    assert len(curves["deletion"]) == len(curves["insertion"]) == len(curves["deletion_random"]) == 6
+    assert result["aopc_comprehensiveness"] == pytest.approx(np.mean(explained.score - np.array(curves["deletion"][1:])))
+    # Recompute the top-3 drop independently: [PAD] at the three tokens with the largest positive IG values.
+    part = explained.part("item_tokens")
+    top = [d["position"] for v, d in sorted(zip(part.values, part.details), key=lambda x: -x[0]) if v > 0][:3]
+    context = recommender.context(user, "wool sock")
+    view = score_view(recommender, context, int(recommender.item_positions([explained.item_id])[0]))
+    padded = view.pad_baseline(view.item_input_ids, view.item_embeds, recommender.net.encoder.word_embeddings)
+    removed = view.item_embeds.clone()
+    removed[0, top] = padded[0, top]
+    with torch.no_grad():
+        before, after = (float(view.forward(x, view.query_embeds, view.history_vectors, view.id_vector)[0])
+                         for x in (view.item_embeds, removed))
+    assert result["deletion_top3_drop"] == pytest.approx(before - after, abs=1e-5)
+    assert result["agreement"] is None
+
+
+def test_agreement_on_demand(recommender, explained):
+    result = faithfulness(recommender, explained, k_max=3, random_draws=2, agreement=True, max_evals=100)
+    agreement = result["agreement"]
+    assert agreement["method"] == "shap_partition" and len(agreement["shap_values"]) == len(
+        explained.part("item_tokens"))
+    assert -1.0 <= agreement["spearman"] <= 1.0 and agreement["seconds"] > 0
+
+
+def test_faithfulness_refuses_what_it_cannot_measure(recommender, user, explained):
+    items = recommender.recommend(user_id=user, k=2)
+    pair = explain_pair(recommender, items[0].item_id, items[1].item_id, user_id=user, n_steps=4)
+    with pytest.raises(ExplanationError, match="one item's explanation"):
+        faithfulness(recommender, pair)
+    with pytest.raises(ExplanationError, match="model other"):
+        faithfulness(recommender, replace(explained, checkpoint_id="other"))
+    with pytest.raises(ExplanationError, match="must be positive"):
+        faithfulness(recommender, explained, k_max=0)
+    tokens = explained.part("item_tokens")
+    renamed = replace(tokens, names=("zzz", *tokens.names[1:]))
+    changed = replace(explained, parts=tuple(renamed if p.kind == "item_tokens" else p for p in explained.parts))
+    with pytest.raises(ExplanationError, match="other tokens"):
+        faithfulness(recommender, changed)
+
+
+def test_an_item_without_tokens_measures_zero(linear_tokens):
+    recommender, view, item, score = linear_tokens
+    empty = replace(item, names=(), values=(), details=())
+    result = removal_curves(recommender, view, empty, score)
+    assert result["deletion_top3_drop"] == 0.0 and result["n_tokens"] == 0 and result["notes"]

@@ -1,0 +1,104 @@
+"""The explanation panel: why one item scored what it did, in parts that add up, with how far to trust it."""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from data.errors import WhyRecError
+from explain import Explanation, explain, faithfulness
+from explain.charts import behaviour_bars, history_bars, legend_html, token_html, waterfall
+from views.text import md_escape
+
+STEP_CHOICES = (8, 16, 32, 50, 100, 200)
+HOW_TO_READ = """
+**The score** is the model's number for this item and this user (or query); higher ranks higher. It splits
+exactly into parts, shown in the waterfall: the **base value** (what an empty input scores), then
+**item words** and **query words** (Integrated Gradients over the words the encoder read), **history**
+(how much each past interaction pulled the score), **item ID** (what the model learned about this very item
+from other shoppers) and **behaviour features** (SHAP values of recency, affinity, price fit, popularity...).
+
+**Colours**: orange raises the score, purple lowers it; a stronger colour is a larger effect. Hover a word or
+a bar for its exact value.
+
+**Can I trust it?** *Completeness gap* is how far the parts miss the score (Integrated Gradients' convergence
+delta; smaller is better, more steps shrink it). *Deletion test*: removing the 3 words credited most should
+lower the score far more than removing 3 random words; if it does, the word credits are faithful to the model.
+"""
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def cached_explanation(checkpoint_id: str, item_id: str, user_id, query, n_steps: int, _recommender) -> dict:
+    started = time.perf_counter()
+    explanation = explain(_recommender, item_id, user_id=user_id, query=query, n_steps=n_steps)
+    checks = faithfulness(_recommender, explanation)
+    return {"explanation": explanation.to_dict(), "faithfulness": checks,
+            "seconds": time.perf_counter() - started}
+
+
+@st.fragment
+def explanation_panel(recommender, ranked, user_id, query) -> None:
+    """Choose one of the ranked items and see its explanation; reruns alone, never re-ranks."""
+    params = st.query_params
+    labels = {row.item_id: f"#{row.rank}  {row.title}" for row in ranked.itertuples()}
+    options = list(labels)
+    wanted = params.get("item")
+    if st.session_state.get("explain_item") not in options:
+        st.session_state["explain_item"] = wanted if wanted in options else options[0]
+    if wanted and wanted not in options and not st.session_state.get("explain_warned"):
+        st.session_state["explain_warned"] = True
+        st.warning(f"Item `{md_escape(wanted)}` from the link is not in this list; explaining the top item.")
+    top, steps_column = st.columns([3, 1])
+    item_id = top.selectbox("Explain this item", options, format_func=labels.get, key="explain_item")
+    n_steps = steps_column.select_slider("IG steps", STEP_CHOICES, value=50, key="explain_steps",
+                                         help="Integrated Gradients path steps: more is more precise and slower")
+    params["item"] = item_id
+    try:
+        with st.spinner("Explaining…"):
+            result = cached_explanation(recommender.checkpoint_id, item_id, user_id, query, n_steps, recommender)
+    except WhyRecError as exc:
+        st.error(str(exc))
+        return
+    explanation = Explanation.from_dict(result["explanation"])
+    checks = result["faithfulness"]
+    title = recommender.dataset.item(item_id).title
+    st.subheader(f"Why this score: {md_escape(title)}")
+    for note in explanation.notes:
+        st.caption(md_escape(note))
+    a, b, c, d = st.columns(4)
+    a.metric("Score", f"{explanation.score:.3f}")
+    b.metric("Base value", f"{explanation.base_value:.3f}")
+    c.metric("Completeness gap", f"{explanation.completeness_gap:.1e}",
+             help="base value + parts − score: how far the parts miss the score")
+    d.metric("Explained in", f"{result['seconds']:.2f} s", help=f"{n_steps} Integrated Gradients steps")
+    st.plotly_chart(waterfall(explanation), width="stretch", config={"displayModeBar": False})
+
+    st.markdown("**The item's words**")
+    st.html(token_html(explanation.part("item_tokens")))
+    if explanation.part("query_tokens") is not None and len(explanation.part("query_tokens")):
+        st.markdown("**The query's words**")
+        st.html(token_html(explanation.part("query_tokens")))
+    st.html(f"<div style='font-size:13px'>{legend_html()}</div>")
+
+    left, right = st.columns(2)
+    history = history_bars(explanation)
+    with left:
+        if history is None:
+            st.info("No history: this score does not depend on past interactions.")
+        else:
+            st.plotly_chart(history, width="stretch", config={"displayModeBar": False})
+    behaviour = behaviour_bars(explanation)
+    with right:
+        if behaviour is not None:
+            st.plotly_chart(behaviour, width="stretch", config={"displayModeBar": False})
+
+    st.markdown("**How far to trust it**")
+    f1, f2, f3 = st.columns(3)
+    f1.metric("Drop, top-3 words removed", f"{checks['deletion_top3_drop']:+.3f}")
+    f2.metric("Drop, 3 random words removed", f"{checks['deletion_random3_drop']:+.3f}")
+    ratio = checks["deletion_top3_drop"] / checks["deletion_random3_drop"] if checks["deletion_random3_drop"] else None
+    f3.metric("Faithfulness ratio", f"{ratio:.1f}×" if ratio is not None and ratio > 0 else "n/a",
+              help="How much more the score falls when the most-credited words go than when random ones go")
+    with st.expander("How to read this"):
+        st.markdown(HOW_TO_READ)

@@ -6,10 +6,10 @@ import streamlit as st
 
 from views.loaders import DEFAULT_DATA, DEFAULT_MODEL
 
-st.set_page_config(page_title="WhyRec", page_icon="🔎", layout="wide")
+st.set_page_config(page_title="WhyRec", page_icon=":material/manage_search:", layout="wide")
 
 with st.sidebar:
-    st.title("🔎 WhyRec")
+    st.title("WhyRec")
     st.caption("Recommendations, and why.")
     st.text_input("Model directory", value=os.environ.get("WHYREC_MODEL", DEFAULT_MODEL), key="model_dir",
                   help="A checkpoint from `python -m model train` (default: $WHYREC_MODEL or the demo model)")
@@ -17,7 +17,7 @@ with st.sidebar:
                   help="Events and items to serve; must match the model's catalog (default: $WHYREC_DATA)")
 
 pages = [
-    st.Page("views/recommend.py", title="Recommend", icon="🎯", default=True, url_path="recommend"),
-    st.Page("views/data_overview.py", title="Data", icon="🗂️", url_path="data"),
+    st.Page("views/recommend.py", title="Recommend", icon=":material/recommend:", default=True, url_path="recommend"),
+    st.Page("views/data_overview.py", title="Data", icon=":material/dataset:", url_path="data"),
 ]
 st.navigation(pages).run()

@@ -127,6 +127,21 @@ def token_html(part: Attribution | None, *, limit: int = 120) -> str:
     return f"<p class='whyrec-tokens' style='line-height:1.9;font-size:15px'>{''.join(spans)}</p>"
 
 
+def history_token_sections(explanation: Explanation) -> list[tuple[str, str]]:
+    """(history item title, shaded words) for each history item of the drill-down, most important first."""
+    part = explanation.part("history_tokens")
+    if part is None or not len(part):
+        return []
+    sections = []
+    for item_id in dict.fromkeys(detail.get("item_id") for detail in part.details):
+        rows = [i for i, detail in enumerate(part.details) if detail.get("item_id") == item_id]
+        subset = Attribution(part.kind, tuple(part.names[i] for i in rows), tuple(part.values[i] for i in rows),
+                             part.base_value, part.method, part.parameters, part.completeness_gap, part.seconds,
+                             tuple(part.details[i] for i in rows))
+        sections.append((part.details[rows[0]].get("title", str(item_id)), token_html(subset)))
+    return sections
+
+
 def legend_html() -> str:
     return (f"<span style='background:{_rgba(RAISES, 0.85)};color:#fff;padding:1px 6px;border-radius:3px'>"
             f"raises the score</span> <span style='background:{_rgba(LOWERS, 0.85)};color:#fff;padding:1px 6px;"

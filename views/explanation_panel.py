@@ -8,7 +8,7 @@ import streamlit as st
 
 from data.errors import WhyRecError
 from explain import Explanation, explain, faithfulness
-from explain.charts import behaviour_bars, history_bars, legend_html, token_html, waterfall
+from explain.charts import behaviour_bars, history_bars, history_token_sections, legend_html, token_html, waterfall
 from views.text import md_escape
 
 STEP_CHOICES = (8, 16, 32, 50, 100, 200)
@@ -29,9 +29,12 @@ lower the score far more than removing 3 random words; if it does, the word cred
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
-def cached_explanation(checkpoint_id: str, item_id: str, user_id, query, n_steps: int, _recommender) -> dict:
+def cached_explanation(checkpoint_id: str, item_id: str, user_id, query, n_steps: int, drill_down: int,
+                       _recommender) -> dict:
+    """The explanation and its faithfulness checks, once per (model, item, user, query, steps, drill-down)."""
     started = time.perf_counter()
-    explanation = explain(_recommender, item_id, user_id=user_id, query=query, n_steps=n_steps)
+    explanation = explain(_recommender, item_id, user_id=user_id, query=query, n_steps=n_steps,
+                          drill_down=drill_down)
     checks = faithfulness(_recommender, explanation)
     return {"explanation": explanation.to_dict(), "faithfulness": checks,
             "seconds": time.perf_counter() - started}
@@ -56,7 +59,7 @@ def explanation_panel(recommender, ranked, user_id, query) -> None:
     params["item"] = item_id
     try:
         with st.spinner("Explaining…"):
-            result = cached_explanation(recommender.checkpoint_id, item_id, user_id, query, n_steps, recommender)
+            result = cached_explanation(recommender.checkpoint_id, item_id, user_id, query, n_steps, 0, recommender)
     except WhyRecError as exc:
         st.error(str(exc))
         return
@@ -92,6 +95,19 @@ def explanation_panel(recommender, ranked, user_id, query) -> None:
     with right:
         if behaviour is not None:
             st.plotly_chart(behaviour, width="stretch", config={"displayModeBar": False})
+
+    if history is not None:
+        with st.expander("Words inside the top history items (a drill-down, computed on request)"):
+            if st.toggle("Compute", key=f"drill_{item_id}", help="A second Integrated Gradients run per history item"):
+                with st.spinner("Explaining the history items…"):
+                    drilled = cached_explanation(recommender.checkpoint_id, item_id, user_id, query, n_steps, 3,
+                                                 recommender)
+                sections = history_token_sections(Explanation.from_dict(drilled["explanation"]))
+                if not sections:
+                    st.caption("Nothing to show.")
+                for title, fragment in sections:
+                    st.markdown(f"*{md_escape(title)}*")
+                    st.html(fragment)
 
     st.markdown("**How far to trust it**")
     f1, f2, f3 = st.columns(3)

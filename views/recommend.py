@@ -114,12 +114,14 @@ with right:
         frame[["rank", "title", "category", "brand", "price", "score", "reason"]],
         hide_index=True, width="stretch",
         column_config={
-            "rank": st.column_config.NumberColumn("#", width="small"),
-            "title": st.column_config.TextColumn("Item", width="large"),
-            "price": st.column_config.NumberColumn("Price", format="%.2f"),
+            "rank": st.column_config.NumberColumn("#", width=40),
+            "title": st.column_config.TextColumn("Item", width=230),
+            "category": st.column_config.TextColumn("Category", width=90),
+            "brand": st.column_config.TextColumn("Brand", width=90),
+            "price": st.column_config.NumberColumn("Price", format="%.2f", width=60),
             "score": st.column_config.ProgressColumn("Score", min_value=min(low, 0.0) if low < 0 else low - 1,
-                                                     max_value=high, format="%.2f"),
-            "reason": st.column_config.TextColumn("Why, in one line", width="large"),
+                                                     max_value=high, format="%.2f", width=100),
+            "reason": st.column_config.TextColumn("Why, in one line", width=330),
         },
     )
 

@@ -64,13 +64,13 @@ def waterfall(explanation: Explanation) -> go.Figure:
 
 def _bars(names, values, hover, title: str, axis: str) -> go.Figure:
     figure = go.Figure(go.Bar(
-        x=list(values), y=[escape(_clip(n)) for n in names], orientation="h",
+        x=list(values), y=[escape(_clip(n, 48)) for n in names], orientation="h",
         marker={"color": [RAISES if v >= 0 else LOWERS for v in values]},
         text=[f"{v:+.3f}" for v in values], textposition="auto", hovertext=[escape(h) for h in hover],
         hoverinfo="text",
     ))
     figure.update_yaxes(autorange="reversed", automargin=True)
-    figure.update_xaxes(title_text=axis)
+    figure.update_xaxes(title_text=axis, nticks=5, tickformat=".2f", automargin=True)
     return _layout(figure, title, 70 + 28 * max(3, len(names)))
 
 

@@ -2,12 +2,12 @@
 
 score = base_value + item_tokens + query_tokens + history + collaborative + behaviour   (+ completeness_gap)
 
-base_value = forward(baseline) + E[behaviour]: the dot-product part of the score at the joint IG baseline
-(item and query text as [PAD] with [CLS]/[SEP] kept, no history, no ID vector) plus the behaviour head's mean
-over the SHAP background. The item bias is not in it: it sits in the collaborative part as its own exact term.
-`score` is the model's own score (Recommender.score_parts); the difference base_value + total - score is the
-completeness gap: IG's convergence delta, plus float rounding and any disagreement between the
-differentiable view and the served score (flagged "view_mismatch" when it is more than rounding).
+base_value = forward(baseline) + E[behaviour]: the context-item part of the score (ScoreView.forward) at the
+joint IG baseline (item and query text as [PAD] with [CLS]/[SEP] kept, no history, no ID vector) plus the
+behaviour head's mean over the SHAP background. The item bias is not in it: it sits in the collaborative part
+as its own exact term. `score` is the model's own score (Recommender.score_parts); the difference
+base_value + total - score is the completeness gap: IG's convergence delta, plus float rounding and any
+disagreement between the differentiable view and the served score (flagged "view_mismatch" beyond rounding).
 
 A pair (A above B?) explains score(A) - score(B) with the same parts, part by part A's minus B's: entries
 that name the same thing subtract (query tokens, history units, behaviour features, the ID vector and bias

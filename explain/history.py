@@ -1,11 +1,11 @@
 """Which past interactions drove a score: the history units the user state read, and the words inside the top ones.
 
-The history part itself comes from the joint Integrated Gradients run (explain.tokens): each unit's item vector
-(text part + ID part) walks from zero to its value together with every other input, so the units' values add up
-with the rest of the score. `history_units` names those units; `HistoryTokenAttributor` drills into a few of
-them: a second IG run over the text tokens of the chosen history items, through the encoder and the item
-projection into their item vectors, the user state and the score, with everything else held at its value.
-The drill-down re-explains the text share of those units' values, so it is left out of the total.
+The history part itself comes from the joint Integrated Gradients run (explain.tokens): each unit's item vector,
+as the user state reads it, walks from zero to its value together with every other input, so the units' values
+add up with the rest of the score. `history_units` names those units; `HistoryTokenAttributor` drills into a
+few of them: a second IG run over the text tokens of the chosen history items, through the encoder and the
+model's item vector (`RecommenderNet.item_vectors`) into the user state and the score, everything else held at
+its value. It re-explains the text share of those units' values, so it is left out of the total.
 """
 
 from __future__ import annotations

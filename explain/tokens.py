@@ -78,9 +78,9 @@ class TokenAttributor:
         attributions = dict(zip(names, run.attributions))
         parameters = {**self.settings.parameters(), "run": "joint", "joint_inputs": list(JOINT_KINDS)}
 
-        def part(kind_name, names_, values, details, extra=None) -> Attribution:
-            return Attribution(kind_name, tuple(names_), tuple(values), run.start, self.method,
-                               {**parameters, **(extra or {})}, run.delta, run.seconds, tuple(details))
+        def part(kind_name, names_, values, details) -> Attribution:
+            return Attribution(kind_name, tuple(names_), tuple(values), run.start, self.method, parameters,
+                               run.delta, run.seconds, tuple(details))
 
         item_entries = token_entries(tokenizer, view.item_input_ids, view.item_offsets, view.item_text,
                                      view.special_tokens, view.pad_token_id)

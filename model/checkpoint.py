@@ -138,7 +138,8 @@ def load(directory: str | Path, data: str | Path | None = None, *, device: str =
     if check:
         verify(directory, config)
     try:
-        model_config = RecommenderConfig.from_dict(config["model"])
+        # Checkpoints from before the cosine top were trained with the plain dot product.
+        model_config = RecommenderConfig.from_dict({"temperature": 0.0, **config["model"]})
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{directory / CONFIG}: model section is incomplete ({exc})") from exc
     try:

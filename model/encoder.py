@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -70,6 +71,9 @@ class TextEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.hidden_size = transformer.config.hidden_size
         self.max_positions = int(getattr(transformer.config, "max_position_embeddings", 512))
+        # A fast tokenizer keeps its truncation limit as state that every call resets: two threads
+        # tokenizing with different limits would cut each other's texts. One caller at a time.
+        self._tokenizing = threading.Lock()
 
     @property
     def pad_token_id(self) -> int:
@@ -78,9 +82,10 @@ class TextEncoder(nn.Module):
     def tokenize(self, texts: Sequence[str], max_tokens: int) -> dict:
         """Token ids and mask (B, T); `truncated` (B,) says which texts lost words to the limit."""
         max_tokens = min(max_tokens, self.max_positions)
-        full = self.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_tokens,
-                               return_tensors="pt", return_offsets_mapping=True)
+        with self._tokenizing:
+            full = self.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+            batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_tokens,
+                                   return_tensors="pt", return_offsets_mapping=True)
         batch["truncated"] = torch.tensor([len(ids) > max_tokens for ids in full])
         return batch
 

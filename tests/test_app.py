@@ -84,3 +84,15 @@ def test_data_page(app):
     app.switch_page("views/data_overview.py").run()
     assert not app.exception
     assert [m.label for m in app.metric][:3] == ["Users", "Items", "Events"]
+
+
+def test_explanation_panel_shows_waterfall_words_and_features(app):
+    app.run()
+    assert not app.exception
+    assert any(h.value.startswith("Why this score") for h in app.subheader)
+    charts = app.get("plotly_chart")
+    assert len(charts) >= 2  # the waterfall and the behaviour features (history too when there is one)
+    assert any("whyrec-tokens" in str(h.proto) for h in app.get("html"))
+    labels = [m.label for m in app.metric]
+    assert {"Score", "Completeness gap", "Drop, top-3 words removed"} <= set(labels)
+    assert app.query_params["item"] in app.selectbox(key="explain_item").value  # the URL names the item

@@ -3,6 +3,7 @@
 import json
 import math
 import threading
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -13,6 +14,7 @@ from torch import nn
 
 from data.features import FEATURES
 from explain import (
+    FLAGS,
     KINDS,
     Attribution,
     BehaviourAttributor,
@@ -278,6 +280,7 @@ def test_completeness_holds_in_every_mode(recommender, user, top_items, case):
     assert abs(e.completeness_gap) <= abs(delta) + 1e-4
     assert abs(delta) <= 0.05 * abs(e.score - e.base_value) + 1e-3  # the path is fine enough at 40 steps
     assert e.part("item_tokens").parameters["baseline"] == kwargs.get("baseline", "pad")
+    assert set(e.flags) <= set(FLAGS)
 
 
 def test_a_wrong_part_breaks_the_sum(explained):
@@ -361,17 +364,17 @@ def test_json_that_breaks_the_schema_is_refused(explained, change, message):
 
 def test_two_threads_give_the_serial_values(recommender):
     # Item texts and queries are cut at different token limits by one shared tokenizer: a race between the two
-    # shows up as a text cut at the wrong length. Several rounds give it room to happen.
+    # shows up as a text cut at the wrong length (the next test checks the lock that prevents it directly).
     users = [u for u in recommender.user_ids if len(recommender.histories[u]) >= 3][:2]
     jobs = [(u, [r.item_id for r in recommender.recommend(user_id=u, k=2)]) for u in users]
-    serial = [explain_pair(recommender, a, b, user_id=u, query="wool", n_steps=12) for u, (a, b) in jobs]
-    for _ in range(6):
+    serial = [explain_pair(recommender, a, b, user_id=u, query="wool", n_steps=2) for u, (a, b) in jobs]
+    for _ in range(3):
         threaded, errors = [None, None], []
 
         def work(i, threaded=threaded, errors=errors):
             try:
                 u, (a, b) = jobs[i]
-                threaded[i] = explain_pair(recommender, a, b, user_id=u, query="wool", n_steps=12)
+                threaded[i] = explain_pair(recommender, a, b, user_id=u, query="wool", n_steps=2)
             except Exception as exc:  # surfaced below: an exception in a thread would otherwise vanish
                 errors.append(exc)
 
@@ -385,6 +388,49 @@ def test_two_threads_give_the_serial_values(recommender):
             assert [p.names for p in alone.parts] == [p.names for p in together.parts]
             assert [p.values for p in alone.parts] == [p.values for p in together.parts]
             assert alone.score == together.score
+
+
+class _OverlapWatch:
+    """A tokenizer that records how many threads are inside it at once (and lingers, so overlaps happen)."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer, self._lock, self.inside, self.most = tokenizer, threading.Lock(), 0, 0
+
+    def __call__(self, *args, **kwargs):
+        with self._lock:
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+        try:
+            time.sleep(0.01)
+            return self._tokenizer(*args, **kwargs)
+        finally:
+            with self._lock:
+                self.inside -= 1
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
+def test_explanations_never_tokenize_in_two_threads_at_once(recommender, user, top_items, monkeypatch):
+    # The fast tokenizer's truncation limit is shared state that every call resets (see explain.gradients).
+    watch = _OverlapWatch(recommender.net.encoder.tokenizer)
+    monkeypatch.setattr(recommender.net.encoder, "tokenizer", watch)
+    start = threading.Barrier(2)
+    errors = []
+
+    def work(query):
+        try:
+            start.wait()
+            explain(recommender, top_items[0], user_id=user, query=query, n_steps=2)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(q,)) for q in ("wool sock", "warm " * 40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and watch.most == 1
 
 
 # ---- pairs ----------------------------------------------------------------------------------------------------------
@@ -474,6 +520,24 @@ def test_an_item_without_text_is_flagged_and_still_adds_up(recommender, user):
     assert "empty_item_text" in e.flags and len(e.part("item_tokens")) == 0
     assert e.score == pytest.approx(served_score(blank, item_id, user), abs=1e-9)
     assert abs(e.completeness_gap) <= abs(e.part("item_tokens").completeness_gap) + 1e-4
+
+
+def test_a_history_longer_than_the_model_reads_is_flagged(recommender, user, top_items):
+    n = recommender.config.max_history + 5
+    items = [i for i in recommender.item_ids if i != top_items[0]][:n]
+    what_if = pd.DataFrame({"item_id": items, "event": "view",
+                            "timestamp": pd.date_range("2024-01-01", periods=n, freq="h", tz="UTC")})
+    e = explain(recommender, top_items[0], user_id=user, history=what_if, n_steps=4, drill_down=0)
+    assert "history_truncated" in e.flags and len(e.part("history")) == recommender.config.max_history
+    assert {d["item_id"] for d in e.part("history").details} == set(items[-recommender.config.max_history:])
+    assert abs(e.completeness_gap) <= abs(e.part("item_tokens").completeness_gap) + 1e-4
+
+
+def test_attributions_refuse_what_cannot_be_added_up():
+    with pytest.raises(ExplanationError, match="non-finite"):
+        Attribution("behaviour", ("a",), (float("nan"),), 0.0, "shap_exact", {})
+    with pytest.raises(ExplanationError, match="drill_down -1"):
+        explain(None, "i", user_id="u", drill_down=-1)
 
 
 def test_drill_down_refuses_units_outside_the_history(recommender, user, top_items):

@@ -31,13 +31,17 @@ lower the score far more than removing 3 random words; if it does, the word cred
 @st.cache_data(show_spinner=False, max_entries=128)
 def cached_explanation(checkpoint_id: str, item_id: str, user_id, query, n_steps: int, drill_down: int,
                        _recommender) -> dict:
-    """The explanation and its faithfulness checks, once per (model, item, user, query, steps, drill-down)."""
+    """The explanation, once per (model, item, user, query, steps, drill-down)."""
     started = time.perf_counter()
     explanation = explain(_recommender, item_id, user_id=user_id, query=query, n_steps=n_steps,
                           drill_down=drill_down)
-    checks = faithfulness(_recommender, explanation)
-    return {"explanation": explanation.to_dict(), "faithfulness": checks,
-            "seconds": time.perf_counter() - started}
+    return {"explanation": explanation.to_dict(), "seconds": time.perf_counter() - started}
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def cached_faithfulness(checkpoint_id: str, explanation_json: dict, _recommender) -> dict:
+    """Deletion and insertion checks of one explanation (computed after the charts are on screen)."""
+    return faithfulness(_recommender, Explanation.from_dict(explanation_json))
 
 
 @st.fragment
@@ -64,7 +68,6 @@ def explanation_panel(recommender, ranked, user_id, query) -> None:
         st.error(str(exc))
         return
     explanation = Explanation.from_dict(result["explanation"])
-    checks = result["faithfulness"]
     title = recommender.dataset.item(item_id).title
     st.subheader(f"Why this score: {md_escape(title)}")
     for note in explanation.notes:
@@ -110,6 +113,8 @@ def explanation_panel(recommender, ranked, user_id, query) -> None:
                     st.html(fragment)
 
     st.markdown("**How far to trust it**")
+    with st.spinner("Running the deletion test…"):
+        checks = cached_faithfulness(recommender.checkpoint_id, result["explanation"], recommender)
     f1, f2, f3 = st.columns(3)
     f1.metric("Drop, top-3 words removed", f"{checks['deletion_top3_drop']:+.3f}")
     f2.metric("Drop, 3 random words removed", f"{checks['deletion_random3_drop']:+.3f}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import streamlit as st
@@ -38,7 +39,21 @@ def _load_recommender(model: str, data: str | None, stamp: float):
     # One thread per request: the small matrix work of one explanation gains little from a second thread,
     # and a busy machine makes threads wait on each other (measured: 2 ms vs 240 ms per ranking under load).
     torch.set_num_threads(int(os.environ.get("WHYREC_THREADS", "1")))
-    return load(model, data=data)
+    recommender = load(model, data=data)
+    threading.Thread(target=_warm_up, args=(recommender,), name="whyrec-warm-up", daemon=True).start()
+    return recommender
+
+
+def _warm_up(recommender) -> None:
+    """Pay the one-time costs (SHAP's background and compilation) while the user reads the first list."""
+    from explain import explain
+
+    try:
+        user = next(u for u in recommender.user_ids if len(recommender.histories[u]))
+        item = recommender.recommend(user_id=user, k=1)[0].item_id
+        explain(recommender, item, user_id=user, n_steps=2, drill_down=0)
+    except (WhyRecError, StopIteration, IndexError):
+        pass  # a warm-up only: the real request reports its own errors
 
 
 def recommender_or_error():

@@ -60,7 +60,7 @@ if st.session_state.pop("rec_bad_user", None) is not None:
     st.error(f"Unknown user in the link: `{md_escape(params.get('user', ''))}`. Showing user "
              f"`{md_escape(st.session_state.rec_user)}` instead; pick another below.")
 
-left, right = st.columns([1, 2], gap="large")
+left, right = st.columns([1, 1], gap="large")
 with left:
     mode = st.radio("Recommend for", ["User", "Query"], horizontal=True, key="rec_mode")
     user_id = query = None
@@ -77,9 +77,9 @@ with left:
             st.info("Type a query to see matching products.")
             st.stop()
     k = st.slider("How many items", 5, 50, 10, key="rec_k")
-    if user_id is not None:
-        with st.container(border=True):
-            profile_card(recommender, user_id)
+if user_id is not None:
+    with right, st.container(border=True):
+        profile_card(recommender, user_id)
 
 wanted = {"user": user_id, "query": query}
 for key, value in wanted.items():
@@ -99,7 +99,7 @@ def ranked(checkpoint_id: str, user_id, query, k: int, _recommender) -> tuple[pd
     return frame, tuple(result.notes), result.mode
 
 
-with right:
+with st.container():
     try:
         frame, notes, used_mode = ranked(recommender.checkpoint_id, user_id, query, k, recommender)
     except WhyRecError as exc:
@@ -115,13 +115,13 @@ with right:
         hide_index=True, width="stretch",
         column_config={
             "rank": st.column_config.NumberColumn("#", width=40),
-            "title": st.column_config.TextColumn("Item", width=230),
-            "category": st.column_config.TextColumn("Category", width=90),
-            "brand": st.column_config.TextColumn("Brand", width=90),
-            "price": st.column_config.NumberColumn("Price", format="%.2f", width=60),
+            "title": st.column_config.TextColumn("Item", width=300),
+            "category": st.column_config.TextColumn("Category", width=110),
+            "brand": st.column_config.TextColumn("Brand", width=110),
+            "price": st.column_config.NumberColumn("Price", format="%.2f", width=70),
             "score": st.column_config.ProgressColumn("Score", min_value=min(low, 0.0) if low < 0 else low - 1,
                                                      max_value=high, format="%.2f", width=100),
-            "reason": st.column_config.TextColumn("Why, in one line", width=330),
+            "reason": st.column_config.TextColumn("Why, in one line", width=420),
         },
     )
 

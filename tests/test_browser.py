@@ -113,7 +113,7 @@ def wait_for_page(page) -> None:
 def test_choose_a_user_and_open_an_explanation(browser, demo):
     app = App(demo / "model", demo / "data")
     try:
-        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page = browser.new_page(viewport={"width": 1440, "height": 3000})
         dialogs = []
         page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
         page.goto(app.url)
@@ -142,7 +142,7 @@ def test_choose_a_user_and_open_an_explanation(browser, demo):
 def test_markup_in_data_shows_as_text(browser, hostile):
     app = App(hostile / "model", hostile / "data")
     try:
-        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page = browser.new_page(viewport={"width": 1440, "height": 3000})
         dialogs = []
         page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
         page.goto(app.url)

@@ -63,7 +63,9 @@ def profile_card(recommender, user_id: str) -> None:
     if not recent.empty:
         recent["age"] = recent.pop("age_days").map(_age)
         st.dataframe(recent, hide_index=True, width="stretch",
-                     column_config={"title": st.column_config.TextColumn("Item", width="large")})
+                     column_config={"title": st.column_config.TextColumn("Item", width=280),
+                                    "event": st.column_config.TextColumn("Event", width=70),
+                                    "age": st.column_config.TextColumn("When", width=80)})
 
 
 def _age(days: float) -> str:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from data.errors import WhyRecError
+from data.cli import run
 from data.io import FORMATS
 
 
@@ -32,14 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     describe.add_argument("--format", choices=FORMATS, default="auto")
 
     args = parser.parse_args(argv)
-    try:
-        return {"generate": _generate, "check": _check, "describe": _describe}[args.command](args)
-    except WhyRecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # unwritable output, full disk: name the path, not a traceback
-        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+    return run({"generate": _generate, "check": _check, "describe": _describe}, args)
 
 
 def _generate(args) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from data.errors import WhyRecError
+from data.cli import run
 from explain.gradients import BASELINES, N_STEPS_RANGE
 
 TOP = 5  # entries shown per part
@@ -30,17 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     pair.add_argument("--b", required=True, help="item id B")
 
     args = parser.parse_args(argv)
-    try:
-        return {"item": _item, "pair": _pair}[args.command](args)
-    except WhyRecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run({"item": _item, "pair": _pair}, args)
 
 
 def _context_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from data.errors import WhyRecError
+from data.cli import run
 from data.io import FORMATS
 from model.recommender import ENCODER_TUNINGS
 
@@ -46,17 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     recommend.add_argument("--k", type=int, default=10)
 
     args = parser.parse_args(argv)
-    try:
-        return {"train": _train, "evaluate": _evaluate, "recommend": _recommend}[args.command](args)
-    except WhyRecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: the last good checkpoint is kept", file=sys.stderr)
-        return 130
+    return run({"train": _train, "evaluate": _evaluate, "recommend": _recommend}, args,
+               on_interrupt="interrupted: the last good checkpoint is kept")
 
 
 def _train(args) -> int:

@@ -81,7 +81,7 @@ def run(model_dir: Path, n_pairs: int, n_full: int, n_sweep: int, n_agreement: i
               f"{measured['deletion_random3_drop']:+.3f}", flush=True)
 
     sweep = {}
-    for n_steps in SWEEP:
+    for n_steps in SWEEP if n_sweep > 0 else ():  # --sweep 0 skips the sweep
         runs = [explain(recommender, item_id, user_id=user_id, n_steps=n_steps, drill_down=0)
                 for user_id, item_id in pairs[:n_sweep]]
         sweep[str(n_steps)] = {"median_relative_delta": median(relative_delta(e) for e in runs),

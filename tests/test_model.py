@@ -274,3 +274,12 @@ def test_cli_recommend_and_bad_input(tiny_model, tmp_path):
     assert bad.returncode == 2 and "unknown user 'nobody'" in bad.stderr and "Traceback" not in bad.stderr
     missing = run_cli("train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "m"))
     assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_public_entry_point(tiny_model):
+    import model
+
+    recommender = model.load(tiny_model)
+    assert isinstance(recommender, model.Recommender)
+    assert len(recommender.item_ids) == len(recommender.items)
+    assert len(recommender.user_ids) == len(set(recommender.user_ids))

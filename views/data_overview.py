@@ -7,7 +7,7 @@ import streamlit as st
 
 from data import DataError, load_dataset
 from data.quality import quality_report
-from views.loaders import data_dir
+from views.loaders import data_dir, directory_stamp
 
 
 @st.cache_data(show_spinner="Reading the dataset…")
@@ -16,17 +16,13 @@ def dataset_report(path: str, mtime: float) -> tuple[dict, pd.DataFrame]:
     return dataset.summary(), quality_report(dataset).to_frame()
 
 
-def _mtime(path: Path) -> float:
-    return max((p.stat().st_mtime for p in path.iterdir()), default=0.0) if path.is_dir() else path.stat().st_mtime
-
-
 st.header("Data")
 st.caption("What the loaded dataset holds, and what is wrong with it.")
 path = Path(data_dir())
 try:
     if not path.exists():
         raise DataError("no such directory: run `make run` to build the demo data, or choose another", file=str(path))
-    summary, findings = dataset_report(str(path), _mtime(path))
+    summary, findings = dataset_report(str(path), directory_stamp(path))
 except DataError as exc:
     st.error(str(exc))
     st.stop()
@@ -39,6 +35,6 @@ st.subheader("Quality report")
 if findings.empty:
     st.success("No findings: the data looks clean.")
 else:
-    st.dataframe(findings, hide_index=True, use_container_width=True)
+    st.dataframe(findings, hide_index=True, width="stretch")
 with st.expander("Dataset summary"):
     st.json(summary)

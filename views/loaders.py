@@ -22,7 +22,7 @@ def data_dir() -> str:
     return st.session_state.get("data_dir") or os.environ.get("WHYREC_DATA", DEFAULT_DATA)
 
 
-def _stamp(path: Path) -> float:
+def directory_stamp(path: Path) -> float:
     """Changes when the directory's files change, so a retrained model is picked up."""
     if not path.exists():
         return 0.0
@@ -67,7 +67,8 @@ def recommender_or_error():
     if data and use_data is None:
         st.warning(f"Data directory `{data}` does not exist: using the data stored with the model.")
     try:
-        return _load_recommender(str(model), use_data, _stamp(model) + _stamp(Path(use_data or model)))
+        stamp = directory_stamp(model) + directory_stamp(Path(use_data or model))
+        return _load_recommender(str(model), use_data, stamp)
     except WhyRecError as exc:
         st.error(f"Cannot open the model: {exc}")
         return None

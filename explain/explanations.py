@@ -65,11 +65,13 @@ class _Side:
 
 def explain(recommender, item_id, user_id=None, query=None, n_steps: int = 50, *,
             history: pd.DataFrame | None = None, baseline: str = "pad", method: str = "gausslegendre",
-            internal_batch_size: int | None = None, drill_down: int = DRILL_DOWN_UNITS) -> Explanation:
-    """Why `item_id` got its score for a user, a query or both; `history` replaces the user's own (what-if)."""
+            internal_batch_size: int | None = None, drill_down: int = DRILL_DOWN_UNITS,
+            feature_overrides: dict[str, float] | None = None) -> Explanation:
+    """Why `item_id` got its score for a user, a query or both; `history` replaces the user's own and
+    `feature_overrides` sets behaviour features for every item (what-if; see model.whatif)."""
     started = time.perf_counter()
     settings = _settings(n_steps, method, internal_batch_size, baseline, drill_down)
-    context = _context(recommender, user_id, query, history)
+    context = _context(recommender, user_id, query, history, feature_overrides)
     side = _side(recommender, context, item_id, history, settings)
     _drill(recommender, [side], settings, drill_down)
     side.timing["total"] = time.perf_counter() - started
@@ -78,11 +80,12 @@ def explain(recommender, item_id, user_id=None, query=None, n_steps: int = 50, *
 
 def explain_pair(recommender, item_a, item_b, user_id=None, query=None, n_steps: int = 50, *,
                  history: pd.DataFrame | None = None, baseline: str = "pad", method: str = "gausslegendre",
-                 internal_batch_size: int | None = None, drill_down: int = DRILL_DOWN_UNITS) -> Explanation:
+                 internal_batch_size: int | None = None, drill_down: int = DRILL_DOWN_UNITS,
+                 feature_overrides: dict[str, float] | None = None) -> Explanation:
     """Why A scores above (or below) B for the same user and query: the margin score(A) - score(B), part by part."""
     started = time.perf_counter()
     settings = _settings(n_steps, method, internal_batch_size, baseline, drill_down)
-    context = _context(recommender, user_id, query, history)
+    context = _context(recommender, user_id, query, history, feature_overrides)
     a = _side(recommender, context, item_a, history, settings)
     b = _side(recommender, context, item_b, history, settings)
     _drill(recommender, [a, b], settings, drill_down)
@@ -104,10 +107,10 @@ def _settings(n_steps, method, internal_batch_size, baseline, drill_down) -> Pat
     return PathSettings(n_steps, method, internal_batch_size, baseline)
 
 
-def _context(recommender, user_id, query, history):
+def _context(recommender, user_id, query, history, feature_overrides=None):
     try:
         with TOKENIZING:
-            return recommender.context(user_id, query, history=history)
+            return recommender.context(user_id, query, history=history, feature_overrides=feature_overrides)
     except WhyRecError as exc:
         raise ExplanationError(f"cannot explain for this context: {exc}") from exc
 

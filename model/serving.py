@@ -16,6 +16,7 @@ from model.errors import ModelError
 from model.recommender import RecommenderNet
 from model.retrieval import top_k
 from model.sequences import UserHistory, empty_history, history_from_events, serving_tensors
+from model.whatif import checked_overrides, overrides_note
 
 PARTS = ("text", "collaborative", "behaviour")
 
@@ -57,6 +58,7 @@ class Context:
     query_truncated: bool
     mode: str
     notes: tuple[str, ...]
+    feature_overrides: tuple[tuple[str, float], ...] = ()  # (feature, value) set by hand for every item (what-if)
 
 
 class Recommender:
@@ -129,9 +131,15 @@ class Recommender:
     # ---- context: user state + query -----------------------------------------------------------
 
     def context(self, user_id: str | None = None, query: str | None = None, *,
-                history: pd.DataFrame | None = None, at: pd.Timestamp | None = None) -> Context:
-        """The context vector for a user (optionally with an edited `history`), a query, or both."""
+                history: pd.DataFrame | None = None, at: pd.Timestamp | None = None,
+                feature_overrides: dict[str, float] | None = None) -> Context:
+        """The context vector for a user (optionally with an edited `history`), a query, or both.
+
+        `feature_overrides` ({feature name: value}, see model.whatif) sets behaviour features to one value for
+        every item this context scores; values outside a feature's observed range are refused.
+        """
         notes: list[str] = []
+        overrides = checked_overrides(self, feature_overrides)
         if query is not None and not str(query).strip():
             raise ModelError("the query is empty: type some words, or leave it out to rank for the user")
         if user_id is None and query is None and history is None:
@@ -166,7 +174,9 @@ class Recommender:
         mode = ("user+query" if query else "user") if len(user_history) else ("query" if query else "popularity")
         with torch.no_grad():
             vector = self.net.scaled_context(vector)
-        return Context(vector, user_id, user_history, moment, query, truncated, mode, tuple(notes))
+        if overrides:
+            notes.append(overrides_note(overrides))
+        return Context(vector, user_id, user_history, moment, query, truncated, mode, tuple(notes), overrides)
 
     def _user_state(self, tensors: dict) -> torch.Tensor:
         items = tensors["items"]
@@ -191,12 +201,16 @@ class Recommender:
 
     def behaviour_features(self, context: Context, item_index: np.ndarray | None = None,
                            history: pd.DataFrame | None = None) -> np.ndarray:
-        """(N or len(item_index), F) point-in-time features at the context's moment."""
+        """(N or len(item_index), F) point-in-time features at the context's moment, overrides applied."""
         if context.user_id is None and history is None:
-            return self.features.user_features(None, at=pd.Timestamp(context.moment_ns, tz="UTC"),
-                                               item_index=item_index, history=_empty_events())
-        return self.features.user_features(context.user_id, at=pd.Timestamp(context.moment_ns, tz="UTC"),
-                                           item_index=item_index, history=history)
+            features = self.features.user_features(None, at=pd.Timestamp(context.moment_ns, tz="UTC"),
+                                                   item_index=item_index, history=_empty_events())
+        else:
+            features = self.features.user_features(context.user_id, at=pd.Timestamp(context.moment_ns, tz="UTC"),
+                                                   item_index=item_index, history=history)
+        for name, value in context.feature_overrides:
+            features[:, self.feature_names.index(name)] = value
+        return features
 
     def score_parts(self, context: Context, item_index: np.ndarray | None = None,
                     features: np.ndarray | None = None, history: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
@@ -215,23 +229,24 @@ class Recommender:
         return {name: value.numpy().astype(np.float64) for name, value in parts.items()}
 
     def score(self, user_id: str | None = None, query: str | None = None, item_ids=(), *,
-              history: pd.DataFrame | None = None) -> np.ndarray:
+              history: pd.DataFrame | None = None, feature_overrides: dict[str, float] | None = None) -> np.ndarray:
         """Scores of the given items, (len(item_ids),) in the order given."""
         if len(item_ids) == 0:
             raise ModelError("no item ids to score")
         positions = self.item_positions(list(item_ids))
-        context = self.context(user_id, query, history=history)
+        context = self.context(user_id, query, history=history, feature_overrides=feature_overrides)
         return sum(self.score_parts(context, positions, history=history).values())
 
     def recommend(self, user_id: str | None = None, query: str | None = None, k: int = 10,
-                  exclude_seen: bool = True, *, history: pd.DataFrame | None = None) -> Recommendations:
+                  exclude_seen: bool = True, *, history: pd.DataFrame | None = None,
+                  feature_overrides: dict[str, float] | None = None) -> Recommendations:
         """The top-k of the whole catalog, best first, with the score's parts for each item."""
         n_items = len(self.item_ids)
         if not isinstance(k, int | np.integer) or k <= 0:
             raise ModelError(f"k must be a positive whole number, got {k!r}")
         if k > n_items:
             raise ModelError(f"k {k} is larger than the catalog ({n_items} items)")
-        context = self.context(user_id, query, history=history)
+        context = self.context(user_id, query, history=history, feature_overrides=feature_overrides)
         parts = self.score_parts(context, history=history)
         scores = sum(parts.values())
         seen = context.history.item_index if exclude_seen else None

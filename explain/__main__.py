@@ -1,4 +1,4 @@
-"""Command line for explanations: why one item got its score, or why one item scored above another."""
+"""Command line for explanations: why one item got its score, why one scored above another, and exported reports."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from data.cli import run
 from explain.gradients import BASELINES, N_STEPS_RANGE
+from explain.report import FORMATS
 
 TOP = 5  # entries shown per part
 
@@ -29,8 +30,27 @@ def main(argv: list[str] | None = None) -> int:
     pair.add_argument("--a", required=True, help="item id A")
     pair.add_argument("--b", required=True, help="item id B")
 
+    report = commands.add_parser("report", help="export a user's or a query's top-k with every explanation "
+                                                "(HTML, PDF or JSON); --users for a batch")
+    report.add_argument("--model", required=True, type=Path, help="checkpoint directory")
+    report.add_argument("--data", type=Path, help="serve these events with the model (the same items)")
+    who = report.add_mutually_exclusive_group()
+    who.add_argument("--user", help="user id (give a user, a query, or both)")
+    who.add_argument("--users", help="batch: a file with one user id a line, or a comma-separated list of ids")
+    report.add_argument("--query", help="typed query")
+    report.add_argument("--k", type=int, default=10, help="items in the report (default 10)")
+    low, high = N_STEPS_RANGE
+    report.add_argument("--n-steps", "--steps", dest="steps", type=int, default=50,
+                        help=f"Integrated Gradients steps, {low}..{high}")
+    report.add_argument("--drill-down", type=int, default=0, metavar="N",
+                        help="also open the top N history items to their words (slower)")
+    report.add_argument("--out", required=True, type=Path,
+                        help="FILE.html, FILE.pdf or FILE.json; with --users, a directory")
+    report.add_argument("--format", choices=FORMATS, help="with --users: the format of each file (default html)")
+    report.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     args = parser.parse_args(argv)
-    return run({"item": _item, "pair": _pair}, args)
+    return run({"item": _item, "pair": _pair, "report": _report}, args)
 
 
 def _context_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,14 +65,19 @@ def _context_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _load(args):
     from explain.errors import ExplanationError
-    from model.checkpoint import load
 
     if args.user is None and args.query is None:
         raise ExplanationError("give --user, --query, or both")
+    return _open(args.model)
+
+
+def _open(model: Path, data: Path | None = None):
     from transformers.utils import logging
 
+    from model.checkpoint import load
+
     logging.disable_progress_bar()  # a bar per encoder load would bury the one line a bad input gets
-    return load(args.model)
+    return load(model, data=data)
 
 
 def _item(args) -> int:
@@ -76,6 +101,67 @@ def _pair(args) -> int:
     print(summary(explanation))
     _write(explanation, args.json)
     return 0
+
+
+def _report(args) -> int:
+    from explain.report import ReportError, build_report, check_output, output_format, write_report
+
+    _threads()
+    if args.users is not None:
+        return _batch(args)
+    if args.user is None and args.query is None:
+        raise ReportError("give --user, --query, or both (or --users for a batch)")
+    if args.format is not None and args.format != output_format(args.out):
+        raise ReportError(f"--format {args.format} contradicts --out {args.out}; the suffix names the format")
+    check_output(args.out)  # before minutes of explaining, not after
+    recommender = _open(args.model, args.data)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=args.k, unit="item", desc="explaining", file=sys.stderr, disable=args.no_progress) as bar:
+        def progress(done: int, total: int, label: str) -> None:
+            bar.total = total
+            bar.set_postfix_str(label[:40], refresh=False)
+            bar.update(done - bar.n)
+
+        report = build_report(recommender, user_id=args.user, query=args.query, k=args.k, n_steps=args.steps,
+                              progress=progress, drill_down=args.drill_down)
+    path = write_report(report, args.out)
+    print(f"wrote {path} ({len(report.items)} items, {report.provenance['seconds']:.1f} s)")
+    return 0
+
+
+def _batch(args) -> int:
+    from explain.report import ReportError, export_batch
+
+    if args.out.suffix.lower().lstrip(".") in FORMATS:
+        raise ReportError(f"with --users, --out is a directory (one file per user), not {args.out}")
+    users = _user_ids(args.users)
+    recommender = _open(args.model, args.data)
+    result = export_batch(recommender, users, args.out, fmt=args.format or "html", k=args.k, n_steps=args.steps,
+                          query=args.query, drill_down=args.drill_down, progress=not args.no_progress)
+    if not result.written:
+        user, why = next(iter(result.failed.items()))
+        raise ReportError(f"no report written: all {len(result.failed)} failed (first, {user}: {why})")
+    print(f"wrote {len(result.written)} reports to {args.out} in {result.seconds:.1f} s"
+          + (f"; skipped {len(result.unknown)} unknown users" if result.unknown else "")
+          + (f"; {len(result.failed)} failed" if result.failed else ""))
+    return 0
+
+
+def _user_ids(given: str) -> list[str]:
+    """User ids from a file (one a line) when `given` names one, else from a comma-separated list."""
+    path = Path(given)
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else given.split(",")
+    return [line.strip() for line in lines if line.strip()]
+
+
+def _threads() -> None:
+    """Honour WHYREC_THREADS (as the app does): on a small shared machine one torch thread is often fastest."""
+    threads = os.environ.get("WHYREC_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        import torch
+
+        torch.set_num_threads(int(threads))
 
 
 def _write(explanation, path: Path | None) -> None:

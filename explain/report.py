@@ -1,0 +1,666 @@
+"""Explanation reports: one user's (or one query's) top-k with every explanation, exported as HTML, PDF or JSON.
+
+    report = build_report(recommender, user_id=None, query=None, k=10, n_steps=50, *, progress=None)
+    write_report(report, "alice.html")      # or .pdf / .json, by suffix; written atomically
+    export_batch(recommender, user_ids, out_dir, fmt="html")   # one file per user; unknown users reported
+
+The ranked list is `Recommender.recommend` and each item's explanation is `explain(...)` for the same user and
+query, so the item explained is the item shown. HTML and PDF draw the dashboard's own charts and fragments
+(explain.charts): the HTML is one self-contained file (plotly.js inlined once, no external URL, a Content
+Security Policy that lets the page fetch nothing); the PDF is the same page with static charts, printed by a
+headless Chromium, so the text stays text. The browser is found the way kaleido finds it (BROWSER_PATH,
+kaleido's own download, then PATH and the usual install places); nothing is downloaded.
+
+JSON schema (`Report.to_dict`, `schema_version` 1):
+
+    {
+      "schema": "whyrec-report", "schema_version": 1,
+      "user_id": str | null, "query": str | null, "mode": "user" | "query" | "user+query" | "popularity",
+      "notes": [str],                 # what the ranking had to assume (no history, a cut query, ...)
+      "provenance": {
+          "checkpoint_id": str, "model_created": str | null, "base_encoder": str | null,
+          "data_fingerprint": str,        # the data served; "model_data_fingerprint": the data the model saw
+          "model_data_fingerprint": str | null, "data_source": str,
+          "parameters": {"k", "n_steps", "mode", "user_id", "query", "method", "baseline", "drill_down",
+                         "exclude_seen"},
+          "created": str,                 # ISO-8601 UTC, when the report was built
+          "seconds": float,               # how long it took to build
+          "versions": {str: str | null}   # whyrec, python, torch, transformers, captum, shap, plotly, ...
+      },
+      "items": [{"rank": int, "item_id": str, "title": str, "score": float,
+                 "explanation": {...}}]   # rank order; each explanation in the explain.base schema
+    }
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from data.errors import WhyRecError
+from explain.base import Explanation
+from explain.charts import (
+    PART_LABELS,
+    behaviour_bars,
+    escape,
+    history_bars,
+    history_token_sections,
+    legend_html,
+    token_html,
+    waterfall,
+)
+from explain.errors import ExplanationError
+from explain.explanations import FLAGS, explain
+from explain.gradients import PathSettings
+
+FORMATS = ("html", "pdf", "json")
+SCHEMA = "whyrec-report"
+SCHEMA_VERSION = 1
+# What a reader needs to repeat the numbers: the stack that computed them.
+PACKAGES = ("torch", "transformers", "tokenizers", "captum", "shap", "numpy", "pandas", "plotly", "kaleido")
+PRINT_WIDTH = 680  # px: a chart as wide as an A4 page inside 12 mm margins (794 px at 96 dpi)
+PDF_TIMEOUT_S = 180  # a report of 50 items prints in well under a minute; past this the browser is stuck
+NO_BROWSER = "PDF export needs Chromium (or Chrome): apt-get install chromium, or set BROWSER_PATH=/path/to/chromium"
+# The page may run its own inline scripts and styles and show data: images, and fetch nothing at all.
+CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                           "img-src data:; font-src data:")
+
+
+class ReportError(ExplanationError):
+    """A report that cannot be built or written as asked: unknown user, bad k, unwritable path, no browser."""
+
+
+@dataclass(frozen=True)
+class ReportItem:
+    """One ranked item and why it got its score."""
+
+    rank: int  # 1-based, as ranked
+    item_id: str
+    title: str
+    score: float  # the served score (Recommender.recommend); the explanation splits the same number
+    explanation: Explanation
+
+    def to_dict(self) -> dict:
+        return {"rank": self.rank, "item_id": self.item_id, "title": self.title, "score": self.score,
+                "explanation": self.explanation.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ReportItem:
+        try:
+            return cls(int(data["rank"]), str(data["item_id"]), str(data["title"]), float(data["score"]),
+                       Explanation.from_dict(data["explanation"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ReportError(f"report item is incomplete or malformed ({exc})") from exc
+
+
+@dataclass
+class Report:
+    """The top-k of one user or query, each item with its explanation, and where every number came from."""
+
+    user_id: str | None
+    query: str | None
+    mode: str  # how the ranking was made: "user", "query", "user+query", "popularity"
+    items: list[ReportItem]  # rank order
+    provenance: dict  # see the module docstring
+    notes: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict:
+        return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "provenance": self.provenance,
+                "user_id": self.user_id, "query": self.query, "mode": self.mode, "notes": list(self.notes),
+                "items": [item.to_dict() for item in self.items]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Report:
+        if not isinstance(data, dict):
+            raise ReportError(f"a report is a JSON object, not {type(data).__name__}")
+        if data.get("schema") != SCHEMA:
+            raise ReportError(f"schema is {data.get('schema')!r}, expected {SCHEMA!r}")
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ReportError(f"report schema_version {data.get('schema_version')!r}; this WhyRec reads "
+                              f"version {SCHEMA_VERSION}")
+        try:
+            return cls(data["user_id"], data["query"], data["mode"],
+                       [ReportItem.from_dict(item) for item in data["items"]], dict(data["provenance"]),
+                       tuple(data.get("notes", ())))
+        except (KeyError, TypeError) as exc:
+            raise ReportError(f"report is incomplete ({exc})") from exc
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Report:
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ReportError(f"not valid JSON ({exc})") from exc
+
+    def to_html(self) -> str:
+        """One self-contained page: summary, one section per item, provenance; works offline."""
+        return _page(self, static=False)
+
+    def to_pdf(self, *, browser: str | Path | None = None) -> bytes:
+        """The page with static charts, printed to A4 by a headless Chromium (`browser`, else found as kaleido does)."""
+        return _print_to_pdf(_page(self, static=True), find_browser(browser))
+
+    def render(self, fmt: str) -> bytes:
+        """The report as the bytes of one file in `fmt` (one of FORMATS)."""
+        fmt = _format_name(fmt)
+        if fmt == "pdf":
+            return self.to_pdf()
+        return (self.to_html() if fmt == "html" else self.to_json()).encode("utf-8")
+
+
+# ---- building ---------------------------------------------------------------------------------------------------
+
+def build_report(recommender, user_id=None, query=None, k: int = 10, n_steps: int = 50, *,
+                 progress: Callable[[int, int, str], None] | None = None, drill_down: int = 0) -> Report:
+    """Rank the top-k for a user, a query or both, and explain every item; `progress(done, total, label)` after each.
+
+    `drill_down` > 0 also opens that many top history items to their words (one more IG run per history item).
+    """
+    started = time.perf_counter()
+    if user_id is None and query is None:
+        raise ReportError("give a user, a query, or both")
+    _check_parameters(k, n_steps, drill_down)
+    try:
+        ranked = recommender.recommend(user_id=user_id, query=query, k=int(k))
+    except WhyRecError as exc:
+        raise ReportError(str(exc)) from exc
+    items = []
+    for recommendation in ranked:
+        try:
+            explanation = explain(recommender, recommendation.item_id, user_id=user_id, query=query,
+                                  n_steps=n_steps, drill_down=drill_down)
+        except WhyRecError as exc:
+            raise ReportError(f"cannot explain #{recommendation.rank} '{recommendation.item_id}': {exc}") from exc
+        items.append(ReportItem(recommendation.rank, recommendation.item_id, recommendation.title,
+                                recommendation.score, explanation))
+        if progress is not None:
+            progress(len(items), len(ranked), f"#{recommendation.rank} {recommendation.title}")
+    parameters = {"k": int(k), "n_steps": int(n_steps), "mode": ranked.mode, "user_id": user_id, "query": query,
+                  "method": "gausslegendre", "baseline": "pad", "drill_down": int(drill_down), "exclude_seen": True}
+    provenance = _provenance(recommender, parameters, time.perf_counter() - started)
+    return Report(user_id, query, ranked.mode, items, provenance, tuple(ranked.notes))
+
+
+def _check_parameters(k, n_steps, drill_down) -> None:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ReportError(f"k {k!r} must be a whole number of items, 1 or more")
+    if isinstance(drill_down, bool) or not isinstance(drill_down, int | np.integer) or drill_down < 0:
+        raise ReportError(f"drill_down {drill_down!r} must be a whole number of history items, 0 or more")
+    try:
+        PathSettings(n_steps)
+    except ExplanationError as exc:
+        raise ReportError(str(exc)) from exc
+
+
+def _provenance(recommender, parameters: dict, seconds: float) -> dict:
+    metadata = recommender.metadata or {}
+    meta = recommender.dataset.meta
+    return {
+        "checkpoint_id": recommender.checkpoint_id,
+        "model_created": metadata.get("created"),
+        "base_encoder": metadata.get("base_encoder") or None,
+        "data_fingerprint": meta.fingerprint,
+        "model_data_fingerprint": metadata.get("data", {}).get("fingerprint"),
+        "data_source": meta.source,
+        "parameters": parameters,
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "seconds": round(seconds, 3),
+        "versions": versions(),
+    }
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of WhyRec, Python and the packages that computed the numbers (None: not installed)."""
+    found = {"whyrec": _whyrec_version(), "python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _whyrec_version() -> str | None:
+    try:
+        return importlib.metadata.version("whyrec")
+    except importlib.metadata.PackageNotFoundError:  # run from the source tree: read it where it is declared
+        import tomllib
+
+        try:
+            project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+            return str(project["project"]["version"])
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return None
+
+
+# ---- writing ----------------------------------------------------------------------------------------------------
+
+def output_format(path: str | Path) -> str:
+    """The format a report path asks for, from its suffix (one of FORMATS)."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in FORMATS:
+        said = f"suffix '.{suffix}'" if suffix else "no suffix"
+        raise ReportError(f"{path}: {said}; a report is written as .html, .pdf or .json")
+    return suffix
+
+
+def check_output(path: str | Path) -> Path:
+    """Refuse early a report path that cannot be written: bad suffix, a directory, a folder we cannot write in."""
+    path = Path(path)
+    output_format(path)
+    if path.is_dir():
+        raise ReportError(f"cannot write {path}: it is a directory")
+    _probe(path.parent, path)
+    return path
+
+
+def write_report(report: Report, path: str | Path) -> Path:
+    """Write the report in the format its suffix names; atomically, so nothing half-written is ever left."""
+    path = Path(path)
+    content = report.render(output_format(path))  # render first: a failed PDF leaves no file at all
+    _write_atomically(path, content)
+    return path
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
+    handle = _temporary_beside(path)
+    temporary = Path(handle.name)
+    try:
+        with handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o644)  # a report is for reading: not the temporary file's private 0600
+        os.replace(temporary, path)
+    except BaseException as exc:
+        temporary.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise ReportError(_cannot_write(path, exc)) from exc
+        raise
+
+
+def _temporary_beside(path: Path):
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    except OSError as exc:
+        raise ReportError(_cannot_write(path, exc)) from exc
+
+
+def _probe(directory: Path, named: Path) -> None:
+    """Create `directory` if need be and try a temporary file in it; ReportError naming `named` if that fails."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise ReportError(_cannot_write(named, exc)) from exc
+
+
+def _cannot_write(path: Path, exc: OSError) -> str:
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:  # mkdir's own words ("File exists") would not say which
+        return f"cannot write {path}: {blocker} is a file, not a directory"
+    where = f" ({exc.filename})" if exc.filename and str(exc.filename) not in (str(path), str(path.parent)) else ""
+    return f"cannot write {path}: {exc.strerror or exc}{where}"
+
+
+def _format_name(fmt: str) -> str:
+    name = str(fmt).lower().lstrip(".")
+    if name not in FORMATS:
+        raise ReportError(f"report format '{fmt}' is not one of {', '.join(FORMATS)}")
+    return name
+
+
+# ---- a batch ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class BatchResult:
+    """What a batch export did: the files written, the users it did not know, and any that failed."""
+
+    written: dict[str, Path]  # user id -> report file
+    unknown: list[str]  # user ids not in the data (with nothing written for them)
+    failed: dict[str, str]  # user id -> why its report could not be made
+    seconds: float
+
+
+def export_batch(recommender, user_ids: Iterable, out_dir: str | Path, fmt: str = "html", k: int = 10,
+                 n_steps: int = 50, *, query: str | None = None, drill_down: int = 0,
+                 progress: bool | Callable[[int, int, str], None] = True) -> BatchResult:
+    """One report file per user in `out_dir`; unknown users are listed (and printed) and the rest exported.
+
+    `progress`: True draws a tqdm bar on stderr, a callable gets (done, total, user id) after each user.
+    """
+    started = time.perf_counter()
+    fmt = _format_name(fmt)
+    _check_parameters(k, n_steps, drill_down)
+    users = list(dict.fromkeys(str(user) for user in user_ids))
+    if not users:
+        raise ReportError("no user ids to export")
+    unknown = {}
+    for user in users:
+        try:
+            recommender.check_user(user)
+        except WhyRecError as exc:
+            unknown[user] = str(exc)
+    known = [user for user in users if user not in unknown]
+    if not known:
+        raise ReportError(f"none of the {len(users)} user ids is known ({'; '.join(list(unknown.values())[:3])}): "
+                          "nothing to export")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ReportError(f"cannot write reports into {out_dir}: it is a file, not a directory")
+    _probe(out_dir, out_dir)
+    if fmt == "pdf":
+        find_browser()  # before hours of explaining, not after
+    if unknown:
+        shown = "; ".join(list(unknown.values())[:5]) + (f"; and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        print(f"skipping {len(unknown)} of {len(users)} users: {shown}", file=sys.stderr)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(known), unit="user", desc="reports", file=sys.stderr, disable=progress is not True)
+    written, failed = {}, {}
+    try:
+        for done, user in enumerate(known, start=1):
+            try:
+                report = build_report(recommender, user, query, k, n_steps, drill_down=drill_down)
+                written[user] = write_report(report, out_dir / report_file_name(user, fmt))
+            except ReportError as exc:
+                failed[user] = str(exc)
+                bar.write(f"{user}: {exc}", file=sys.stderr)
+            bar.update()
+            if callable(progress):
+                progress(done, len(known), user)
+    finally:
+        bar.close()
+    return BatchResult(written, list(unknown), failed, time.perf_counter() - started)
+
+
+def report_file_name(user_id: str, fmt: str) -> str:
+    """A safe, distinct file name for a user's report: the id itself when it is safe, else a cleaned id + hash."""
+    user_id = str(user_id)
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "_", user_id).strip("_")[:80]
+    if safe != user_id or not safe:  # changed ids keep apart by a hash of the original: 'a/b' and 'a_b' get two files
+        safe = f"{safe or 'user'}-{hashlib.sha256(user_id.encode()).hexdigest()[:8]}"
+    return f"{safe}.{_format_name(fmt)}"
+
+
+# ---- PDF --------------------------------------------------------------------------------------------------------
+
+def find_browser(path: str | Path | None = None) -> str:
+    """The Chromium-based browser that prints PDFs: `path`, else where kaleido looks; ReportError if there is none."""
+    if path is None:
+        try:
+            from choreographer.browsers.chromium import Chromium  # kaleido's browser finder
+        except ImportError:
+            import shutil
+
+            path = os.environ.get("BROWSER_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
+        else:
+            path = Chromium.find_browser(skip_local=False)  # BROWSER_PATH, kaleido's download, PATH, usual places
+    if not path:
+        raise ReportError(f"{NO_BROWSER} (no browser found)")
+    if not (Path(path).is_file() and os.access(path, os.X_OK)):
+        raise ReportError(f"{NO_BROWSER} ({path} is not an executable file)")
+    return str(path)
+
+
+def _print_to_pdf(page: str, browser: str) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="whyrec-pdf-") as work:
+        source, target = Path(work) / "report.html", Path(work) / "report.pdf"
+        source.write_text(page, encoding="utf-8")
+        command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                   "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--disable-sync",
+                   "--disable-background-networking", "--disable-component-update", "--mute-audio",
+                   f"--user-data-dir={Path(work) / 'profile'}", "--no-pdf-header-footer",
+                   "--virtual-time-budget=10000",  # let the inline scripts draw the charts before printing
+                   f"--print-to-pdf={target}", source.as_uri()]
+        try:
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True)
+        except OSError as exc:
+            raise ReportError(f"{NO_BROWSER} ({browser}: {exc.strerror or exc})") from exc
+        try:
+            _, errors = process.communicate(timeout=PDF_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the browser and the renderers it started
+            process.communicate()
+            raise ReportError(f"PDF export: {browser} did not finish printing in {PDF_TIMEOUT_S} s") from None
+        if not target.is_file() or target.stat().st_size == 0:
+            said = [line for line in errors.splitlines() if line.strip() and "dbus" not in line.lower()]
+            raise ReportError(f"PDF export: {browser} wrote no PDF (exit code {process.returncode})"
+                              + (f": {said[-1].strip()[:300]}" if said else ""))
+        return target.read_bytes()
+
+
+# ---- the page ---------------------------------------------------------------------------------------------------
+
+STYLE = """
+@page { size: A4; margin: 12mm; }
+body { font-family: "DejaVu Sans", Arial, Helvetica, sans-serif; color: #111; max-width: 1000px; margin: 0 auto;
+       padding: 16px 20px; font-size: 14px; line-height: 1.45; }
+* { font-variant-ligatures: none; }  /* "fi" stays two letters: a PDF reader finds and copies what it shows */
+h1 { font-size: 24px; margin: 0 0 4px; } h2 { font-size: 19px; margin: 0 0 4px; }
+h3 { font-size: 15px; margin: 14px 0 4px; }
+.meta, .muted { color: #555; } .small { font-size: 12px; }
+table { border-collapse: collapse; width: 100%; margin: 6px 0 10px; }
+th, td { border-bottom: 1px solid #ddd; padding: 4px 6px; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; font-weight: 600; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+code { font-family: "DejaVu Sans Mono", monospace; font-size: 12px; overflow-wrap: anywhere; }
+section.item { border-top: 2px solid #333; margin-top: 30px; padding-top: 10px; }
+.chart { margin: 6px 0; break-inside: avoid; }
+.flag { color: #8a4b00; }
+a { color: #1f4e9c; }
+table, .whyrec-tokens, .chart, .block { break-inside: avoid; }
+@media print {
+  body { max-width: none; padding: 0; font-size: 10.5pt; }
+  section.item { break-before: page; border-top: none; margin-top: 0; }
+  a { color: inherit; text-decoration: none; }
+}
+"""
+HOW_TO_READ = (
+    "Each score splits into parts that add up to it: the <b>base value</b> (what an empty input scores), the "
+    "<b>item's words</b> and the <b>query's words</b> (Integrated Gradients over the words the encoder read), "
+    "<b>history</b> (how much each past interaction pulled the score), the <b>item ID</b> (what the model learned "
+    "about this item from other shoppers) and <b>behaviour features</b> (SHAP values of recency, affinity, price "
+    "fit, popularity...). The <b>completeness gap</b> is how far the parts miss the score (smaller is better).")
+
+
+def _page(report: Report, *, static: bool) -> str:
+    from plotly.offline import get_plotlyjs
+
+    p = report.provenance
+    subject = _subject(report)
+    body = [
+        f"<h1>Why these recommendations: {subject}</h1>",
+        f"<p class='meta'>Top {len(report.items)} items ranked for {subject} (mode {escape(report.mode)}) by model "
+        f"<code>{escape(p.get('checkpoint_id'))}</code>, built {escape(p.get('created'))}.</p>",
+        *(f"<p class='muted small'>Note: {escape(note)}</p>" for note in report.notes),
+        f"<p class='small'>{HOW_TO_READ}</p>",
+        f"<p class='small'>{legend_html()}</p>",
+        _summary_table(report),
+        *(_item_section(item, static=static) for item in report.items),
+        _glossary(report),
+        _provenance_section(report),
+    ]
+    return "\n".join([
+        "<!DOCTYPE html>",
+        "<html lang='en'><head><meta charset='utf-8'>",
+        f"<meta http-equiv='Content-Security-Policy' content=\"{CONTENT_SECURITY_POLICY}\">",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>WhyRec report: {_subject(report, plain=True)}</title>",
+        f"<style>{STYLE}</style>",
+        "<script>window.PlotlyConfig = {MathJaxConfig: 'local'};</script>",
+        f"<script id='plotly-js'>{get_plotlyjs()}</script>",  # once, for every chart of the page
+        "</head><body>",
+        *body,
+        "</body></html>",
+    ])
+
+
+def _subject(report: Report, *, plain: bool = False) -> str:
+    user = f"user {escape(report.user_id)}" if report.user_id is not None else ""
+    query = f"the query “{escape(report.query)}”" if report.query is not None else ""
+    if not plain:
+        user = f"user <code>{escape(report.user_id)}</code>" if user else ""
+    return " and ".join(part for part in (user, query) if part)
+
+
+def _summary_table(report: Report) -> str:
+    if not report.items:
+        return "<p><em>No items to show: nothing is left to recommend.</em></p>"
+    rows = []
+    for item in report.items:
+        reasons = "; ".join(escape(reason) for reason in top_reasons(item.explanation)) or "—"
+        rows.append(f"<tr><td class='num'>{item.rank}</td><td><a href='#item-{item.rank}'>{escape(item.title)}</a>"
+                    f"<br><span class='muted small'>{escape(item.item_id)}</span></td>"
+                    f"<td class='num'>{item.score:.4f}</td><td class='small'>{reasons}</td></tr>")
+    return ("<h2>Top items</h2><table><thead><tr><th class='num'>Rank</th><th>Item</th><th class='num'>Score</th>"
+            f"<th>Top reasons</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def top_reasons(explanation: Explanation, n: int = 2) -> list[str]:
+    """The parts that raised the score most, each with its strongest entry: 'History +0.41 (Wool sock)'."""
+    raised = sorted((p for p in explanation.parts if p.in_total and len(p) and p.total > 0), key=lambda p: -p.total)
+    reasons = []
+    for part in raised[:n]:
+        entries = part.words() if part.kind in ("item_tokens", "query_tokens") else part
+        name, value = max(zip(entries.names, entries.values), key=lambda entry: entry[1])
+        lead = f" ({name})" if value > 0 else ""
+        reasons.append(f"{PART_LABELS[part.kind]} {part.total:+.3f}{lead}")
+    return reasons
+
+
+def _item_section(item: ReportItem, *, static: bool) -> str:
+    e = item.explanation
+    chart = _chart_html(static=static, prefix=f"chart-{item.rank}")
+    out = [
+        f"<section class='item' id='item-{item.rank}'>",
+        f"<h2>#{item.rank} {escape(item.title)}</h2>",
+        f"<p class='meta'>item <code>{escape(item.item_id)}</code> · score <b>{item.score:.4f}</b> = base value "
+        f"{e.base_value:+.4f} + parts {e.total:+.4f} · completeness gap {e.completeness_gap:+.1e}</p>",
+        chart(waterfall(e), "waterfall"),
+        _parts_table(e),
+        "<h3>The item's words</h3>", token_html(e.part("item_tokens")),
+    ]
+    query = e.part("query_tokens")
+    if query is not None and len(query):
+        out += ["<h3>The query's words</h3>", token_html(query)]
+    history = history_bars(e)
+    out.append(chart(history, "history") if history is not None else
+               "<h3>History</h3><p class='muted'>No history: this score does not depend on past interactions.</p>")
+    for title, fragment in history_token_sections(e):
+        out += [f"<h3>Words in the history item “{escape(title)}”</h3>", fragment]
+    behaviour = behaviour_bars(e)
+    if behaviour is not None:
+        out += [chart(behaviour, "behaviour"), _behaviour_table(e)]
+    out.append(_flags(e))
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def _chart_html(*, static: bool, prefix: str):
+    config = {"displayModeBar": False, "displaylogo": False, "staticPlot": static, "responsive": not static}
+
+    def chart(figure, name: str) -> str:
+        if static:
+            figure.update_layout(width=PRINT_WIDTH)
+        html = figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"{prefix}-{name}", config=config)
+        return f"<div class='chart'>{html}</div>"
+
+    return chart
+
+
+def _parts_table(e: Explanation) -> str:
+    rows = [f"<tr><td>Base value</td><td class='num'>{e.base_value:+.4f}</td><td></td><td></td></tr>"]
+    for part in e.parts:
+        if not part.in_total or not len(part):
+            continue
+        rows.append(f"<tr><td>{escape(PART_LABELS[part.kind])}</td><td class='num'>{part.total:+.4f}</td>"
+                    f"<td class='small'>{escape(part.method)}, {len(part)} entries</td>"
+                    f"<td class='num small'>{part.completeness_gap:+.1e}</td></tr>")
+    rows.append(f"<tr><th>Score</th><th class='num'>{e.score:.4f}</th><th></th><th></th></tr>")
+    return ("<table class='block'><thead><tr><th>Part</th><th class='num'>Contribution</th><th>Method</th>"
+            f"<th class='num'>Gap of its run</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def _behaviour_table(e: Explanation) -> str:
+    part = e.part("behaviour")
+    rows = []
+    for name, value, detail in part.top(len(part)):
+        rows.append(f"<tr><td>{escape(name)}</td><td class='num'>{_number(detail.get('value'))}</td>"
+                    f"<td>{escape(detail.get('unit', ''))}</td>"
+                    f"<td class='num'>{_number(detail.get('background_mean'))}</td>"
+                    f"<td class='num'>{value:+.4f}</td></tr>")
+    return ("<table class='block'><thead><tr><th>Behaviour feature</th><th class='num'>Value</th><th>Unit</th>"
+            "<th class='num'>Typical</th><th class='num'>Contribution</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _number(value) -> str:
+    return "?" if value is None or not math.isfinite(float(value)) else f"{float(value):.3g}"
+
+
+def _flags(e: Explanation) -> str:
+    lines = [f"<li class='flag'><b>{escape(flag)}</b>: {escape(FLAGS.get(flag, ''))}</li>" for flag in e.flags]
+    lines += [f"<li>{escape(note)}</li>" for note in e.notes]
+    if not lines:
+        return "<p class='muted small'>No flags: nothing unusual about this explanation.</p>"
+    return f"<h3>Flags and notes</h3><ul class='small'>{''.join(lines)}</ul>"
+
+
+def _glossary(report: Report) -> str:
+    """What each behaviour feature means, once for the whole report (the explanations carry it in their details)."""
+    meanings = {}
+    for item in report.items:
+        part = item.explanation.part("behaviour")
+        for name, detail in zip(part.names, part.details) if part is not None else ():
+            meanings.setdefault(name, detail)
+    if not meanings:
+        return ""
+    rows = "".join(f"<tr><td>{escape(name)}</td><td>{escape(d.get('unit', ''))}</td><td class='small'>"
+                   f"{escape(d.get('meaning', ''))}</td></tr>" for name, d in meanings.items())
+    return ("<section class='block'><h2>Behaviour features: what they mean</h2><table><thead><tr><th>Feature</th>"
+            f"<th>Unit</th><th>Meaning</th></tr></thead><tbody>{rows}</tbody></table></section>")
+
+
+def _provenance_section(report: Report) -> str:
+    p = report.provenance
+    rows = [
+        ("Model checkpoint", p.get("checkpoint_id")),
+        ("Model trained", p.get("model_created")),
+        ("Base encoder", p.get("base_encoder")),
+        ("Data fingerprint", p.get("data_fingerprint")),
+    ]
+    if p.get("model_data_fingerprint") not in (None, p.get("data_fingerprint")):
+        rows.append(("Model trained on data", p.get("model_data_fingerprint")))
+    rows += [
+        ("Data source", p.get("data_source")),
+        ("Parameters", ", ".join(f"{k}={v}" for k, v in p.get("parameters", {}).items())),
+        ("Report created (UTC)", p.get("created")),
+        ("Built in", f"{p.get('seconds', 0):.1f} s"),
+        ("Versions", ", ".join(f"{k} {v}" for k, v in p.get("versions", {}).items())),
+    ]
+    cells = "".join(f"<tr><th>{escape(key)}</th><td><code>{escape(value)}</code></td></tr>" for key, value in rows)
+    return f"<section class='block'><h2>Provenance</h2><table><tbody>{cells}</tbody></table></section>"

@@ -18,6 +18,7 @@ with st.sidebar:
 
 pages = [
     st.Page("views/recommend.py", title="Recommend", icon=":material/recommend:", default=True, url_path="recommend"),
+    st.Page("views/insights.py", title="Insights", icon=":material/insights:", url_path="insights"),
     st.Page("views/data_overview.py", title="Data", icon=":material/dataset:", url_path="data"),
 ]
 st.navigation(pages).run()

@@ -8,6 +8,7 @@ import streamlit as st
 from data import DataError, load_dataset
 from data.quality import quality_report
 from views.loaders import data_dir, directory_stamp
+from views.quality import dataset_counts, quality_findings
 
 
 @st.cache_data(show_spinner="Reading the dataset…")
@@ -27,14 +28,8 @@ except DataError as exc:
     st.error(str(exc))
     st.stop()
 
-left, middle, right = st.columns(3)
-left.metric("Users", f"{summary['users']:,}")
-middle.metric("Items", f"{summary['items']:,}")
-right.metric("Events", f"{summary['events']:,}")
+dataset_counts(summary)
 st.subheader("Quality report")
-if findings.empty:
-    st.success("No findings: the data looks clean.")
-else:
-    st.dataframe(findings, hide_index=True, width="stretch")
+quality_findings(findings)
 with st.expander("Dataset summary"):
     st.json(summary)

@@ -473,8 +473,10 @@ section.item { border-top: 2px solid #333; margin-top: 30px; padding-top: 10px; 
 .flag { color: #8a4b00; }
 a { color: #1f4e9c; }
 table, .whyrec-tokens, .chart, .block { break-inside: avoid; }
+ul.flags { margin: 2px 0 6px; padding-left: 20px; }
 @media print {
-  body { max-width: none; padding: 0; font-size: 10.5pt; }
+  body { max-width: none; padding: 0; font-size: 10pt; }
+  th, td { padding: 2px 6px; }
   section.item { break-before: page; border-top: none; margin-top: 0; }
   a { color: inherit; text-decoration: none; }
 }
@@ -559,7 +561,9 @@ def _item_section(item: ReportItem, *, static: bool) -> str:
         f"<section class='item' id='item-{item.rank}'>",
         f"<h2>#{item.rank} {escape(item.title)}</h2>",
         f"<p class='meta'>item <code>{escape(item.item_id)}</code> · score <b>{item.score:.4f}</b> = base value "
-        f"{e.base_value:+.4f} + parts {e.total:+.4f} · completeness gap {e.completeness_gap:+.1e}</p>",
+        f"{e.base_value:+.4f} + parts {e.total:+.4f} · completeness gap {e.completeness_gap:+.1e}"
+        f"{'' if e.flags or e.notes else ' · no flags'}</p>",
+        _flags(e),
         chart(waterfall(e), "waterfall"),
         _parts_table(e),
         "<h3>The item's words</h3>", token_html(e.part("item_tokens")),
@@ -575,7 +579,6 @@ def _item_section(item: ReportItem, *, static: bool) -> str:
     behaviour = behaviour_bars(e)
     if behaviour is not None:
         out += [chart(behaviour, "behaviour"), _behaviour_table(e)]
-    out.append(_flags(e))
     out.append("</section>")
     return "\n".join(out)
 
@@ -584,8 +587,9 @@ def _chart_html(*, static: bool, prefix: str):
     config = {"displayModeBar": False, "displaylogo": False, "staticPlot": static, "responsive": not static}
 
     def chart(figure, name: str) -> str:
-        if static:
-            figure.update_layout(width=PRINT_WIDTH)
+        if static:  # a page wide, and the waterfall shorter, so an item fits two pages
+            figure.update_layout(width=PRINT_WIDTH, height=min(figure.layout.height or 340, 280)
+                                 if name == "waterfall" else figure.layout.height)
         html = figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"{prefix}-{name}", config=config)
         return f"<div class='chart'>{html}</div>"
 
@@ -625,9 +629,7 @@ def _number(value) -> str:
 def _flags(e: Explanation) -> str:
     lines = [f"<li class='flag'><b>{escape(flag)}</b>: {escape(FLAGS.get(flag, ''))}</li>" for flag in e.flags]
     lines += [f"<li>{escape(note)}</li>" for note in e.notes]
-    if not lines:
-        return "<p class='muted small'>No flags: nothing unusual about this explanation.</p>"
-    return f"<h3>Flags and notes</h3><ul class='small'>{''.join(lines)}</ul>"
+    return f"<ul class='small flags'>{''.join(lines)}</ul>" if lines else ""
 
 
 def _glossary(report: Report) -> str:

@@ -18,6 +18,8 @@ with st.sidebar:
 
 pages = [
     st.Page("views/recommend.py", title="Recommend", icon=":material/recommend:", default=True, url_path="recommend"),
+    st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
+    st.Page("views/whatif.py", title="What-if", icon=":material/tune:", url_path="what-if"),
     st.Page("views/insights.py", title="Insights", icon=":material/insights:", url_path="insights"),
     st.Page("views/data_overview.py", title="Data", icon=":material/dataset:", url_path="data"),
 ]

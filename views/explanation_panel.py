@@ -68,38 +68,9 @@ def explanation_panel(recommender, ranked, user_id, query) -> None:
         st.error(str(exc))
         return
     explanation = Explanation.from_dict(result["explanation"])
-    title = recommender.dataset.item(item_id).title
-    st.subheader(f"Why this score: {md_escape(title)}")
-    for note in explanation.notes:
-        st.caption(md_escape(note))
-    a, b, c, d = st.columns(4)
-    a.metric("Score", f"{explanation.score:.3f}")
-    b.metric("Base value", f"{explanation.base_value:.3f}")
-    c.metric("Completeness gap", f"{explanation.completeness_gap:.1e}",
-             help="base value + parts − score: how far the parts miss the score")
-    d.metric("Explained in", f"{result['seconds']:.2f} s", help=f"{n_steps} Integrated Gradients steps")
-    st.plotly_chart(waterfall(explanation), width="stretch", config={"displayModeBar": False})
+    has_history = explanation_body(recommender, explanation, result["seconds"], n_steps)
 
-    st.markdown("**The item's words**")
-    st.html(token_html(explanation.part("item_tokens")))
-    if explanation.part("query_tokens") is not None and len(explanation.part("query_tokens")):
-        st.markdown("**The query's words**")
-        st.html(token_html(explanation.part("query_tokens")))
-    st.html(f"<div style='font-size:13px'>{legend_html()}</div>")
-
-    left, right = st.columns(2)
-    history = history_bars(explanation)
-    with left:
-        if history is None:
-            st.info("No history: this score does not depend on past interactions.")
-        else:
-            st.plotly_chart(history, width="stretch", config={"displayModeBar": False})
-    behaviour = behaviour_bars(explanation)
-    with right:
-        if behaviour is not None:
-            st.plotly_chart(behaviour, width="stretch", config={"displayModeBar": False})
-
-    if history is not None:
+    if has_history:
         with st.expander("Words inside the top history items (a drill-down, computed on request)"):
             if st.toggle("Compute", key=f"drill_{item_id}", help="A second Integrated Gradients run per history item"):
                 with st.spinner("Explaining the history items…"):
@@ -123,3 +94,39 @@ def explanation_panel(recommender, ranked, user_id, query) -> None:
               help="How much more the score falls when the most-credited words go than when random ones go")
     with st.expander("How to read this"):
         st.markdown(HOW_TO_READ)
+
+
+def explanation_body(recommender, explanation: Explanation, seconds: float, n_steps: int,
+                     heading: str = "Why this score") -> bool:
+    """One explanation on screen: score, waterfall, words, history and behaviour; says whether it has history."""
+    title = recommender.dataset.item(explanation.item_id).title
+    st.subheader(f"{heading}: {md_escape(title)}")
+    for note in explanation.notes:
+        st.caption(md_escape(note))
+    a, b, c, d = st.columns(4)
+    a.metric("Score", f"{explanation.score:.3f}")
+    b.metric("Base value", f"{explanation.base_value:.3f}")
+    c.metric("Completeness gap", f"{explanation.completeness_gap:.1e}",
+             help="base value + parts − score: how far the parts miss the score")
+    d.metric("Explained in", f"{seconds:.2f} s", help=f"{n_steps} Integrated Gradients steps")
+    st.plotly_chart(waterfall(explanation), width="stretch", config={"displayModeBar": False})
+
+    st.markdown("**The item's words**")
+    st.html(token_html(explanation.part("item_tokens")))
+    if explanation.part("query_tokens") is not None and len(explanation.part("query_tokens")):
+        st.markdown("**The query's words**")
+        st.html(token_html(explanation.part("query_tokens")))
+    st.html(f"<div style='font-size:13px'>{legend_html()}</div>")
+
+    left, right = st.columns(2)
+    history = history_bars(explanation)
+    with left:
+        if history is None:
+            st.info("No history: this score does not depend on past interactions.")
+        else:
+            st.plotly_chart(history, width="stretch", config={"displayModeBar": False})
+    behaviour = behaviour_bars(explanation)
+    with right:
+        if behaviour is not None:
+            st.plotly_chart(behaviour, width="stretch", config={"displayModeBar": False})
+    return history is not None

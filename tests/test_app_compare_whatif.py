@@ -1,0 +1,178 @@
+"""The Compare and What-if pages driven headless with AppTest, checked against the model computed directly."""
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from data.features import FEATURES
+from data.io import write_tables
+from model.checkpoint import load
+from model.whatif import edited_history, feature_ranges
+
+APP = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "app.py")
+
+
+@pytest.fixture(scope="module")
+def shop_data(tiny_shop, tmp_path_factory):
+    data = tmp_path_factory.mktemp("shop-data")
+    write_tables(tiny_shop, data)
+    return data
+
+
+@pytest.fixture()
+def app(monkeypatch, tiny_model, shop_data):
+    monkeypatch.setenv("WHYREC_MODEL", str(tiny_model))
+    monkeypatch.setenv("WHYREC_DATA", str(shop_data))
+    return AppTest.from_file(APP, default_timeout=180)
+
+
+@pytest.fixture(scope="module")
+def recommender(tiny_model, shop_data):
+    return load(tiny_model, data=str(shop_data))
+
+
+def open_page(at, page: str, **params) -> AppTest:
+    at.run()
+    at.switch_page(page)
+    at.query_params.clear()
+    at.query_params.update(params)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def margin(at) -> float:
+    (metric,) = [m for m in at.metric if m.label == "Margin (A − B)"]
+    return float(metric.value)
+
+
+def whatif_table(at):
+    tables = [t.value for t in at.dataframe if "new_rank" in t.value.columns]
+    assert tables, "no what-if ranking on the page"
+    return tables[0]
+
+
+# ---- Compare ------------------------------------------------------------------------------------------------------
+
+def test_compare_shows_the_first_users_top_two_and_the_margin(app, recommender):
+    at = open_page(app, "views/compare.py")
+    assert not at.error
+    user = at.selectbox(key="cmp_user").value
+    top = recommender.recommend(user_id=user, k=2)
+    assert (at.selectbox(key="cmp_a").value, at.selectbox(key="cmp_b").value) == (top[0].item_id, top[1].item_id)
+    assert margin(at) == pytest.approx(top[0].score - top[1].score, abs=1e-3)
+    charts = [str(chart.proto) for chart in at.get("plotly_chart")]
+    assert any("How the margin builds up" in chart for chart in charts)
+    shaded = [str(h.proto) for h in at.get("html") if "whyrec-tokens" in str(h.proto)]
+    assert len(shaded) >= 2  # A's words and B's words
+    assert any(h.value.startswith("Why A ranks above B") for h in at.subheader)
+    assert (at.query_params["a"], at.query_params["b"]) == (top[0].item_id, top[1].item_id)
+    behaviour = next(t.value for t in at.dataframe if {"A", "B", "margin"} <= set(t.value.columns))
+    direct = recommender.behaviour_features(recommender.context(user), recommender.item_positions(
+        [top[0].item_id, top[1].item_id]))  # (2, F)
+    by_label = behaviour.set_index("feature")
+    for j, spec in enumerate(FEATURES):
+        assert by_label.loc[spec.label, ["A", "B"]].tolist() == pytest.approx(direct[:, j].tolist(), abs=1e-6)
+    words = next(t.value for t in at.dataframe if "word" in t.value.columns)
+    assert len(words) and set(words["of"]) <= {"item A", "item B", "the query"}
+
+
+def test_choosing_another_b_changes_the_margin(app, recommender):
+    at = open_page(app, "views/compare.py")
+    before = margin(at)
+    user, item_a = at.selectbox(key="cmp_user").value, at.selectbox(key="cmp_a").value
+    other = at.selectbox(key="cmp_b").options[5]  # labels; the widget takes the id
+    item_b = next(i for i in recommender.item_ids if other.endswith(recommender.dataset.item(str(i)).title)
+                  and str(i) != item_a)
+    at.selectbox(key="cmp_b").set_value(str(item_b)).run()
+    assert not at.exception and not at.error
+    scores = recommender.score(user, item_ids=[item_a, str(item_b)])
+    assert margin(at) == pytest.approx(scores[0] - scores[1], abs=1e-3)
+    assert margin(at) != pytest.approx(before, abs=1e-6)
+    assert at.query_params["b"] == str(item_b)
+
+
+def test_the_same_item_twice_says_so(app):
+    at = open_page(app, "views/compare.py")
+    at.selectbox(key="cmp_b").set_value(at.selectbox(key="cmp_a").value).run()
+    assert not at.exception
+    assert any("same item" in w.value for w in at.warning)
+    assert not [m for m in at.metric if m.label == "Margin (A − B)"]
+
+
+def test_unknown_item_in_the_link(app, recommender):
+    user = str(recommender.user_ids[2])
+    at = open_page(app, "views/compare.py", user=user, a="no-such-item", b=str(recommender.item_ids[0]))
+    assert any("Unknown item `no\\-such\\-item`" in e.value for e in at.error)
+    assert at.selectbox(key="cmp_user").value == user
+    assert at.selectbox(key="cmp_a").value == recommender.recommend(user_id=user, k=1)[0].item_id  # the default
+    assert at.selectbox(key="cmp_b").value == str(recommender.item_ids[0])  # the valid half of the link is kept
+    margin(at)  # the page still compares
+
+
+# ---- What-if ------------------------------------------------------------------------------------------------------
+
+def test_removing_one_history_item_reranks_as_the_model_does(app, recommender):
+    at = open_page(app, "views/whatif.py")
+    user = at.selectbox(key="wi_user").value
+    k = at.slider(key="wi_k").value
+    real = whatif_table(at)
+    assert list(real["item_id"]) == [r.item_id for r in recommender.recommend(user_id=user, k=k)]
+    removed = at.multiselect(key="wi_remove").options[0]
+    removed_id = next(i for i in recommender.dataset.user_events(user)["item_id"].unique()
+                      if removed.startswith(recommender.dataset.item(i).title))
+    at.multiselect(key="wi_remove").set_value([removed_id]).run()
+    assert not at.exception and not at.error
+    table = whatif_table(at)
+    direct = recommender.recommend(user_id=user, k=k, history=edited_history(recommender, user, remove=[removed_id]))
+    assert list(table["item_id"]) == [r.item_id for r in direct]
+    np.testing.assert_allclose(table["new_score"], [r.score for r in direct], rtol=1e-6)
+    assert list(table["item_id"]) != list(real["item_id"]) or not np.allclose(table["new_score"], real["new_score"])
+    assert any(h.value.startswith("Why this score under the edits") for h in at.subheader)
+
+
+def test_removing_the_whole_history_warns_and_still_ranks(app, recommender):
+    at = open_page(app, "views/whatif.py")
+    at.multiselect(key="wi_remove").set_value(list(recommender.dataset.user_events(
+        at.selectbox(key="wi_user").value)["item_id"].unique())).run()
+    assert not at.exception and not at.error
+    assert any("removed the whole history" in w.value for w in at.warning)
+    table = whatif_table(at)
+    assert len(table) == at.slider(key="wi_k").value and np.isfinite(table["new_score"]).all()
+    assert any(h.value.startswith("Why this score under the edits") for h in at.subheader)
+
+
+def test_a_slider_at_its_extreme_gives_finite_scores(app, recommender):
+    ranges = feature_ranges(recommender)
+    name = next(n for n in ranges.index if ranges.at[n, "high"] - ranges.at[n, "low"] > 1e-6)
+    at = open_page(app, "views/whatif.py")
+    at.multiselect(key="wi_features").set_value([name]).run()
+    high = float(ranges.at[name, "high"])
+    at.slider(key=f"wi_value_{name}").set_value(high).run()
+    assert not at.exception and not at.error
+    table = whatif_table(at)
+    assert np.isfinite(table["new_score"]).all()
+    user, k = at.selectbox(key="wi_user").value, at.slider(key="wi_k").value
+    direct = recommender.recommend(user_id=user, k=k, feature_overrides={name: high})
+    np.testing.assert_allclose(table["new_score"], [r.score for r in direct], rtol=1e-5)
+    assert any("set by hand" in c.value for c in at.caption)
+
+
+def test_add_an_item_then_reset_to_the_real_user(app, recommender):
+    at = open_page(app, "views/whatif.py")
+    user, k = at.selectbox(key="wi_user").value, at.slider(key="wi_k").value
+    real = [r.item_id for r in recommender.recommend(user_id=user, k=k)]
+    first_title = recommender.dataset.item(real[0]).title
+    at.text_input(key="wi_search").input(first_title).run()
+    at.selectbox(key="wi_add_item").set_value(real[0])
+    at.selectbox(key="wi_add_event").set_value("purchase")
+    at.button(key="wi_add_button").click().run()
+    at.text_input(key="wi_query").input("wool sock").run()
+    assert not at.exception and not at.error
+    assert real[0] not in list(whatif_table(at)["item_id"])  # now in the history, so not ranked
+    at.button(key="wi_reset").click().run()
+    assert not at.exception
+    table = whatif_table(at)
+    assert list(table["item_id"]) == real
+    assert set(table["move"]) == {"="}
+    assert at.multiselect(key="wi_remove").value == [] and at.text_input(key="wi_query").value == ""

@@ -1,0 +1,258 @@
+"""What-if page: edit a real user's history, behaviour features and query; see how the ranking moves, and why."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from data.errors import WhyRecError
+from data.schema import EVENT_TYPES
+from explain import Explanation, explain
+from explain.charts import LOWERS, NEUTRAL, RAISES, escape
+from model.whatif import edited_history, feature_ranges, rank_changes
+from views.explanation_panel import STEP_CHOICES, explanation_body
+from views.loaders import recommender_or_error
+from views.rankings import cached_ranking, event_label, history_units, search_catalog
+from views.text import md_escape
+
+OVERRIDE_HELP = """A slider sets its feature to **one value for every item in the catalog**, as if, say, this user
+had the same category affinity for every category, or every item were as popular as the slider says. Features
+you do not pick keep each item's real value. Sliders stay within the range the feature takes in this data
+(the catalog, for a sample of users), so the model is never asked about values it has not seen."""
+MOVES = {"up": RAISES, "down": LOWERS, "same": NEUTRAL, "entered": RAISES, "left": LOWERS}
+EDIT_KEYS = ("wi_remove", "wi_added", "wi_features", "wi_query", "wi_search")
+
+
+def reset_edits() -> None:
+    """Back to the real user: no history edits, no features set by hand, no query."""
+    st.session_state.wi_remove = []
+    st.session_state.wi_added = []
+    st.session_state.wi_features = []
+    st.session_state.wi_query = ""
+    st.session_state.wi_search = ""
+    for key in [k for k in st.session_state if str(k).startswith("wi_value_")]:
+        del st.session_state[key]
+
+
+def add_item() -> None:
+    item_id, event = st.session_state.get("wi_add_item"), st.session_state.get("wi_add_event", "view")
+    if item_id:
+        st.session_state.wi_added = [*st.session_state.wi_added, {"item_id": item_id, "event": event}]
+
+
+def move_label(row) -> str:
+    """▲ 3, ▼ 2, = , or how an item entered the top k."""
+    if row.status == "entered":
+        return "▲ new (was in history)" if pd.isna(row.real_rank) else f"▲ new (was #{int(row.real_rank)})"
+    if pd.isna(row.change) or row.change == 0:
+        return "="
+    return f"▲ {int(row.change)}" if row.change > 0 else f"▼ {int(-row.change)}"
+
+
+def rank_slope(changes: pd.DataFrame, k: int) -> go.Figure:
+    """Bump chart: each item's real rank (left) and what-if rank (right); everything beyond k shares one row.
+
+    Items in the what-if top k are named on the right, items that left it on the left (by their real rank).
+    """
+    outside = k + 1
+    figure = go.Figure()
+    for row in changes.itertuples():
+        ranks = [row.real_rank, row.new_rank]
+        y = [outside if pd.isna(r) or r > k else int(r) for r in ranks]
+        where = ["in history" if pd.isna(r) else f"#{int(r)}" for r in ranks]
+        title = escape(row.title if len(row.title) <= 30 else row.title[:29] + "…")
+        text = [title, ""] if row.status == "left" else ["", title]
+        figure.add_trace(go.Scatter(
+            x=[0, 1], y=y, mode="lines+markers+text", line={"color": MOVES[row.status], "width": 2},
+            marker={"size": 9}, text=text, textposition=["middle left", "middle right"], textfont={"size": 11},
+            hovertext=[f"{title}<br>real: {where[0]}", f"{title}<br>what-if: {where[1]} ({row.status})"],
+            hoverinfo="text"))
+    figure.update_yaxes(autorange="reversed", tickvals=list(range(1, outside + 1)), automargin=True,
+                        ticktext=[f"#{r}" for r in range(1, outside)] + [f"below #{k}"], gridcolor="#eeeeee")
+    left_labels = bool((changes["status"] == "left").any())
+    figure.update_xaxes(range=[-1.3 if left_labels else -0.1, 2.3], tickvals=[0, 1], ticktext=["Real", "What-if"],
+                        showgrid=False, zeroline=False)
+    figure.update_layout(title={"text": "How the top ranks moved", "x": 0, "font": {"size": 15}},
+                         height=80 + 26 * outside, margin={"l": 10, "r": 10, "t": 40, "b": 10}, plot_bgcolor="white",
+                         font={"family": "DejaVu Sans, Arial, sans-serif", "size": 12}, showlegend=False)
+    return figure
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def cached_whatif_explanation(checkpoint_id: str, item_id: str, user_id, query, history: pd.DataFrame | None,
+                              overrides: tuple, n_steps: int, _recommender) -> dict:
+    """The explanation of one item under the edits, once per (model, item, user, edits, steps)."""
+    started = time.perf_counter()
+    explanation = explain(_recommender, item_id, user_id=user_id, query=query, n_steps=n_steps, history=history,
+                          feature_overrides=dict(overrides) or None, drill_down=0)
+    return {"explanation": explanation.to_dict(), "seconds": time.perf_counter() - started}
+
+
+@st.fragment
+def whatif_explanation(recommender, top: pd.DataFrame, user_id, query, history, overrides: tuple) -> None:
+    """Re-explain one item of the what-if ranking under the edits; reruns alone."""
+    labels = {row.item_id: f"#{row.rank}  {row.title}" for row in top.itertuples()}
+    options = list(labels)
+    if st.session_state.get("wi_explain") not in options:
+        st.session_state.wi_explain = options[0]
+    pick, steps = st.columns([3, 1])
+    item_id = pick.selectbox("Explain this item under the edits", options, format_func=labels.get, key="wi_explain")
+    n_steps = steps.select_slider("IG steps", STEP_CHOICES, value=32, key="wi_steps",
+                                  help="Integrated Gradients path steps: more is more precise and slower")
+    try:
+        with st.spinner("Explaining…"):
+            result = cached_whatif_explanation(recommender.checkpoint_id, item_id, user_id, query, history, overrides,
+                                               n_steps, recommender)
+    except WhyRecError as exc:
+        st.error(str(exc))
+        return
+    st.caption("The explanation reads the edited history, the query and the features set by hand, so its parts "
+               "add up to the what-if score.")
+    explanation_body(recommender, Explanation.from_dict(result["explanation"]), result["seconds"], n_steps,
+                     heading="Why this score under the edits")
+
+
+st.header("What-if")
+st.caption("Start from a real user, change what the model knows about them, and watch the ranking move.")
+recommender = recommender_or_error()
+if recommender is None:
+    st.stop()
+user_ids = [str(u) for u in recommender.user_ids]
+if not user_ids:
+    st.error("This data has no users: a what-if starts from a real user.")
+    st.stop()
+
+if "wi_added" not in st.session_state:
+    url_user = st.query_params.get("user")
+    st.session_state.wi_user = url_user if url_user in set(user_ids) else user_ids[0]
+    reset_edits()
+
+top_row = st.columns([3, 1, 2])
+user_id = top_row[0].selectbox("Start from user", user_ids, key="wi_user", on_change=reset_edits,
+                               help="Choosing another user starts again from that user's real data")
+k = top_row[1].slider("Top k", 5, 20, 10, key="wi_k")
+with top_row[2]:
+    st.write("")
+    st.button("Reset to the real user", key="wi_reset", on_click=reset_edits, icon=":material/restart_alt:",
+              help="Drop every edit: the real history, no features set by hand, no query")
+st.query_params["user"] = user_id
+st.query_params.pop("item", None)
+
+units = history_units(recommender, user_id)
+titles = dict(zip(recommender.items["item_id"].astype(str), recommender.items["title"].astype(str)))
+now = recommender.dataset.events["timestamp"].max()
+history_column, features_column = st.columns(2, gap="large")
+
+with history_column, st.container(border=True):
+    st.markdown("**History**")
+    unit_labels = {row.item_id: f"{row.title} · {event_label(row.event)}, {max(0, (now - row.last).days)} d ago"
+                   for row in units.itertuples()}
+    st.multiselect("Remove from the history", list(unit_labels), format_func=unit_labels.get, key="wi_remove",
+                   placeholder="Past items to forget (every event on them)",
+                   help="The model reads one unit per distinct item; removing one removes all its events")
+    st.caption(f"{len(units) - len(st.session_state.wi_remove)} of {len(units)} past items kept.")
+    search = st.text_input("Add an item: search the catalog", key="wi_search", placeholder="words of a title, "
+                           "brand or category")
+    if search.strip():
+        found = search_catalog(recommender, search)
+        if not found:
+            st.info(f"No catalog item matches “{md_escape(search.strip())}”.")
+        else:
+            pick, kind, add = st.columns([4, 2, 1], vertical_alignment="bottom")
+            pick.selectbox("Found", found, format_func=lambda i: titles.get(i, i), key="wi_add_item")
+            kind.selectbox("As", EVENT_TYPES, format_func=event_label, key="wi_add_event")
+            add.button("Add", key="wi_add_button", on_click=add_item, help="Added items happen just now, in order")
+    if st.session_state.wi_added:
+        added = pd.DataFrame(st.session_state.wi_added)
+        added["title"] = added["item_id"].map(titles)
+        st.dataframe(added[["title", "event"]], hide_index=True, width="stretch",
+                     column_config={"title": st.column_config.TextColumn("Added just now"),
+                                    "event": st.column_config.TextColumn("Event", width=80)})
+        st.button("Clear the added items", key="wi_clear_added",
+                  on_click=lambda: st.session_state.update(wi_added=[]))
+
+with features_column, st.container(border=True):
+    st.markdown("**Behaviour features**")
+    ranges = feature_ranges(recommender)
+    chosen = st.multiselect("Set by hand, for every item", list(ranges.index), format_func=ranges["label"].get,
+                            key="wi_features", help="Pick features to override; the others keep each item's value")
+    st.caption(OVERRIDE_HELP)
+    overrides: dict[str, float] = {}
+    if chosen:
+        real_values = recommender.behaviour_features(recommender.context(user_id)).mean(0)  # (F,) this user's mean
+    for name in chosen:
+        low, high = float(ranges.at[name, "low"]), float(ranges.at[name, "high"])
+        label, unit = ranges.at[name, "label"], ranges.at[name, "unit"]
+        if high - low < 1e-9:
+            st.caption(f"{label} is {low:.3g} everywhere in this data: there is nothing to change.")
+            continue
+        start = min(max(float(real_values[list(ranges.index).index(name)]), low), high)
+        scope = " It is about the item alone, the same for every user." if ranges.at[name, "scope"] == "item" else ""
+        overrides[name] = st.slider(f"{label} ({unit})", min_value=low, max_value=high, value=start,
+                                    step=(high - low) / 100, format="%.3f", key=f"wi_value_{name}",
+                                    help=f"{ranges.at[name, 'meaning']}{scope} Starts at this user's average "
+                                         f"over the catalog; observed range {low:.3g} to {high:.3g}.")
+    query = st.text_input("Optional: a query", key="wi_query", placeholder="e.g. waterproof hiking sock")
+    query = query.strip() or None
+
+removed, added = list(st.session_state.wi_remove), [(a["item_id"], a["event"]) for a in st.session_state.wi_added]
+edited = bool(removed or added or overrides or query)
+try:
+    history = edited_history(recommender, user_id, remove=removed, add=added) if removed or added else None
+    real = cached_ranking(recommender.checkpoint_id, user_id, None, None, (), recommender)
+    whatif = cached_ranking(recommender.checkpoint_id, user_id, query, history, tuple(overrides.items()), recommender)
+except WhyRecError as exc:
+    st.error(f"This what-if cannot be ranked: {exc}")
+    st.stop()
+
+if history is not None and history.empty:
+    st.warning("You removed the whole history: the model now sees this user as a new visitor (cold start). "
+               "The history part is empty, and the ranking rests on popularity, the behaviour features"
+               + (" and the query." if query else "."))
+elif not edited:
+    st.info("No edits yet: remove or add history items, set a behaviour feature or type a query above.")
+for note in whatif.attrs.get("notes", []):
+    st.caption(md_escape(note))
+
+changes = rank_changes(real, whatif, k)
+top = changes[changes["new_rank"].le(k).fillna(False).astype(bool)].copy()
+gone = changes[changes["status"] == "left"].copy()
+st.subheader(f"Top {k}: what-if against real")
+m1, m2, m3 = st.columns(3)
+m1.metric("Entered the top", int((changes["status"] == "entered").sum()))
+m2.metric("Moved within it", int(changes["status"].isin(["up", "down"]).sum()))
+m3.metric("Largest move", f"{int(top['change'].abs().max()) if top['change'].notna().any() else 0} ranks")
+
+table, chart = st.columns([1, 1], gap="medium")
+with table:
+    top["move"] = [move_label(row) for row in top.itertuples()]
+    st.dataframe(
+        top[["new_rank", "move", "title", "new_score", "real_rank", "real_score", "item_id"]], hide_index=True,
+        width="stretch",
+        column_config={"new_rank": st.column_config.NumberColumn("#", width=40),
+                       "move": st.column_config.TextColumn("Move", width=150),
+                       "title": st.column_config.TextColumn("Item", width=260),
+                       "new_score": st.column_config.NumberColumn("Score", format="%.3f", width=70),
+                       "real_rank": st.column_config.NumberColumn("Real #", width=60),
+                       "real_score": st.column_config.NumberColumn("Real score", format="%.3f", width=80),
+                       "item_id": st.column_config.TextColumn("ID", width=70)})
+    if len(gone):
+        gone["now"] = ["in the history now" if pd.isna(r) else f"now #{int(r)}" for r in gone["new_rank"]]
+        st.markdown(f"**Left the top {k}**")
+        st.dataframe(gone[["real_rank", "title", "now", "item_id"]], hide_index=True, width="stretch",
+                     column_config={"real_rank": st.column_config.NumberColumn("Real #", width=60),
+                                    "title": st.column_config.TextColumn("Item", width=260),
+                                    "now": st.column_config.TextColumn("Now", width=140),
+                                    "item_id": st.column_config.TextColumn("ID", width=70)})
+with chart:
+    st.plotly_chart(rank_slope(changes, k), width="stretch", config={"displayModeBar": False})
+
+if top.empty:
+    st.info("Nothing is left to rank: every catalog item is in this history.")
+    st.stop()
+with st.container(border=True):
+    ranked_top = top.rename(columns={"new_rank": "rank"})[["rank", "item_id", "title"]]
+    whatif_explanation(recommender, ranked_top, user_id, query, history, tuple(overrides.items()))

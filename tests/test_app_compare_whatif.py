@@ -176,3 +176,38 @@ def test_add_an_item_then_reset_to_the_real_user(app, recommender):
     assert list(table["item_id"]) == real
     assert set(table["move"]) == {"="}
     assert at.multiselect(key="wi_remove").value == [] and at.text_input(key="wi_query").value == ""
+
+
+def test_choices_survive_a_visit_to_another_page(app, recommender):
+    at = open_page(app, "views/compare.py")
+    user = at.selectbox(key="cmp_user").value
+    chosen_b = recommender.recommend(user_id=user, k=4)[3].item_id
+    at.selectbox(key="cmp_b").set_value(chosen_b).run()
+    at.switch_page("views/whatif.py").run()
+    removed = str(recommender.dataset.user_events(at.selectbox(key="wi_user").value)["item_id"].iloc[0])
+    at.multiselect(key="wi_remove").set_value([removed]).run()
+    at.switch_page("views/data_overview.py").run()
+    at.switch_page("views/compare.py").run()
+    assert not at.exception and not at.warning
+    assert at.selectbox(key="cmp_b").value == chosen_b
+    at.switch_page("views/whatif.py").run()
+    assert not at.exception
+    assert at.multiselect(key="wi_remove").value == [removed]
+
+
+def test_the_bump_chart_escapes_titles_and_places_every_move():
+    import pandas as pd
+
+    from model.whatif import rank_changes
+    from views.rankings import move_label, rank_slope
+
+    evil = "<img src=x onerror=alert(1)>"
+    real = pd.DataFrame({"rank": [1, 2, 3], "item_id": ["a", "b", "c"], "title": [evil, "b", "c"], "score": [3, 2, 1]})
+    edited = pd.DataFrame({"rank": [1, 2], "item_id": ["c", "b"], "title": ["c", "b"], "score": [3, 2]})
+    changes = rank_changes(real, edited, 2)
+    figure = rank_slope(changes, 2)
+    texts = [text for trace in figure.data for text in (*trace.text, *trace.hovertext)]
+    assert not any("<img" in text for text in texts) and any("&lt;img" in text for text in texts)
+    y = {trace.hovertext[0].split("<br>")[0]: list(trace.y) for trace in figure.data}
+    assert y["c"] == [3, 1] and y["b"] == [2, 2] and y["&lt;img src=x onerror=alert(1)&gt;"] == [1, 3]  # 3: below #2
+    assert [move_label(row) for row in changes.itertuples()] == ["▲ new (was #3)", "=", "▼ out (in history now)"]

@@ -15,6 +15,7 @@ from explain.charts import PART_LABELS, legend_html, token_html, waterfall
 from views.explanation_panel import STEP_CHOICES
 from views.loaders import recommender_or_error
 from views.rankings import cached_ranking, catalog_labels
+from views.state import remember, restore
 from views.text import md_escape
 
 HOW_TO_READ = """
@@ -28,6 +29,7 @@ both items cancels.
 parts miss the margin (Integrated Gradients' convergence delta for both items together).
 """
 TOP = 8  # rows per contributor table
+WIDGETS = ("cmp_mode", "cmp_user", "cmp_user_query", "cmp_query", "cmp_a", "cmp_b", "cmp_steps")
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -138,6 +140,8 @@ if "cmp_initialised" not in st.session_state:
             st.session_state.cmp_bad.append(f"item `{md_escape(wanted)}` (as {key.upper()})")
         st.session_state[f"cmp_url_{key}"] = wanted if wanted in catalog else None
 
+restore("cmp_saved")
+st.session_state.setdefault("cmp_steps", 32)
 bad = st.session_state.pop("cmp_bad", [])
 if bad:
     st.error(f"Unknown {' and '.join(bad)} in the link: showing the defaults instead; choose below.")
@@ -160,11 +164,12 @@ with controls:
             st.stop()
 with help_column, st.expander("How to read a comparison"):
     st.markdown(HOW_TO_READ)
+remember("cmp_saved", WIDGETS)
 
 try:
     ranked = cached_ranking(recommender.checkpoint_id, user_id, query, None, (), recommender)
 except WhyRecError as exc:
-    st.error(str(exc))
+    st.error(md_escape(exc))
     st.stop()
 labels = catalog_labels(recommender, ranked)
 options = list(labels)
@@ -181,13 +186,16 @@ if st.session_state.get("cmp_context") != context_key:
     for key in ("a", "b"):
         from_url = st.session_state.pop(f"cmp_url_{key}", None) if first_time else None
         st.session_state[f"cmp_{key}"] = from_url or defaults[key]
+for key in ("a", "b"):
+    st.session_state.setdefault(f"cmp_{key}", defaults[key])
 
 pick_a, pick_b, pick_steps = st.columns([5, 5, 2])
 item_a = pick_a.selectbox("Item A", options, format_func=labels.get, key="cmp_a",
                           help="Any catalog item; the list starts with this context's ranking")
 item_b = pick_b.selectbox("Item B", options, format_func=labels.get, key="cmp_b")
-n_steps = pick_steps.select_slider("IG steps", STEP_CHOICES, value=32, key="cmp_steps",
+n_steps = pick_steps.select_slider("IG steps", STEP_CHOICES, key="cmp_steps",
                                    help="Integrated Gradients path steps per item: more is more precise and slower")
+remember("cmp_saved", WIDGETS)
 
 wanted = {"user": user_id, "query": query, "a": item_a, "b": item_b}
 for key, value in wanted.items():
@@ -209,7 +217,7 @@ try:
     scores = sum(recommender.score_parts(context, positions).values())  # (2,)
     feature_values = recommender.behaviour_features(context, positions)  # (2, F)
 except WhyRecError as exc:
-    st.error(str(exc))
+    st.error(md_escape(exc))
     st.stop()
 explanation = Explanation.from_dict(result["explanation"])
 ranks = dict(zip(ranked["item_id"], ranked["rank"]))

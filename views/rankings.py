@@ -1,12 +1,16 @@
-"""Whole-catalog rankings for the Compare and What-if pages, cached per checkpoint and input."""
+"""Whole-catalog rankings for the Compare and What-if pages: cached, labelled, searched, and how they moved."""
 
 from __future__ import annotations
 
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
+from explain.charts import LOWERS, NEUTRAL, RAISES, escape
 from model.sequences import EVENT_STRENGTH
 from model.whatif import ranking
+
+MOVES = {"up": RAISES, "down": LOWERS, "same": NEUTRAL, "entered": RAISES, "left": LOWERS}  # line colours
 
 
 @st.cache_data(show_spinner="Ranking the catalog…", max_entries=64)
@@ -65,3 +69,42 @@ def history_units(recommender, user_id: str) -> pd.DataFrame:
                           "events": grouped["events"].to_numpy(), "last": grouped["last"].to_numpy()})
     return units.sort_values("last", ascending=False, kind="stable").reset_index(drop=True)
 
+
+def move_label(row) -> str:
+    """▲ 3, ▼ 2, =, or how an item entered or left the top k."""
+    if row.status == "entered":
+        return "▲ new (was in history)" if pd.isna(row.real_rank) else f"▲ new (was #{int(row.real_rank)})"
+    if row.status == "left":
+        return "▼ out (in history now)" if pd.isna(row.new_rank) else f"▼ out (now #{int(row.new_rank)})"
+    if pd.isna(row.change) or row.change == 0:
+        return "="
+    return f"▲ {int(row.change)}" if row.change > 0 else f"▼ {int(-row.change)}"
+
+
+def rank_slope(changes: pd.DataFrame, k: int) -> go.Figure:
+    """Bump chart: each item's real rank (left) and what-if rank (right); everything beyond k shares one row.
+
+    Items in the what-if top k are named on the right, items that left it on the left (by their real rank).
+    """
+    outside = k + 1
+    figure = go.Figure()
+    for row in changes.itertuples():
+        ranks = [row.real_rank, row.new_rank]
+        y = [outside if pd.isna(r) or r > k else int(r) for r in ranks]
+        where = ["in history" if pd.isna(r) else f"#{int(r)}" for r in ranks]
+        title = escape(row.title if len(row.title) <= 30 else row.title[:29] + "…")
+        text = [title, ""] if row.status == "left" else ["", title]
+        figure.add_trace(go.Scatter(
+            x=[0, 1], y=y, mode="lines+markers+text", line={"color": MOVES[row.status], "width": 2},
+            marker={"size": 9}, text=text, textposition=["middle left", "middle right"], textfont={"size": 11},
+            hovertext=[f"{title}<br>real: {where[0]}", f"{title}<br>what-if: {where[1]} ({row.status})"],
+            hoverinfo="text"))
+    figure.update_yaxes(autorange="reversed", tickvals=list(range(1, outside + 1)), automargin=True,
+                        ticktext=[f"#{r}" for r in range(1, outside)] + [f"below #{k}"], gridcolor="#eeeeee")
+    left_labels = bool((changes["status"] == "left").any())
+    figure.update_xaxes(range=[-1.3 if left_labels else -0.1, 2.3], tickvals=[0, 1], ticktext=["Real", "What-if"],
+                        showgrid=False, zeroline=False)
+    figure.update_layout(title={"text": "How the top ranks moved", "x": 0, "font": {"size": 15}},
+                         height=80 + 26 * outside, margin={"l": 10, "r": 10, "t": 40, "b": 10}, plot_bgcolor="white",
+                         font={"family": "DejaVu Sans, Arial, sans-serif", "size": 12}, showlegend=False)
+    return figure

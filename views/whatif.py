@@ -5,25 +5,23 @@ from __future__ import annotations
 import time
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from data.errors import WhyRecError
 from data.schema import EVENT_TYPES
 from explain import Explanation, explain
-from explain.charts import LOWERS, NEUTRAL, RAISES, escape
 from model.whatif import edited_history, feature_ranges, rank_changes
 from views.explanation_panel import STEP_CHOICES, explanation_body
 from views.loaders import recommender_or_error
-from views.rankings import cached_ranking, event_label, history_units, search_catalog
+from views.rankings import cached_ranking, event_label, history_units, move_label, rank_slope, search_catalog
+from views.state import forget, remember, restore
 from views.text import md_escape
 
 OVERRIDE_HELP = """A slider sets its feature to **one value for every item in the catalog**, as if, say, this user
 had the same category affinity for every category, or every item were as popular as the slider says. Features
 you do not pick keep each item's real value. Sliders stay within the range the feature takes in this data
 (the catalog, for a sample of users), so the model is never asked about values it has not seen."""
-MOVES = {"up": RAISES, "down": LOWERS, "same": NEUTRAL, "entered": RAISES, "left": LOWERS}
-EDIT_KEYS = ("wi_remove", "wi_added", "wi_features", "wi_query", "wi_search")
+WIDGETS = ("wi_user", "wi_k", "wi_remove", "wi_search", "wi_add_event", "wi_features", "wi_query")
 
 
 def reset_edits() -> None:
@@ -35,50 +33,13 @@ def reset_edits() -> None:
     st.session_state.wi_search = ""
     for key in [k for k in st.session_state if str(k).startswith("wi_value_")]:
         del st.session_state[key]
+    forget("wi_saved")
 
 
 def add_item() -> None:
     item_id, event = st.session_state.get("wi_add_item"), st.session_state.get("wi_add_event", "view")
     if item_id:
         st.session_state.wi_added = [*st.session_state.wi_added, {"item_id": item_id, "event": event}]
-
-
-def move_label(row) -> str:
-    """▲ 3, ▼ 2, = , or how an item entered the top k."""
-    if row.status == "entered":
-        return "▲ new (was in history)" if pd.isna(row.real_rank) else f"▲ new (was #{int(row.real_rank)})"
-    if pd.isna(row.change) or row.change == 0:
-        return "="
-    return f"▲ {int(row.change)}" if row.change > 0 else f"▼ {int(-row.change)}"
-
-
-def rank_slope(changes: pd.DataFrame, k: int) -> go.Figure:
-    """Bump chart: each item's real rank (left) and what-if rank (right); everything beyond k shares one row.
-
-    Items in the what-if top k are named on the right, items that left it on the left (by their real rank).
-    """
-    outside = k + 1
-    figure = go.Figure()
-    for row in changes.itertuples():
-        ranks = [row.real_rank, row.new_rank]
-        y = [outside if pd.isna(r) or r > k else int(r) for r in ranks]
-        where = ["in history" if pd.isna(r) else f"#{int(r)}" for r in ranks]
-        title = escape(row.title if len(row.title) <= 30 else row.title[:29] + "…")
-        text = [title, ""] if row.status == "left" else ["", title]
-        figure.add_trace(go.Scatter(
-            x=[0, 1], y=y, mode="lines+markers+text", line={"color": MOVES[row.status], "width": 2},
-            marker={"size": 9}, text=text, textposition=["middle left", "middle right"], textfont={"size": 11},
-            hovertext=[f"{title}<br>real: {where[0]}", f"{title}<br>what-if: {where[1]} ({row.status})"],
-            hoverinfo="text"))
-    figure.update_yaxes(autorange="reversed", tickvals=list(range(1, outside + 1)), automargin=True,
-                        ticktext=[f"#{r}" for r in range(1, outside)] + [f"below #{k}"], gridcolor="#eeeeee")
-    left_labels = bool((changes["status"] == "left").any())
-    figure.update_xaxes(range=[-1.3 if left_labels else -0.1, 2.3], tickvals=[0, 1], ticktext=["Real", "What-if"],
-                        showgrid=False, zeroline=False)
-    figure.update_layout(title={"text": "How the top ranks moved", "x": 0, "font": {"size": 15}},
-                         height=80 + 26 * outside, margin={"l": 10, "r": 10, "t": 40, "b": 10}, plot_bgcolor="white",
-                         font={"family": "DejaVu Sans, Arial, sans-serif", "size": 12}, showlegend=False)
-    return figure
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -96,18 +57,21 @@ def whatif_explanation(recommender, top: pd.DataFrame, user_id, query, history, 
     """Re-explain one item of the what-if ranking under the edits; reruns alone."""
     labels = {row.item_id: f"#{row.rank}  {row.title}" for row in top.itertuples()}
     options = list(labels)
+    restore("wi_explain_saved")
+    st.session_state.setdefault("wi_steps", 32)
     if st.session_state.get("wi_explain") not in options:
         st.session_state.wi_explain = options[0]
     pick, steps = st.columns([3, 1])
     item_id = pick.selectbox("Explain this item under the edits", options, format_func=labels.get, key="wi_explain")
-    n_steps = steps.select_slider("IG steps", STEP_CHOICES, value=32, key="wi_steps",
+    n_steps = steps.select_slider("IG steps", STEP_CHOICES, key="wi_steps",
                                   help="Integrated Gradients path steps: more is more precise and slower")
+    remember("wi_explain_saved", ("wi_explain", "wi_steps"))
     try:
         with st.spinner("Explaining…"):
             result = cached_whatif_explanation(recommender.checkpoint_id, item_id, user_id, query, history, overrides,
                                                n_steps, recommender)
     except WhyRecError as exc:
-        st.error(str(exc))
+        st.error(md_escape(exc))
         return
     st.caption("The explanation reads the edited history, the query and the features set by hand, so its parts "
                "add up to the what-if score.")
@@ -129,11 +93,13 @@ if "wi_added" not in st.session_state:
     url_user = st.query_params.get("user")
     st.session_state.wi_user = url_user if url_user in set(user_ids) else user_ids[0]
     reset_edits()
+restore("wi_saved")
+st.session_state.setdefault("wi_k", 10)
 
 top_row = st.columns([3, 1, 2])
 user_id = top_row[0].selectbox("Start from user", user_ids, key="wi_user", on_change=reset_edits,
                                help="Choosing another user starts again from that user's real data")
-k = top_row[1].slider("Top k", 5, 20, 10, key="wi_k")
+k = top_row[1].slider("Top k", 5, 20, key="wi_k")
 with top_row[2]:
     st.write("")
     st.button("Reset to the real user", key="wi_reset", on_click=reset_edits, icon=":material/restart_alt:",
@@ -191,12 +157,14 @@ with features_column, st.container(border=True):
             continue
         start = min(max(float(real_values[list(ranges.index).index(name)]), low), high)
         scope = " It is about the item alone, the same for every user." if ranges.at[name, "scope"] == "item" else ""
-        overrides[name] = st.slider(f"{label} ({unit})", min_value=low, max_value=high, value=start,
+        st.session_state.setdefault(f"wi_value_{name}", start)
+        overrides[name] = st.slider(f"{label} ({unit})", min_value=low, max_value=high,
                                     step=(high - low) / 100, format="%.3f", key=f"wi_value_{name}",
                                     help=f"{ranges.at[name, 'meaning']}{scope} Starts at this user's average "
                                          f"over the catalog; observed range {low:.3g} to {high:.3g}.")
     query = st.text_input("Optional: a query", key="wi_query", placeholder="e.g. waterproof hiking sock")
     query = query.strip() or None
+remember("wi_saved", [*WIDGETS, *(f"wi_value_{name}" for name in chosen)])
 
 removed, added = list(st.session_state.wi_remove), [(a["item_id"], a["event"]) for a in st.session_state.wi_added]
 edited = bool(removed or added or overrides or query)
@@ -205,7 +173,7 @@ try:
     real = cached_ranking(recommender.checkpoint_id, user_id, None, None, (), recommender)
     whatif = cached_ranking(recommender.checkpoint_id, user_id, query, history, tuple(overrides.items()), recommender)
 except WhyRecError as exc:
-    st.error(f"This what-if cannot be ranked: {exc}")
+    st.error(f"This what-if cannot be ranked: {md_escape(exc)}")
     st.stop()
 
 if history is not None and history.empty:
@@ -230,17 +198,18 @@ table, chart = st.columns([1, 1], gap="medium")
 with table:
     top["move"] = [move_label(row) for row in top.itertuples()]
     st.dataframe(
-        top[["new_rank", "move", "title", "new_score", "real_rank", "real_score", "item_id"]], hide_index=True,
+        top[["new_rank", "move", "title", "new_score", "real_rank", "item_id", "real_score"]], hide_index=True,
         width="stretch",
-        column_config={"new_rank": st.column_config.NumberColumn("#", width=40),
-                       "move": st.column_config.TextColumn("Move", width=150),
-                       "title": st.column_config.TextColumn("Item", width=260),
-                       "new_score": st.column_config.NumberColumn("Score", format="%.3f", width=70),
-                       "real_rank": st.column_config.NumberColumn("Real #", width=60),
-                       "real_score": st.column_config.NumberColumn("Real score", format="%.3f", width=80),
-                       "item_id": st.column_config.TextColumn("ID", width=70)})
+        column_config={"new_rank": st.column_config.NumberColumn("#", width=35),
+                       "move": st.column_config.TextColumn("Move", width=110,
+                                                           help="▲ up, ▼ down, = unchanged, against the real ranking"),
+                       "title": st.column_config.TextColumn("Item", width=185),
+                       "new_score": st.column_config.NumberColumn("Score", format="%.3f", width=60),
+                       "real_rank": st.column_config.NumberColumn("Real #", width=55),
+                       "item_id": st.column_config.TextColumn("ID", width=60),
+                       "real_score": st.column_config.NumberColumn("Real score", format="%.3f", width=75)})
     if len(gone):
-        gone["now"] = ["in the history now" if pd.isna(r) else f"now #{int(r)}" for r in gone["new_rank"]]
+        gone["now"] = [move_label(row) for row in gone.itertuples()]
         st.markdown(f"**Left the top {k}**")
         st.dataframe(gone[["real_rank", "title", "now", "item_id"]], hide_index=True, width="stretch",
                      column_config={"real_rank": st.column_config.NumberColumn("Real #", width=60),

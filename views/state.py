@@ -1,0 +1,32 @@
+"""Page choices that outlive a visit to another page.
+
+Streamlit forgets the value of every widget a run does not draw, so leaving a page would lose its choices. A page
+copies its widget values into one plain session-state entry, which is never forgotten (`remember`), and puts them
+back before it draws its widgets on the next visit (`restore`). Widgets that get their start value this way take
+it from session state (`st.session_state.setdefault`), never from a `value=` argument as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import streamlit as st
+
+
+def restore(store: str) -> None:
+    """Put back the values `remember` saved under `store` for widgets this session has forgotten."""
+    for key, value in st.session_state.get(store, {}).items():
+        if key not in st.session_state:
+            st.session_state[key] = value
+
+
+def remember(store: str, keys: Iterable[str]) -> None:
+    """Save the current values of these widget keys under `store` (keys not drawn this run keep their copy)."""
+    saved = dict(st.session_state.get(store, {}))
+    saved.update({key: st.session_state[key] for key in keys if key in st.session_state})
+    st.session_state[store] = saved
+
+
+def forget(store: str) -> None:
+    """Drop the saved copies, e.g. after a reset, so an old value cannot come back on the next visit."""
+    st.session_state.pop(store, None)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from data.errors import DataError
 from data.schema import Dataset, make_dataset
-from model.encoder import TextEncoder, load_encoder
+from model.encoder import TextEncoder, load_encoder, pick_device
 from model.errors import CheckpointError
 from model.recommender import RecommenderConfig, RecommenderNet
 
@@ -129,8 +129,11 @@ def verify(directory: Path, config: dict) -> None:
             raise CheckpointError(f"{path}: truncated or corrupted (checksum differs from config.json)")
 
 
-def load(directory: str | Path, data: str | Path | None = None, *, device: str = "cpu", check: bool = True):
-    """Rebuild the `Recommender` from a checkpoint directory; `data` serves other events for the same items."""
+def load(directory: str | Path, data: str | Path | None = None, *, device: str = "auto", check: bool = True):
+    """Rebuild the `Recommender` from a checkpoint directory; `data` serves other events for the same items.
+
+    device: "auto" (CUDA when present, else the CPU), "cpu" or "cuda".
+    """
     from model.serving import Recommender
 
     directory = Path(directory)
@@ -161,8 +164,8 @@ def load(directory: str | Path, data: str | Path | None = None, *, device: str =
     if vectors.shape[0] != len(dataset.items) or vectors.shape[0] != model_config.n_items:
         raise CheckpointError(f"{directory / VECTORS}: {vectors.shape[0]} item vectors for "
                               f"{model_config.n_items} items in the model")
-    return Recommender(net.to(device), dataset, vectors, checkpoint_id=config["checkpoint_id"], metadata=config,
-                       device=device)
+    return Recommender(net, dataset, vectors, checkpoint_id=config["checkpoint_id"], metadata=config,
+                       device=str(pick_device(device)))
 
 
 def _dataset(directory: Path, config: dict, data) -> Dataset:

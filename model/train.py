@@ -29,7 +29,7 @@ from data.quality import quality_report
 from data.schema import Dataset
 from data.split import leave_last_out
 from model import checkpoint
-from model.encoder import TextEncoder, load_encoder, resolve_encoder
+from model.encoder import TextEncoder, load_encoder, pick_device, resolve_encoder
 from model.errors import ModelError
 from model.evaluate import evaluate_scorer, model_scorer
 from model.recommender import RecommenderConfig, RecommenderNet
@@ -62,16 +62,6 @@ class TrainConfig:
         if unknown:
             raise ModelError(f"unknown TrainConfig keys: {', '.join(unknown)}")
         return cls(**values)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ModelError("--device cuda was asked for, but no CUDA device is available")
-    if name not in ("cpu", "cuda"):
-        raise ModelError(f"unknown device '{name}'; use auto, cpu or cuda")
-    return torch.device(name)
 
 
 def item_texts(dataset: Dataset) -> list[str]:

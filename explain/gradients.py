@@ -10,6 +10,7 @@ so sessions explaining at the same time cannot disturb each other.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -49,6 +50,51 @@ class LockedTokenizer:
 
     def __getattr__(self, name):
         return getattr(self._tokenizer, name)
+
+
+def _path_threads() -> int:
+    """CPU threads for one path run: WHYREC_PATH_THREADS, else every core this process may use (at most 8)."""
+    wanted = os.environ.get("WHYREC_PATH_THREADS", "")
+    if wanted.strip():
+        try:
+            return max(1, int(wanted))
+        except ValueError:
+            raise ExplanationError(f"WHYREC_PATH_THREADS {wanted!r} must be a whole number of threads") from None
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+class _PathThreads:
+    """Raise torch's CPU threads for the length of path runs, and put them back when the last run ends.
+
+    Serving runs on one thread (views.loaders): a whole-catalog product is too small to share, and a second
+    thread that waits for a busy core costs more than it gives. A path run is one large batch (n_steps points,
+    forward and backward through the encoder), which two threads do in about half the time even beside other
+    work (bench/explain.py). Runs in several threads at once share the raised count; the last one to finish
+    restores the count it found.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+        self._restore = 1
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._running == 0:
+                self._restore = torch.get_num_threads()
+                wanted = _path_threads()
+                if wanted > self._restore:
+                    torch.set_num_threads(wanted)
+            self._running += 1
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._running -= 1
+            if self._running == 0 and torch.get_num_threads() != self._restore:
+                torch.set_num_threads(self._restore)
+
+
+PATH_THREADS = _PathThreads()
 
 
 @dataclass(frozen=True)
@@ -106,10 +152,11 @@ def integrate(forward: Callable[..., torch.Tensor], inputs: Sequence[torch.Tenso
     # Captum warns when inputs do not require gradients, and warnings are errors in the tests: ask up front.
     inputs = tuple(x.detach().clone().requires_grad_(True) for x in inputs)
     baselines = tuple(b.detach() for b in baselines)
-    attributions, delta = IntegratedGradients(forward).attribute(
-        inputs, baselines=baselines, n_steps=int(settings.n_steps), method=settings.method,
-        internal_batch_size=settings.internal_batch_size, return_convergence_delta=True,
-    )
+    with PATH_THREADS:
+        attributions, delta = IntegratedGradients(forward).attribute(
+            inputs, baselines=baselines, n_steps=int(settings.n_steps), method=settings.method,
+            internal_batch_size=settings.internal_batch_size, return_convergence_delta=True,
+        )
     with torch.no_grad():
         start = float(forward(*baselines)[0])
         end = float(forward(*(x.detach() for x in inputs))[0])

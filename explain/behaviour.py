@@ -107,7 +107,7 @@ def behaviour_function(recommender):
 
     def score(features) -> np.ndarray:
         with torch.no_grad():
-            x = torch.as_tensor(np.asarray(features), dtype=torch.float32, device=device)
-            return net.behaviour_score(x).double().cpu().numpy()
+            x = torch.as_tensor(np.asarray(features), dtype=torch.float64, device=device)
+            return net.behaviour_score(x).cpu().numpy()
 
     return score

@@ -180,6 +180,19 @@ class RecommenderNet(nn.Module):
     # ---- behaviour ---------------------------------------------------------------------------
 
     def behaviour_score(self, features: torch.Tensor) -> torch.Tensor:
-        """(…, F) raw behaviour features -> (…,) their part of the score. SHAP explains exactly this."""
-        standard = (features - self.feature_mean) / self.feature_std
-        return self.behaviour_head(standard).squeeze(-1)
+        """(…, F) raw behaviour features -> (…,) their part of the score. SHAP explains exactly this.
+
+        Computed in the features' dtype: float64 features give the same function in float64, which SHAP's
+        additivity needs (float32 rounding alone is ~1e-6 of the score).
+        """
+        if features.dtype == self.feature_mean.dtype:
+            standard = (features - self.feature_mean) / self.feature_std
+            return self.behaviour_head(standard).squeeze(-1)
+        # Cast copies of the weights, never the module's own: other threads may be scoring with it right now.
+        x = (features - self.feature_mean.to(features.dtype)) / self.feature_std.to(features.dtype)
+        for layer in self.behaviour_head:
+            if isinstance(layer, nn.Linear):
+                x = nn.functional.linear(x, layer.weight.to(x.dtype), layer.bias.to(x.dtype))
+            else:  # activations work in any dtype
+                x = layer(x)
+        return x.squeeze(-1)

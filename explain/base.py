@@ -134,6 +134,29 @@ class Attribution:
                            {**self.parameters, "granularity": "word"}, self.completeness_gap, self.seconds,
                            tuple(details))
 
+    def terms(self) -> Attribution:
+        """Whole words merged into distinct terms: every occurrence of a word (case-folded) summed.
+
+        An item text can say its brand in the title and again after "Brand:"; IG is additive, so the sum over
+        the occurrences is what the word contributes wherever it appears. The total stays the same; a term is
+        named as first written, and its details list every position.
+        """
+        words = self.words()
+        groups: dict[tuple, dict] = {}
+        for name, value, detail in zip(words.names, words.values, words.details):
+            key = (detail.get("side"), detail.get("item_id"), detail["word"].casefold())
+            group = groups.setdefault(key, {"name": name, "value": 0.0, "positions": [], "occurrences": 0,
+                                            "detail": detail})
+            group["value"] += value
+            group["positions"].extend(detail["positions"])
+            group["occurrences"] += 1
+        details = [{**{k: v for k, v in g["detail"].items() if k != "word_index"}, "positions": g["positions"],
+                    "occurrences": g["occurrences"]} for g in groups.values()]
+        return Attribution(self.kind, tuple(g["name"] for g in groups.values()),
+                           tuple(g["value"] for g in groups.values()), self.base_value, self.method,
+                           {**self.parameters, "granularity": "term"}, self.completeness_gap, self.seconds,
+                           tuple(details))
+
     def to_dict(self) -> dict:
         return {"kind": self.kind, "in_total": self.in_total, "names": list(self.names), "values": list(self.values),
                 "details": [dict(d) for d in self.details], "base_value": self.base_value, "method": self.method,

@@ -66,12 +66,13 @@ class _Side:
 def explain(recommender, item_id, user_id=None, query=None, n_steps: int = 50, *,
             history: pd.DataFrame | None = None, baseline: str = "pad", method: str = "gausslegendre",
             internal_batch_size: int | None = None, drill_down: int = DRILL_DOWN_UNITS,
-            feature_overrides: dict[str, float] | None = None) -> Explanation:
+            feature_overrides: dict[str, float] | None = None, at=None) -> Explanation:
     """Why `item_id` got its score for a user, a query or both; `history` replaces the user's own and
-    `feature_overrides` sets behaviour features for every item (what-if; see model.whatif)."""
+    `feature_overrides` sets behaviour features for every item (what-if; see model.whatif). `at` explains the
+    score as of that moment, from the events before it alone (history and features), as the model saw it then."""
     started = time.perf_counter()
     settings = _settings(n_steps, method, internal_batch_size, baseline, drill_down)
-    context = _context(recommender, user_id, query, history, feature_overrides)
+    context = _context(recommender, user_id, query, history, feature_overrides, at)
     side = _side(recommender, context, item_id, history, settings)
     _drill(recommender, [side], settings, drill_down)
     side.timing["total"] = time.perf_counter() - started
@@ -81,11 +82,11 @@ def explain(recommender, item_id, user_id=None, query=None, n_steps: int = 50, *
 def explain_pair(recommender, item_a, item_b, user_id=None, query=None, n_steps: int = 50, *,
                  history: pd.DataFrame | None = None, baseline: str = "pad", method: str = "gausslegendre",
                  internal_batch_size: int | None = None, drill_down: int = DRILL_DOWN_UNITS,
-                 feature_overrides: dict[str, float] | None = None) -> Explanation:
+                 feature_overrides: dict[str, float] | None = None, at=None) -> Explanation:
     """Why A scores above (or below) B for the same user and query: the margin score(A) - score(B), part by part."""
     started = time.perf_counter()
     settings = _settings(n_steps, method, internal_batch_size, baseline, drill_down)
-    context = _context(recommender, user_id, query, history, feature_overrides)
+    context = _context(recommender, user_id, query, history, feature_overrides, at)
     a = _side(recommender, context, item_a, history, settings)
     b = _side(recommender, context, item_b, history, settings)
     _drill(recommender, [a, b], settings, drill_down)
@@ -107,10 +108,17 @@ def _settings(n_steps, method, internal_batch_size, baseline, drill_down) -> Pat
     return PathSettings(n_steps, method, internal_batch_size, baseline)
 
 
-def _context(recommender, user_id, query, history, feature_overrides=None):
+def _context(recommender, user_id, query, history, feature_overrides=None, at=None):
+    if at is not None:
+        try:
+            at = pd.Timestamp(at)
+        except (TypeError, ValueError) as exc:
+            raise ExplanationError(f"at {at!r} is not a moment in time (give an ISO date or timestamp)") from exc
+        at = at.tz_localize("UTC") if at.tzinfo is None else at.tz_convert("UTC")
     try:
         with TOKENIZING:
-            return recommender.context(user_id, query, history=history, feature_overrides=feature_overrides)
+            return recommender.context(user_id, query, history=history, feature_overrides=feature_overrides,
+                                       at=at)
     except WhyRecError as exc:
         raise ExplanationError(f"cannot explain for this context: {exc}") from exc
 

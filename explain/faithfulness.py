@@ -15,11 +15,14 @@ removed; top_k are the k tokens with the largest IG values (most positive first)
 
 Agreement (on demand, agreement=True): SHAP's Partition explainer over the same tokens, with shap.maskers.Text
 over the model's tokenizer masking a token by the same baseline token, gives a second opinion; `spearman` is
-the Spearman rank correlation of its token values with IG's (None when either side is constant or n < 3).
+the Spearman rank correlation of its token values with IG's (None when either side is constant or n < 3), and
+its own `deletion_top3_drop` and `aopc_comprehensiveness`, by the same removal as above, say whether the second
+opinion ranks the tokens more faithfully than IG does.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -30,7 +33,7 @@ from data.errors import WhyRecError
 from explain.base import Attribution, Explanation
 from explain.behaviour import import_shap
 from explain.errors import ExplanationError
-from explain.gradients import TOKENIZING, LockedTokenizer, baseline_token_id, device_of, text_baseline
+from explain.gradients import PATH_THREADS, TOKENIZING, LockedTokenizer, baseline_token_id, device_of, text_baseline
 
 K_MAX = 10  # the first ten tokens removed: past them an item title is mostly gone
 RANDOM_DRAWS = 5  # random orders averaged for the random bar; each costs 2 (k_max + 1) forward rows
@@ -39,7 +42,7 @@ MAX_EVALS = 500  # SHAP Partition evaluations; 300-500 settle the ranking of a 6
 CHUNK = 64  # masked variants per forward pass
 
 
-def faithfulness(recommender, explanation: Explanation, *, history: pd.DataFrame | None = None,
+def faithfulness(recommender, explanation: Explanation, *, history: pd.DataFrame | None = None, at=None,
                  k_max: int = K_MAX, random_draws: int = RANDOM_DRAWS, seed: int = 0, agreement: bool = False,
                  max_evals: int = MAX_EVALS) -> dict:
     """Deletion and insertion of the item's top-IG tokens versus random ones; optionally SHAP agreement."""
@@ -52,7 +55,7 @@ def faithfulness(recommender, explanation: Explanation, *, history: pd.DataFrame
         raise ExplanationError(f"k_max {k_max}, random_draws {random_draws} and max_evals {max_evals} must be "
                                "positive")
     started = time.perf_counter()
-    view = _view(recommender, explanation, history)
+    view = _view(recommender, explanation, history, at)
     part = explanation.part("item_tokens")
     tokenizer = recommender.net.encoder.tokenizer
     pieces = tokenizer.convert_ids_to_tokens([int(i) for i in view.item_input_ids[0].tolist()])
@@ -87,12 +90,14 @@ def removal_curves(recommender, view, part: Attribution, score: float, *, k_max:
     return result
 
 
-def _view(recommender, explanation: Explanation, history):
+def _view(recommender, explanation: Explanation, history, at=None):
+    """The explained score's view again; `history` and `at` must be what the explanation was given."""
+    from explain.explanations import _context
     from model.serving import score_view
 
+    context = _context(recommender, explanation.user_id, explanation.query, history, at=at)
     try:
         with TOKENIZING:
-            context = recommender.context(explanation.user_id, explanation.query, history=history)
             position = int(recommender.item_positions([explanation.item_id])[0])
             return score_view(recommender, context, position, history=history)
     except WhyRecError as exc:
@@ -184,7 +189,8 @@ def agreement_with_shap(recommender, view, part: Attribution, max_evals: int = M
     kind, ig_seconds = part.parameters["baseline"], part.seconds
     encoder = recommender.net.encoder
     out = {"method": "shap_partition", "max_evals": max_evals, "ig_seconds": ig_seconds, "spearman": None,
-           "shap_values": [], "shap_base_value": None, "seconds": 0.0, "note": None}
+           "shap_values": [], "shap_base_value": None, "seconds": 0.0, "deletion_top3_drop": None,
+           "aopc_comprehensiveness": None, "note": None}
     if len(positions) == 0:
         out["note"] = "no tokens to compare"
         return out
@@ -205,10 +211,16 @@ def agreement_with_shap(recommender, view, part: Attribution, max_evals: int = M
                                                              device=forward.device))
         return forward(embeds)
 
-    result = shap.explainers.Partition(score, masker)([text], max_evals=max_evals, silent=True)
+    with PATH_THREADS:  # the same CPU threads as the IG run it is compared with
+        result = shap.explainers.Partition(score, masker)([text], max_evals=max_evals, silent=True)
     shap_values = np.asarray(result.values[0], dtype=np.float64)[positions]
     out.update(shap_values=shap_values.tolist(), shap_base_value=float(np.asarray(result.base_values).reshape(-1)[0]),
                seconds=time.perf_counter() - started)
+    # SHAP's own faithfulness, by the same deletion test as IG's: is the second opinion any better?
+    shap_part = dataclasses.replace(part, values=tuple(shap_values), method="shap_partition")
+    shap_curves = removal_curves(recommender, view, shap_part, 0.0, random_draws=1)
+    out.update(deletion_top3_drop=shap_curves["deletion_top3_drop"],
+               aopc_comprehensiveness=shap_curves["aopc_comprehensiveness"])
     if len(positions) < 3 or np.ptp(shap_values) == 0 or np.ptp(ig_values) == 0:
         out["note"] = "too few or constant values for a rank correlation"
     else:

@@ -112,7 +112,7 @@ class _FakeNet(nn.Module):
         self.weights = torch.as_tensor(weights, dtype=torch.float32)
 
     def behaviour_score(self, features):
-        return features @ self.weights + 0.25
+        return features @ self.weights.to(features.dtype) + 0.25
 
 
 class _FakeFeatures:
@@ -331,6 +331,59 @@ def test_words_merge_pieces_and_keep_the_total(explained):
                               for name in text_words[:3])
     with pytest.raises(ExplanationError, match="has no words"):
         explained.part("behaviour").words()
+
+
+def test_terms_sum_every_occurrence_of_a_word(explained):
+    item = explained.part("item_tokens")
+    words, terms = item.words(), item.terms()
+    assert terms.total == pytest.approx(item.total, abs=1e-9)
+    folded = [name.casefold() for name in terms.names]
+    assert len(folded) == len(set(folded)) and len(terms) <= len(words)
+    for name, value, detail in zip(terms.names, terms.values, terms.details):
+        same = [v for n, v in zip(words.names, words.values) if n.casefold() == name.casefold()]
+        assert value == pytest.approx(sum(same), abs=1e-12) and detail["occurrences"] == len(same)
+    # "Wool sock. Brand: WOOL": one term, its three pieces summed; the punctuation stays its own term.
+    pieces = [("wo", 0, "Wool", 0.25), ("##ol", 0, "Wool", 0.5), ("sock", 1, "sock", -0.125), (".", 2, ".", 0.0625),
+              ("wool", 3, "WOOL", 1.0)]
+    made = Attribution("item_tokens", [p[0] for p in pieces], [p[3] for p in pieces], 0.0, "integrated_gradients", {},
+                       details=[{"position": i, "word_index": p[1], "word": p[2]} for i, p in enumerate(pieces)])
+    merged = made.terms()
+    assert merged.names == ("Wool", "sock", ".") and merged.values == (1.75, -0.125, 0.0625)
+    assert merged.details[0]["positions"] == [0, 1, 4] and merged.details[0]["occurrences"] == 2
+
+
+def test_explain_at_a_moment_reads_only_the_events_before_it(recommender, user):
+    events = recommender.dataset.user_events(user).sort_values("timestamp")
+    at = events["timestamp"].iloc[len(events) // 2]
+    before = events[events["timestamp"] < at]
+    item = recommender.recommend(user_id=user, k=1)[0].item_id
+    explanation = explain(recommender, item, user_id=user, n_steps=16, drill_down=0, at=at.isoformat())
+    assert pd.Timestamp(explanation.moment) == at
+    assert {d["item_id"] for d in explanation.part("history").details} <= set(before["item_id"])
+    context = recommender.context(user, at=at)
+    position = recommender.item_positions([item])
+    assert explanation.score == pytest.approx(sum(recommender.score_parts(context, position).values())[0], abs=1e-9)
+    assert explanation.score != pytest.approx(served_score(recommender, item, user), abs=1e-6)
+    with pytest.raises(ExplanationError, match="not a moment in time"):
+        explain(recommender, item, user_id=user, n_steps=4, at="last tuesday-ish")
+
+
+def test_path_runs_raise_the_threads_and_put_them_back(monkeypatch):
+    monkeypatch.setenv("WHYREC_PATH_THREADS", "2")
+    seen = []
+
+    def forward(x):
+        seen.append((len(x), torch.get_num_threads()))
+        return (x * 3.0).sum(-1).sum(-1)
+
+    torch.set_num_threads(1)
+    integrate(forward, [torch.ones(1, 2, 3)], [torch.zeros(1, 2, 3)], PathSettings(n_steps=4))
+    assert {threads for rows, threads in seen if rows == 4} == {2}  # the path's batch: 4 points at once
+    assert torch.get_num_threads() == 1
+    monkeypatch.setenv("WHYREC_PATH_THREADS", "two")
+    with pytest.raises(ExplanationError, match="WHYREC_PATH_THREADS"):
+        integrate(forward, [torch.ones(1, 2, 3)], [torch.zeros(1, 2, 3)], PathSettings(n_steps=4))
+    assert torch.get_num_threads() == 1
 
 
 # ---- JSON ----------------------------------------------------------------------------------------------------------

@@ -48,6 +48,9 @@ def test_shap_partition_agrees_with_ig_on_a_linear_score(linear_tokens):
     # An additive score: every Owen value is the token's own effect, which is its IG value.
     np.testing.assert_allclose(agreement["shap_values"], item.values, rtol=1e-4, atol=1e-5)
     assert agreement["spearman"] == pytest.approx(1.0)
+    # Same ranking, same removal: SHAP's own deletion drop is IG's.
+    ig = removal_curves(recommender, view, item, 0.0, random_draws=1)
+    assert agreement["deletion_top3_drop"] == pytest.approx(ig["deletion_top3_drop"], abs=1e-6)
 
 
 # ---- the tiny model ---------------------------------------------------------------------------------------------------

@@ -1,12 +1,14 @@
 """Benchmark of explanations: cost, IG convergence and faithfulness over sampled (user, top-10 item) pairs.
 
 For N users drawn at random, one item drawn from their top 10:
-  * seconds for the whole explanation (IG joint run, SHAP, history drill-down) at n_steps=50, on the first
-    --full pairs, and for the joint run alone on all of them;
   * IG's convergence delta relative to what it explains, |delta| / |f(x) - f(baseline)|, at n_steps=50 for all
-    pairs and for a sweep of n_steps on the first --sweep pairs;
+    pairs and for a sweep of n_steps on the first --sweep pairs; parts adding up to the score; SHAP additivity;
   * deletion_top3_drop against deletion_random3_drop (explain.faithfulness) on every pair;
-  * SHAP Partition (max_evals 500) against IG on the same item's tokens: seconds and Spearman agreement.
+  * seconds for one full explanation on the first --full pairs: user + query (a query made of the first words
+    of the user's latest item), IG at n_steps=50 over item and query tokens, history units and ID jointly, and
+    SHAP over the behaviour features; then the history drill-down (words of the top 3 history items) apart;
+  * SHAP Partition (max_evals 500) against IG on the same item's tokens: seconds, Spearman agreement and each
+    method's own deletion_top3_drop, for IG at n_steps=50 and at --fast-steps.
 Writes bench/results/explain.json. The baseline each number compares with is measured in the same run.
 """
 
@@ -50,81 +52,142 @@ def median(values) -> float | None:
     return float(statistics.median(values)) if values else None
 
 
-def run(model_dir: Path, n_pairs: int, n_full: int, n_sweep: int, n_agreement: int, seed: int) -> dict:
+def query_for(recommender, user_id: str) -> str:
+    """A query a shopper might type: the first three words of the title of the user's latest item."""
+    latest = int(recommender.histories[user_id].item_index[-1])
+    return " ".join(str(recommender.items.iloc[latest].title).split()[:3])
+
+
+def additivity(explanation) -> float:
+    """|base_value + sum of the parts - score| relative to max(1, |score|), gap included (explain.base)."""
+    total = explanation.base_value + sum(p.total for p in explanation.parts if p.in_total)
+    return abs(total - explanation.completeness_gap - explanation.score) / max(1.0, abs(explanation.score))
+
+
+def run(model_dir: Path, n_pairs: int, n_full: int, n_sweep: int, n_agreement: int, seed: int, device: str,
+        fast_steps: int) -> dict:
     from explain import explain, faithfulness
-    from explain.faithfulness import agreement_with_shap
+    from explain.faithfulness import agreement_with_shap, removal_curves
     from model.checkpoint import load
     from model.serving import score_view
 
-    recommender = load(model_dir)
+    recommender = load(model_dir, device=device)
     pairs = sample_pairs(recommender, n_pairs, seed)
     explain(recommender, pairs[0][1], user_id=pairs[0][0], n_steps=2)  # first calls compile SHAP's numba code
     rows = []
     for i, (user_id, item_id) in enumerate(pairs):
         started = time.perf_counter()
-        explanation = explain(recommender, item_id, user_id=user_id, n_steps=STEPS, drill_down=3 if i < n_full else 0)
+        explanation = explain(recommender, item_id, user_id=user_id, n_steps=STEPS, drill_down=0)
         seconds = time.perf_counter() - started
         measured = faithfulness(recommender, explanation)
         rows.append({"user_id": user_id, "item_id": item_id, "score": explanation.score,
-                     "base_value": explanation.base_value, "seconds": seconds, "full": i < n_full,
-                     "timing": explanation.timing, "delta": explanation.part("item_tokens").completeness_gap,
-                     "relative_delta": relative_delta(explanation), "flags": list(explanation.flags),
-                     "item_tokens": len(explanation.part("item_tokens")),
+                     "base_value": explanation.base_value, "seconds": seconds, "timing": explanation.timing,
+                     "delta": explanation.part("item_tokens").completeness_gap,
+                     "relative_delta": relative_delta(explanation), "additivity": additivity(explanation),
+                     "shap_additivity": abs(explanation.part("behaviour").completeness_gap),
+                     "flags": list(explanation.flags), "item_tokens": len(explanation.part("item_tokens")),
                      "history_units": len(explanation.part("history")),
                      "deletion_top3_drop": measured["deletion_top3_drop"],
                      "deletion_random3_drop": measured["deletion_random3_drop"],
                      "aopc_comprehensiveness": measured["aopc_comprehensiveness"],
                      "aopc_comprehensiveness_random": measured["aopc_comprehensiveness_random"],
+                     "aopc_sufficiency": measured["aopc_sufficiency"],
+                     "aopc_sufficiency_random": measured["aopc_sufficiency_random"],
                      "faithfulness_seconds": measured["seconds"]})
         print(f"  {i + 1:3d}/{len(pairs)} {user_id} {item_id}: {seconds:5.2f} s, delta/moved "
               f"{rows[-1]['relative_delta']:.1e}, top-3 drop {measured['deletion_top3_drop']:+.3f} vs random "
               f"{measured['deletion_random3_drop']:+.3f}", flush=True)
+
+    full = []
+    for user_id, item_id in pairs[:n_full]:
+        query = query_for(recommender, user_id)
+        started = time.perf_counter()
+        explanation = explain(recommender, item_id, user_id=user_id, query=query, n_steps=STEPS, drill_down=0)
+        seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        drilled = explain(recommender, item_id, user_id=user_id, query=query, n_steps=STEPS, drill_down=3)
+        full.append({"user_id": user_id, "item_id": item_id, "query": query, "seconds": seconds,
+                     "timing": explanation.timing, "query_tokens": len(explanation.part("query_tokens")),
+                     "relative_delta": relative_delta(explanation), "additivity": additivity(explanation),
+                     "with_drill_down_seconds": time.perf_counter() - started,
+                     "drill_down_seconds": drilled.timing.get("history_tokens", 0.0)})
+        print(f"  full ({query!r}): {seconds:.2f} s; with the drill-down {full[-1]['with_drill_down_seconds']:.2f} s",
+              flush=True)
 
     sweep = {}
     for n_steps in SWEEP if n_sweep > 0 else ():  # --sweep 0 skips the sweep
         runs = [explain(recommender, item_id, user_id=user_id, n_steps=n_steps, drill_down=0)
                 for user_id, item_id in pairs[:n_sweep]]
         sweep[str(n_steps)] = {"median_relative_delta": median(relative_delta(e) for e in runs),
+                               "max_relative_delta": max(relative_delta(e) for e in runs),
                                "median_ig_seconds": median(e.timing["integrated_gradients"] for e in runs)}
         print(f"  n_steps {n_steps:4d}: median delta/moved {sweep[str(n_steps)]['median_relative_delta']:.1e}, "
               f"IG {sweep[str(n_steps)]['median_ig_seconds']:.2f} s", flush=True)
 
     agreement = []
     for user_id, item_id in pairs[:n_agreement]:
-        explanation = explain(recommender, item_id, user_id=user_id, n_steps=STEPS, drill_down=0)
         context = recommender.context(user_id)
         view = score_view(recommender, context, int(recommender.item_positions([item_id])[0]))
-        result = agreement_with_shap(recommender, view, explanation.part("item_tokens"), MAX_EVALS)
-        agreement.append({"user_id": user_id, "item_id": item_id, "spearman": result["spearman"],
-                          "shap_partition_seconds": result["seconds"], "ig_joint_seconds": result["ig_seconds"]})
-        print(f"  SHAP Partition ({MAX_EVALS} evals) {result['seconds']:.2f} s vs IG joint run "
-              f"{result['ig_seconds']:.2f} s; Spearman {result['spearman']}", flush=True)
+        row = {"user_id": user_id, "item_id": item_id}
+        for label, n_steps in (("ig", STEPS), ("ig_fast", fast_steps)):
+            explanation = explain(recommender, item_id, user_id=user_id, n_steps=n_steps, drill_down=0)
+            part = explanation.part("item_tokens")
+            drop = removal_curves(recommender, view, part, explanation.score, random_draws=1)["deletion_top3_drop"]
+            row.update({f"{label}_n_steps": n_steps, f"{label}_seconds": part.seconds,
+                        f"{label}_relative_delta": relative_delta(explanation), f"{label}_deletion_top3_drop": drop})
+        result = agreement_with_shap(recommender, view, part, MAX_EVALS)
+        row.update({"spearman": result["spearman"], "shap_partition_seconds": result["seconds"],
+                    "shap_deletion_top3_drop": result["deletion_top3_drop"], "shap_note": result["note"]})
+        agreement.append(row)
+        print(f"  SHAP Partition ({MAX_EVALS} evals) {result['seconds']:.2f} s, top-3 drop "
+              f"{result['deletion_top3_drop']:+.3f} | IG {STEPS} steps {row['ig_seconds']:.2f} s, "
+              f"{row['ig_deletion_top3_drop']:+.3f} | IG {fast_steps} steps {row['ig_fast_seconds']:.2f} s, "
+              f"{row['ig_fast_deletion_top3_drop']:+.3f}; Spearman {result['spearman']}", flush=True)
 
-    full = [r for r in rows if r["full"]]
+    def ratio(key: str) -> float | None:
+        return median(a["shap_partition_seconds"] / a[key] for a in agreement if a[key] > 0)
+
     return {
         "model": str(model_dir), "checkpoint_id": recommender.checkpoint_id, "items": len(recommender.item_ids),
-        "pairs": len(rows), "n_steps": STEPS,
+        "device": str(recommender.device), "pairs": len(rows), "n_steps": STEPS, "fast_steps": fast_steps,
         "summary": {
             "full_explanation_seconds_median": median(r["seconds"] for r in full),
+            "full_explanation_seconds_p90": float(np.percentile([r["seconds"] for r in full], 90)) if full else None,
             "full_explanation_stage_seconds_median": {
                 stage: median(r["timing"].get(stage, 0.0) for r in full)
-                for stage in ("view", "integrated_gradients", "shap", "history_tokens")},
+                for stage in ("view", "integrated_gradients", "shap")},
+            "full_with_drill_down_seconds_median": median(r["with_drill_down_seconds"] for r in full),
+            "drill_down_seconds_median": median(r["drill_down_seconds"] for r in full),
+            "user_mode_explanation_seconds_median": median(r["seconds"] for r in rows),
             "joint_ig_seconds_median": median(r["timing"]["integrated_gradients"] for r in rows),
             "median_relative_delta": median(r["relative_delta"] for r in rows),
             "max_relative_delta": max(r["relative_delta"] for r in rows),
             "median_abs_delta": median(abs(r["delta"]) for r in rows),
+            "max_additivity_error": max(r["additivity"] for r in rows),
+            "max_shap_additivity_error": max(r["shap_additivity"] for r in rows),
             "median_deletion_top3_drop": median(r["deletion_top3_drop"] for r in rows),
             "median_deletion_random3_drop": median(r["deletion_random3_drop"] for r in rows),
             "share_top3_beats_random3": float(np.mean([r["deletion_top3_drop"] > r["deletion_random3_drop"]
                                                        for r in rows])),
             "median_aopc_comprehensiveness": median(r["aopc_comprehensiveness"] for r in rows),
             "median_aopc_comprehensiveness_random": median(r["aopc_comprehensiveness_random"] for r in rows),
+            "median_aopc_sufficiency": median(r["aopc_sufficiency"] for r in rows),
+            "median_aopc_sufficiency_random": median(r["aopc_sufficiency_random"] for r in rows),
             "median_faithfulness_seconds": median(r["faithfulness_seconds"] for r in rows),
             "shap_partition_seconds_median": median(a["shap_partition_seconds"] for a in agreement),
-            "ig_joint_seconds_median_same_items": median(a["ig_joint_seconds"] for a in agreement),
+            "ig_seconds_median_same_items": median(a["ig_seconds"] for a in agreement),
+            "ig_fast_seconds_median_same_items": median(a["ig_fast_seconds"] for a in agreement),
+            "speedup_ig_vs_shap_median": ratio("ig_seconds"),
+            "speedup_ig_fast_vs_shap_median": ratio("ig_fast_seconds"),
+            "shap_deletion_top3_drop_median": median(a["shap_deletion_top3_drop"] for a in agreement
+                                                     if a["shap_deletion_top3_drop"] is not None),
+            "ig_deletion_top3_drop_median_same_items": median(a["ig_deletion_top3_drop"] for a in agreement),
+            "ig_fast_deletion_top3_drop_median_same_items": median(a["ig_fast_deletion_top3_drop"] for a in agreement),
+            "ig_fast_median_relative_delta": median(a["ig_fast_relative_delta"] for a in agreement),
             "median_spearman_ig_vs_shap": median(a["spearman"] for a in agreement if a["spearman"] is not None),
         },
         "n_steps_sweep": sweep,
+        "full": full,
         "agreement": agreement,
         "rows": rows,
     }
@@ -132,22 +195,28 @@ def run(model_dir: Path, n_pairs: int, n_full: int, n_sweep: int, n_agreement: i
 
 def main(argv: list[str] | None = None) -> int:
     from bench.latency import limit_threads, machine
+    from explain.gradients import _path_threads
 
     parser = argparse.ArgumentParser(prog="python -m bench.explain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None,
                         help="checkpoint directory (default: demo/model, else runs/bench/demo, if present)")
     parser.add_argument("--pairs", type=int, default=50, help="(user, top-10 item) pairs measured")
-    parser.add_argument("--full", type=int, default=5, help="pairs timed with the history drill-down as well")
+    parser.add_argument("--full", type=int, default=10, help="pairs timed as full user + query explanations")
     parser.add_argument("--sweep", type=int, default=5, help="pairs in the n_steps sweep")
-    parser.add_argument("--agreement", type=int, default=3, help="items compared with SHAP Partition")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (see bench.latency.limit_threads)")
+    parser.add_argument("--agreement", type=int, default=5, help="items compared with SHAP Partition")
+    parser.add_argument("--fast-steps", type=int, default=16,
+                        help="n_steps of the second IG compared with SHAP Partition (default 16)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for serving (see bench.latency.limit_threads); path runs use "
+                             "WHYREC_PATH_THREADS (default: every core, at most 8)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    if min(args.pairs, args.threads) < 1 or min(args.full, args.sweep, args.agreement) < 0:
-        print("error: --pairs and --threads must be positive, --full, --sweep and --agreement not negative",
-              file=sys.stderr)
+    if min(args.pairs, args.threads, args.fast_steps) < 1 or min(args.full, args.sweep, args.agreement) < 0:
+        print("error: --pairs, --threads and --fast-steps must be positive, --full, --sweep and --agreement not "
+              "negative", file=sys.stderr)
         return 2
     model_dir = args.model or next((path for path in DEFAULT_MODELS if (path / "config.json").exists()), None)
     if model_dir is None or not (model_dir / "config.json").exists():
@@ -158,21 +227,33 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.disable_progress_bar()
     limit_threads(args.threads)
-    print(f"explaining {args.pairs} pairs with {model_dir} on {args.threads} thread(s)", flush=True)
+    print(f"explaining {args.pairs} pairs with {model_dir} on {args.device}, {args.threads} serving thread(s), "
+          f"{_path_threads()} path thread(s)", flush=True)
     result = run(model_dir, args.pairs, min(args.full, args.pairs), min(args.sweep, args.pairs),
-                 min(args.agreement, args.pairs), args.seed)
-    summary = {"benchmark": "explain", "machine": {**machine(), "torch_threads": torch.get_num_threads()},
+                 min(args.agreement, args.pairs), args.seed, args.device, args.fast_steps)
+    summary = {"benchmark": "explain",
+               "machine": {**machine(result["device"]), "torch_threads": torch.get_num_threads(),
+                           "path_threads": _path_threads()},
                **result}
     s = result["summary"]
-    print(f"full explanation (n_steps {STEPS}): median {s['full_explanation_seconds_median']:.2f} s "
-          f"(stages {json.dumps({k: round(v, 3) for k, v in s['full_explanation_stage_seconds_median'].items()})})")
+    if s["full_explanation_seconds_median"] is not None:
+        print(f"full explanation, user + query (n_steps {STEPS}): median {s['full_explanation_seconds_median']:.2f} s, "
+              f"p90 {s['full_explanation_seconds_p90']:.2f} s (stages "
+              f"{json.dumps({k: round(v, 3) for k, v in s['full_explanation_stage_seconds_median'].items()})}); "
+              f"with the history drill-down {s['full_with_drill_down_seconds_median']:.2f} s")
     print(f"IG delta / (f(x) - f(baseline)): median {s['median_relative_delta']:.2e}, "
-          f"max {s['max_relative_delta']:.2e}")
+          f"max {s['max_relative_delta']:.2e}; parts add up within {s['max_additivity_error']:.1e} (relative); "
+          f"SHAP additivity within {s['max_shap_additivity_error']:.1e}")
     print(f"deletion: top-3 drop median {s['median_deletion_top3_drop']:+.4f} vs random-3 "
           f"{s['median_deletion_random3_drop']:+.4f} (top beats random on {s['share_top3_beats_random3']:.0%})")
     if s["shap_partition_seconds_median"] is not None:
-        print(f"SHAP Partition ({MAX_EVALS} evals) median {s['shap_partition_seconds_median']:.2f} s vs IG joint run "
-              f"{s['ig_joint_seconds_median_same_items']:.2f} s; Spearman median {s['median_spearman_ig_vs_shap']}")
+        print(f"SHAP Partition ({MAX_EVALS} evals) median {s['shap_partition_seconds_median']:.2f} s, top-3 drop "
+              f"{s['shap_deletion_top3_drop_median']:+.4f}; IG {STEPS} steps {s['ig_seconds_median_same_items']:.2f} s "
+              f"({s['speedup_ig_vs_shap_median']:.1f}x), {s['ig_deletion_top3_drop_median_same_items']:+.4f}; "
+              f"IG {args.fast_steps} steps {s['ig_fast_seconds_median_same_items']:.2f} s "
+              f"({s['speedup_ig_fast_vs_shap_median']:.1f}x), "
+              f"{s['ig_fast_deletion_top3_drop_median_same_items']:+.4f}, delta/moved "
+              f"{s['ig_fast_median_relative_delta']:.1e}; Spearman median {s['median_spearman_ig_vs_shap']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.out}")

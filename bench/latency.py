@@ -25,13 +25,17 @@ K = 10
 N_CLUSTERS = 1024  # synthetic item vectors come in clusters, as trained ones do; uniform noise would flatter nobody
 
 
-def machine() -> dict:
-    import faiss
-
+def machine(device: str = "cpu") -> dict:
+    try:
+        import faiss
+    except ImportError:  # a pinned requirement; only a bare accelerator machine may lack it
+        faiss = None
+    gpu = torch.cuda.get_device_name() if str(device).startswith("cuda") else None
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "faiss": faiss.__version__, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "faiss_threads": faiss.omp_get_max_threads(), "blas_threads": _blas_threads(), "device": "cpu",
-            "platform": platform.platform(), "load_average_1m": os.getloadavg()[0]}
+            "faiss": faiss and faiss.__version__, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "faiss_threads": faiss and faiss.omp_get_max_threads(), "blas_threads": _blas_threads(),
+            "device": str(device), "gpu": gpu, "platform": platform.platform(),
+            "load_average_1m": os.getloadavg()[0]}
 
 
 def limit_threads(n: int) -> None:
@@ -41,10 +45,13 @@ def limit_threads(n: int) -> None:
     with 2 threads beside a busy neighbour, a 0.1 ms product took 8-25 ms here. One thread per request is
     also how a server with several workers runs.
     """
-    import faiss
-
     torch.set_num_threads(n)
-    faiss.omp_set_num_threads(n)
+    try:
+        import faiss
+    except ImportError:
+        faiss = None
+    if faiss is not None:
+        faiss.omp_set_num_threads(n)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # not a pinned requirement; then BLAS keeps its own count, which machine() records

@@ -14,8 +14,8 @@ recency, popularity, noise) and, for a text taste, the word it fired on. Three c
                       within the user's price band) -> price_fit; recency (back to a recently viewed or carted
                       item, or the last category) -> user_item_views, user_item_carts or days_since_category;
                       popularity -> item_popularity.
-                      A hit when the top SHAP feature (largest |value|) is the cause's feature. Chance: the share of
-                      features that would count.
+                      A hit when the top SHAP feature (largest |value|) is the cause's feature; reported too for
+                      the feature that raised the score most. Chance: the share of features that would count.
 
 Writes bench/results/explain_truth.json.
 """
@@ -50,9 +50,13 @@ def top_terms(explanation, n: int = 3) -> tuple[list[str], int]:
     return [name for name, value in ranked[:n] if value > 0], len(words)
 
 
-def top_feature(explanation) -> str | None:
+def top_features(explanation) -> tuple[str | None, str | None]:
+    """The top SHAP feature by |value| (as SHAP's plots rank them), and the one that raised the score most."""
     behaviour = explanation.part("behaviour")
-    return behaviour.top(1)[0][2].get("feature") if behaviour is not None and len(behaviour) else None
+    if behaviour is None or not len(behaviour):
+        return None, None
+    raised = behaviour.details[int(np.argmax(behaviour.values))]["feature"] if max(behaviour.values) > 0 else None
+    return behaviour.top(1)[0][2].get("feature"), raised
 
 
 def held_out_views(dataset, causes: pd.DataFrame, wanted: tuple[str, ...], rng, first_touch: bool) -> pd.DataFrame:
@@ -123,16 +127,20 @@ def main(argv=None) -> int:
     behaviour_views = pd.concat([held_out_views(dataset, causes, (cause,), rng, first_touch=False).head(per_cause)
                                  for cause in CAUSE_FEATURES])
     for row in behaviour_views.itertuples():
-        feature = top_feature(explained(row.user_id, row.item_id, row.timestamp))
+        feature, raised = top_features(explained(row.user_id, row.item_id, row.timestamp))
         expected = CAUSE_FEATURES[row.cause]
         behaviour.append({"user_id": row.user_id, "item_id": row.item_id, "cause": row.cause, "top": feature,
-                          "hit": feature in expected, "chance": len(expected) / n_features})
+                          "hit": feature in expected, "top_raising": raised, "hit_raising": raised in expected,
+                          "chance": len(expected) / n_features})
 
     def share(rows, key="hit") -> float | None:
         return float(np.mean([r[key] for r in rows])) if rows else None
 
     by_cause = {cause: {"pairs": sum(r["cause"] == cause for r in behaviour),
-                        "recovery": share([r for r in behaviour if r["cause"] == cause])}
+                        "recovery": share([r for r in behaviour if r["cause"] == cause]),
+                        "recovery_raising": share([r for r in behaviour if r["cause"] == cause], "hit_raising"),
+                        "top_features": pd.Series([r["top"] for r in behaviour if r["cause"] == cause],
+                                                  dtype=object).value_counts().head(3).to_dict()}
                 for cause in CAUSE_FEATURES}
     result = {
         "benchmark": "explain_truth", "checkpoint_id": recommender.checkpoint_id, "n_steps": args.n_steps,
@@ -143,6 +151,7 @@ def main(argv=None) -> int:
             "token_top10_pairs": len(top10), "token_top10_top3": share(top10),
             "token_top10_chance": share(top10, "chance"),
             "behaviour_held_out_pairs": len(behaviour), "behaviour_top_shap_feature": share(behaviour),
+            "behaviour_top_raising_feature": share(behaviour, "hit_raising"),
             "behaviour_chance": share(behaviour, "chance"), "behaviour_by_cause": by_cause,
         },
         "seconds": time.perf_counter() - started,

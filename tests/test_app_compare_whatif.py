@@ -110,6 +110,17 @@ def test_unknown_item_in_the_link(app, recommender):
     margin(at)  # the page still compares
 
 
+def test_compare_for_a_query_from_the_link(app, recommender):
+    at = open_page(app, "views/compare.py", query="wool sock")
+    assert not at.error
+    assert at.radio(key="cmp_mode").value == "Query"
+    top = recommender.recommend(query="wool sock", k=2)
+    assert (at.selectbox(key="cmp_a").value, at.selectbox(key="cmp_b").value) == (top[0].item_id, top[1].item_id)
+    assert margin(at) == pytest.approx(top[0].score - top[1].score, abs=1e-3)
+    at.text_input(key="cmp_query").input("  ").run()
+    assert not at.exception and any("Type a query" in i.value for i in at.info)
+
+
 # ---- What-if ------------------------------------------------------------------------------------------------------
 
 def test_removing_one_history_item_reranks_as_the_model_does(app, recommender):

@@ -21,12 +21,14 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from data.features import FEATURES
+from explain.base import Attribution
 from explain.behaviour import BACKGROUND_SEED, BACKGROUND_SIZE, background, behaviour_function, import_shap
 from explain.errors import ExplanationError
 from explain.explanations import explain
@@ -200,22 +202,26 @@ class DrivingWords:
 
 
 def item_words(explanation, top: int = TOP_WORDS) -> list[tuple[str, float]]:
-    """The item's `top` words with the largest positive attribution, occurrences of a word summed (lower case).
+    """The item's `top` terms (a word's occurrences summed, case-folded) with the largest positive attribution.
 
     Punctuation and the field labels every item text has (FIELD_LABELS before a colon) are left out.
     """
     part = explanation.part("item_tokens")
     if part is None or not len(part):
         return []
-    merged = part.words()
-    written = [detail["word"] for detail in merged.details]
-    totals: dict[str, float] = {}
-    for index, (word, value) in enumerate(zip(written, merged.values)):
-        is_label = word in FIELD_LABELS and index + 1 < len(written) and written[index + 1] == ":"
-        if is_label or not any(ch.isalnum() for ch in word):
-            continue
-        totals[word.lower()] = totals.get(word.lower(), 0.0) + value
-    ranked = sorted(((w, v) for w, v in totals.items() if v > 0), key=lambda wv: -wv[1])
+    written = dict(sorted((detail["word_index"], detail["word"]) for detail in part.details))
+    labels = {index for index, following in pairwise(written)
+              if written[index] in FIELD_LABELS and written[following] == ":"}
+    keep = [j for j, detail in enumerate(part.details)
+            if detail["word_index"] not in labels and any(ch.isalnum() for ch in detail["word"])]
+    if not keep:
+        return []
+    kept = Attribution(part.kind, tuple(part.names[j] for j in keep), tuple(part.values[j] for j in keep),
+                       part.base_value, part.method, part.parameters, part.completeness_gap, part.seconds,
+                       tuple(part.details[j] for j in keep))
+    terms = kept.terms()
+    ranked = sorted(((name.casefold(), value) for name, value in zip(terms.names, terms.values) if value > 0),
+                    key=lambda term: -term[1])
     return ranked[:top]
 
 

@@ -65,8 +65,9 @@ class Recommender:
     """Ranks the whole catalog for a user, a query or both, and scores chosen items, part by part."""
 
     def __init__(self, net: RecommenderNet, dataset: Dataset, text_embeddings: torch.Tensor, *,
-                 checkpoint_id: str = "untrained", metadata: dict | None = None, device: str = "cpu") -> None:
-        self.device = torch.device(device)  # where the net lives; every tensor it reads is put there too
+                 checkpoint_id: str = "untrained", metadata: dict | None = None, device: str | None = None) -> None:
+        # Where the net lives (default: where it already is); every tensor it reads is put there too.
+        self.device = torch.device(device) if device is not None else next(net.parameters()).device
         self.net = net.to(self.device).eval()
         self.dataset = dataset
         self.items = dataset.items

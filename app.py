@@ -21,6 +21,7 @@ pages = [
     st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
     st.Page("views/whatif.py", title="What-if", icon=":material/tune:", url_path="what-if"),
     st.Page("views/insights.py", title="Insights", icon=":material/insights:", url_path="insights"),
+    st.Page("views/report.py", title="Report", icon=":material/description:", url_path="report"),
     st.Page("views/data_overview.py", title="Data", icon=":material/dataset:", url_path="data"),
 ]
 st.navigation(pages).run()

@@ -7,6 +7,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from data.io import write_tables
+from model.checkpoint import load
 
 APP = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "app.py")
 INSIGHTS = "views/insights.py"
@@ -83,3 +84,87 @@ def test_an_evaluation_report_of_another_checkpoint_is_named_not_used(app, monke
     at = open_insights(app)
     assert any("evaluates checkpoint another" in w.value for w in at.warning)
     assert any("no baseline figures" in i.value for i in at.info)
+
+
+# ---- Report ------------------------------------------------------------------------------------------------------
+
+REPORT = "views/report.py"
+
+
+def open_report(at, **params) -> AppTest:
+    for name, value in params.items():
+        at.query_params[name] = value
+    at.switch_page(REPORT).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def build(at, k: int = 2, n_steps: int = 8) -> AppTest:
+    at.slider(key="rep_k").set_value(k)
+    at.select_slider(key="rep_steps").set_value(n_steps)
+    at.button(key="rep_build").click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_report_for_a_user_offers_html_pdf_and_json(app, monkeypatch, tiny_model):
+    monkeypatch.setenv("BROWSER_PATH", str(tiny_model / "config.json"))  # no browser: the PDF fails, the rest not
+    at = open_report(app)
+    user = at.selectbox(key="rep_user").value
+    assert any("build the report" in i.value for i in at.info)
+    build(at)
+    assert not at.exception
+    assert at.subheader[0].value.startswith(f"Top 2 for user “{user}")
+    items = at.dataframe[0].value
+    assert list(items["rank"]) == [1, 2]
+    parts = items.drop(columns=["rank", "title", "score"])
+    assert {"Item words", "Behaviour features"} <= set(parts.columns)
+    base = [item["explanation"]["base_value"] for item in json.loads(
+        at.session_state["report_built"]["files"]["json"])["items"]]
+    assert (items["score"] - parts.sum(axis=1) - base).abs().max() < 1e-2  # the parts add up to the score
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels == ["Download HTML (interactive charts)", "Download JSON (every number)"]
+    assert any("No PDF" in e.value and "PDF export needs Chromium" in e.value for e in at.error)
+    built = at.session_state["report_built"]
+    report = json.loads(built["files"]["json"])
+    assert [item["item_id"] for item in report["items"]] == [
+        r.item_id for r in load(tiny_model, device="cpu").recommend(user_id=user, k=2)]
+    assert report["provenance"]["parameters"]["n_steps"] == 8
+    assert b"<html" in built["files"]["html"][:200].lower()
+    assert at.query_params["user"] == user
+    # Changing a setting keeps the built report (and its downloads) until it is built again.
+    at.slider(key="rep_k").set_value(3).run()
+    assert at.session_state["report_built"]["files"] == built["files"]
+    assert any("build again" in c.value for c in at.caption)
+
+
+def test_report_for_a_query_from_the_link(app, monkeypatch, tiny_model):
+    monkeypatch.setenv("BROWSER_PATH", str(tiny_model / "config.json"))
+    at = open_report(app, query="wool sock", k="1", steps="16")
+    assert at.radio(key="rep_mode").value == "Query"
+    assert (at.slider(key="rep_k").value, at.select_slider(key="rep_steps").value) == (1, 16)
+    at.button(key="rep_build").click().run()
+    assert at.subheader[0].value == "Top 1 for query “wool sock”"
+    report = json.loads(at.session_state["report_built"]["files"]["json"])
+    assert report["query"] == "wool sock" and report["user_id"] is None
+
+
+def test_report_bad_input_is_one_message_and_keeps_the_page(app, monkeypatch, tiny_model):
+    monkeypatch.setenv("BROWSER_PATH", str(tiny_model / "config.json"))
+    at = open_report(app, user="no-such-user", k="many", steps="7")
+    assert any("Unknown user in the link" in e.value for e in at.error)
+    assert (at.slider(key="rep_k").value, at.select_slider(key="rep_steps").value) == (10, 50)  # the defaults
+    at.radio(key="rep_mode").set_value("Query").run()
+    at.text_input(key="rep_query").input("   ").run()
+    at.button(key="rep_build").click().run()
+    assert not at.exception
+    assert any("query is empty" in e.value for e in at.error)
+    assert "report_built" not in at.session_state
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="system Chromium is not installed")
+def test_report_pdf_with_a_browser(app):
+    at = build(open_report(app), k=1)
+    pdf = at.session_state["report_built"]["files"]["pdf"]
+    assert pdf.startswith(b"%PDF")
+    assert [b.proto.label for b in at.get("download_button")][1] == "Download PDF (print)"

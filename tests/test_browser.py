@@ -105,6 +105,13 @@ def hostile(tmp_path_factory, tiny_encoder, tiny_shop):
     return root
 
 
+@pytest.fixture(scope="module")
+def hostile_app(hostile):
+    app = App(hostile / "model", hostile / "data")
+    yield app
+    app.stop()
+
+
 def wait_for_page(page) -> None:
     page.wait_for_selector("h1, h2", timeout=60_000)
     page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=120_000)
@@ -139,22 +146,47 @@ def test_choose_a_user_and_open_an_explanation(browser, demo):
         app.stop()
 
 
-def test_markup_in_data_shows_as_text(browser, hostile):
-    app = App(hostile / "model", hostile / "data")
-    try:
-        page = browser.new_page(viewport={"width": 1440, "height": 3000})
-        dialogs = []
-        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-        page.goto(app.url)
-        wait_for_page(page)
-        page.get_by_text("Why this score").first.wait_for(timeout=120_000)
-        wait_for_page(page)
-        # Shown literally as text: in the panel's heading and among the shaded words of the item.
-        page.get_by_role("heading", name=f"Why this score: {EVIL}").wait_for(timeout=30_000)
-        words = page.locator("p.whyrec-tokens").first.inner_text()
-        assert "onerror" in words and "<" in words  # the item's words, markup characters included, as text
-        assert page.locator("img[src='x']").count() == 0
-        page.screenshot(path=str(ARTIFACTS / "hostile-titles.png"), full_page=True)
-        assert not dialogs, dialogs
-    finally:
-        app.stop()
+def test_markup_in_data_shows_as_text(browser, hostile_app):
+    page = browser.new_page(viewport={"width": 1440, "height": 3000})
+    dialogs = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.goto(hostile_app.url)
+    wait_for_page(page)
+    page.get_by_text("Why this score").first.wait_for(timeout=120_000)
+    wait_for_page(page)
+    # Shown literally as text: in the panel's heading and among the shaded words of the item.
+    page.get_by_role("heading", name=f"Why this score: {EVIL}").wait_for(timeout=30_000)
+    words = page.locator("p.whyrec-tokens").first.inner_text()
+    assert "onerror" in words and "<" in words  # the item's words, markup characters included, as text
+    assert page.locator("img[src='x']").count() == 0
+    page.screenshot(path=str(ARTIFACTS / "hostile-titles.png"), full_page=True)
+    assert not dialogs, dialogs
+
+
+def test_downloaded_report_renders_and_runs_no_markup(browser, hostile_app):
+    page = browser.new_page(viewport={"width": 1440, "height": 2000})
+    dialogs = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.goto(f"{hostile_app.url}/report?k=3&steps=8")
+    wait_for_page(page)
+    page.get_by_role("button", name="Build report").click()
+    html_button = page.get_by_test_id("stDownloadButton").filter(has_text="HTML").locator("button")
+    html_button.wait_for(timeout=120_000)
+    with page.expect_download() as download:
+        html_button.click()
+    assert download.value.suggested_filename.endswith(".html")
+    saved = ARTIFACTS / "hostile-report.html"
+    download.value.save_as(saved)
+    # The downloaded file, opened on its own: it renders its titles and charts, and the markup in the data
+    # stays text (an injected script would open a dialog).
+    report = browser.new_page(viewport={"width": 1200, "height": 2000})
+    report.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    report.goto(saved.as_uri())
+    report.get_by_role("heading", name=f"#1 {EVIL}").wait_for(timeout=30_000)
+    report.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
+    assert report.locator(".js-plotly-plot").count() >= 3 * 2  # per item: at least a waterfall and behaviour
+    assert report.locator("img[src='x']").count() == 0
+    words = report.locator("p.whyrec-tokens").first.inner_text()
+    assert "onerror" in words and "<" in words  # the item's words, markup characters included, as text
+    report.screenshot(path=str(ARTIFACTS / "hostile-report.png"), full_page=True)
+    assert not dialogs, dialogs

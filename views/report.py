@@ -1,0 +1,155 @@
+"""Report page: one user's (or one query's) top-k with every explanation, downloaded as HTML, PDF or JSON."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from data.errors import WhyRecError
+from explain.charts import PART_LABELS
+from explain.report import build_report, report_file_name
+from views.loaders import recommender_or_error
+from views.text import md_escape
+
+STEP_CHOICES = (8, 16, 32, 50, 100, 200)
+MIME = {"html": "text/html", "pdf": "application/pdf", "json": "application/json"}
+LABELS = {"html": "HTML (interactive charts)", "pdf": "PDF (print)", "json": "JSON (every number)"}
+
+
+def file_name(user_id, query, fmt: str) -> str:
+    """whyrec-<user>.html, whyrec-<user>-<query>-<hash>.pdf ...: the subject in the name, always a safe name."""
+    subject = " ".join(str(part) for part in (user_id, query) if part)
+    return "whyrec-" + report_file_name(subject, fmt)
+
+
+def _whole(text, default: int) -> int:
+    """A positive whole number from the URL, or the default when it is missing or not one."""
+    try:
+        value = int(str(text))
+    except ValueError:
+        return default
+    return value if value >= 1 else default
+
+
+def build(recommender, user_id, query, k: int, n_steps: int) -> dict:
+    """Build the report with a progress bar and render every format once, so a download never rebuilds it."""
+    bar = st.progress(0.0, text="Ranking…")
+
+    def progress(done: int, total: int, label: str) -> None:
+        bar.progress(done / max(total, 1) * 0.9, text=f"Explained {done} of {total}: {md_escape(label)}")
+
+    report = build_report(recommender, user_id=user_id, query=query, k=k, n_steps=n_steps, progress=progress)
+    files = {"html": report.to_html().encode("utf-8"), "json": report.to_json().encode("utf-8")}
+    bar.progress(0.95, text="Printing the PDF…")
+    pdf_error = None
+    try:
+        files["pdf"] = report.to_pdf()
+    except WhyRecError as exc:
+        pdf_error = str(exc)
+    bar.empty()
+    rows = [{"rank": item.rank, "title": item.title, "score": item.score,
+             **{PART_LABELS[part.kind]: part.total for part in item.explanation.parts if part.in_total}}
+            for item in report.items]
+    return {"settings": (recommender.checkpoint_id, user_id, query, k, n_steps), "files": files,
+            "pdf_error": pdf_error, "items": rows, "notes": list(report.notes),
+            "seconds": report.provenance.get("seconds", 0.0)}
+
+
+st.header("Report")
+st.caption("Export a ranked list with the explanation of every item, for a reader who has no dashboard: an "
+           "interactive HTML page that works offline, a PDF to print or attach, or JSON with every number.")
+recommender = recommender_or_error()
+if recommender is None:
+    st.stop()
+
+params = st.query_params
+user_ids = [str(u) for u in recommender.user_ids]
+known = set(user_ids)
+max_k = min(50, len(recommender.item_ids))
+
+# The URL carries who the report is for, so a link from the Recommend page opens the same report.
+if "report_initialised" not in st.session_state:
+    st.session_state.report_initialised = True
+    url_user, url_query = params.get("user"), params.get("query")
+    st.session_state.rep_mode = "Query" if url_query and not url_user else "User"
+    st.session_state.rep_query = url_query or ""
+    st.session_state.rep_user_query = url_query or ""
+    st.session_state.rep_user = url_user if url_user in known else (user_ids[0] if user_ids else None)
+    st.session_state.rep_personalise = bool(url_user and url_query and url_user in known)
+    if url_user is not None and url_user not in known:
+        st.session_state.rep_bad_user = url_user
+    st.session_state.rep_k = min(_whole(params.get("k"), 10), max_k)
+    steps = _whole(params.get("steps"), 50)
+    st.session_state.rep_steps = steps if steps in STEP_CHOICES else 50
+
+bad_user = st.session_state.pop("rep_bad_user", None)
+if bad_user is not None:
+    st.error(f"Unknown user in the link: `{md_escape(bad_user)}`. Showing user "
+             f"`{md_escape(st.session_state.rep_user)}` instead; pick another below.")
+
+left, right = st.columns(2, gap="large")
+with left:
+    mode = st.radio("Report for", ["User", "Query"], horizontal=True, key="rep_mode")
+    user_id = query = None
+    if mode == "User":
+        user_id = st.selectbox("User", user_ids, key="rep_user", help="Type to search by id")
+        query = st.text_input("Optional: narrow down with a query", key="rep_user_query") or None
+    else:
+        query = st.text_input("Query", key="rep_query", placeholder="e.g. waterproof hiking sock") or None
+        if st.checkbox("Personalise for a user", key="rep_personalise"):
+            user_id = st.selectbox("User", user_ids, key="rep_user")
+with right:
+    k = st.slider("Items in the report", 1, max_k, key="rep_k")
+    n_steps = st.select_slider("IG steps", STEP_CHOICES, key="rep_steps",
+                               help="Integrated Gradients path steps per item: more is more precise and slower")
+
+for name, value in {"user": user_id, "query": query, "k": k, "steps": n_steps}.items():
+    if value:
+        params[name] = str(value)
+    elif name in params:
+        del params[name]
+
+if st.button("Build report", type="primary", key="rep_build"):
+    if query is not None and not query.strip():
+        st.error("The query is empty: type some words, or switch to a user.")
+    elif user_id is None and query is None:
+        st.error("Type a query (or choose a user) to build a report for.")
+    else:
+        try:
+            st.session_state.report_built = build(recommender, user_id, query, k, n_steps)
+        except WhyRecError as exc:
+            st.error(md_escape(exc))
+
+built = st.session_state.get("report_built")
+if built is None:
+    st.info("Choose a user or type a query, then build the report: every item is explained once, and the three "
+            "files are ready to download.")
+    st.stop()
+
+checkpoint_id, built_user, built_query, built_k, built_steps = built["settings"]
+said = {"user": built_user, "query": built_query}
+subject = " and ".join(f"{what} “{md_escape(value)}”" for what, value in said.items() if value)
+st.subheader(f"Top {len(built['items'])} for {subject}")
+st.caption(f"{built_steps} Integrated Gradients steps per item · built in {built['seconds']:.1f} s · "
+           f"checkpoint {checkpoint_id}")
+if built["settings"] != (recommender.checkpoint_id, user_id, query, k, n_steps):
+    st.caption("The settings above have changed since: build again to export them.")
+for note in built["notes"]:
+    st.info(md_escape(note))
+
+columns = st.columns(3)
+for column, fmt in zip(columns, ("html", "pdf", "json")):
+    with column:
+        if fmt in built["files"]:
+            st.download_button(f"Download {LABELS[fmt]}", built["files"][fmt], file_name=file_name(
+                built_user, built_query, fmt), mime=MIME[fmt], key=f"rep_download_{fmt}", on_click="ignore",
+                icon=":material/download:", width="stretch")
+        else:
+            st.error(f"No PDF: {md_escape(built['pdf_error'])}")
+st.caption("Each score and its parts, as the report explains them:")
+st.dataframe(pd.DataFrame(built["items"]), hide_index=True, width="stretch", column_config={
+    "rank": st.column_config.NumberColumn("#", width=40),
+    "title": st.column_config.TextColumn("Item", width=320),
+    "score": st.column_config.NumberColumn("Score", format="%.3f", width=80),
+    **{label: st.column_config.NumberColumn(label, format="%+.3f") for label in PART_LABELS.values()},
+})

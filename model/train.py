@@ -145,7 +145,7 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
 
     base = resolve_encoder(base_model)
     transformer, tokenizer = load_encoder(base)
-    encoder = TextEncoder(transformer, tokenizer)
+    encoder = TextEncoder(transformer, tokenizer).to(device)  # item texts are embedded where training runs
     model_config = RecommenderConfig(n_items=len(dataset.items), n_features=len(FEATURES),
                                      text_dim=encoder.hidden_size, **(model_overrides or {}))
     texts = item_texts(dataset)
@@ -361,9 +361,10 @@ def fit_behaviour_head(recommender: Recommender, split, config: TrainConfig, rng
             scores[b, hist[b].item_index] = -np.inf  # the user's own items are not candidates
             features.append(recommender.features.user_features(user_id, at=pd.Timestamp(moment, tz="UTC")))
         offsets.append(scores)
-    x = torch.as_tensor(np.stack(features))  # (E, N, F)
-    offset = torch.as_tensor(np.concatenate(offsets))  # (E, N)
-    labels = torch.as_tensor(targets)  # (E,)
+    device = recommender.device
+    x = torch.as_tensor(np.stack(features), device=device)  # (E, N, F)
+    offset = torch.as_tensor(np.concatenate(offsets), device=device)  # (E, N)
+    labels = torch.as_tensor(targets, device=device)  # (E,)
     flat = x.flatten(0, 1)
     net.feature_mean.copy_(flat.mean(0))
     net.feature_std.copy_(flat.std(0).clamp(min=0.05))  # near-constant columns must not blow up
@@ -375,13 +376,13 @@ def fit_behaviour_head(recommender: Recommender, split, config: TrainConfig, rng
     sample_base = scorer(list(sample["user_id"]), sample_hist, sample_moments)  # (V, N)
     sample_features = torch.as_tensor(np.stack([
         recommender.features.user_features(u, at=pd.Timestamp(m, tz="UTC"))
-        for u, m in zip(sample["user_id"], sample_moments)]))  # (V, N, F)
+        for u, m in zip(sample["user_id"], sample_moments)]), device=device)  # (V, N, F)
     sample_targets = np.array([position[i] for i in sample["item_id"]])
     sample_seen = [h.item_index for h in sample_hist]
 
     def sample_ndcg() -> float:
         with torch.no_grad():
-            scores = sample_base + net.behaviour_score(sample_features).numpy()
+            scores = sample_base + net.behaviour_score(sample_features).cpu().numpy()
         return metrics_from_ranks(ranks_of_targets(scores, sample_targets, sample_seen))["NDCG@10"]
 
     head = net.behaviour_head
@@ -390,7 +391,7 @@ def fit_behaviour_head(recommender: Recommender, split, config: TrainConfig, rng
     best_ndcg, best_state, best_epoch = sample_ndcg(), None, 0
     stage1_ndcg = best_ndcg
     for epoch in range(1, config.behaviour_epochs + 1):
-        order = torch.as_tensor(rng.permutation(len(x)))
+        order = torch.as_tensor(rng.permutation(len(x)), device=device)
         for start in range(0, len(order), 32):  # small batches: a few thousand moments need many steps
             idx = order[start : start + 32]
             loss = nn.functional.cross_entropy(offset[idx] + net.behaviour_score(x[idx]), labels[idx])

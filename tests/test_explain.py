@@ -293,10 +293,11 @@ def test_a_wrong_part_breaks_the_sum(explained):
 
 def test_shap_is_additive_on_the_behaviour_head(recommender, explained):
     part = explained.part("behaviour")
-    features = torch.tensor([[d["value"] for d in part.details]], dtype=torch.float32)
+    # SHAP explains the head in float64 (explain.behaviour): additive to float64 rounding, not float32's.
+    features = torch.tensor([[d["value"] for d in part.details]], dtype=torch.float64, device=recommender.device)
     with torch.no_grad():
         behaviour = float(recommender.net.behaviour_score(features)[0])
-    assert abs(part.base_value + math.fsum(part.values) - behaviour) <= 1e-6
+    assert abs(part.base_value + math.fsum(part.values) - behaviour) <= 1e-9
     assert [d["feature"] for d in part.details] == [spec.name for spec in FEATURES]
 
 

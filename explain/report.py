@@ -8,8 +8,9 @@ The ranked list is `Recommender.recommend` and each item's explanation is `expla
 query, so the item explained is the item shown. HTML and PDF draw the dashboard's own charts and fragments
 (explain.charts): the HTML is one self-contained file (plotly.js inlined once, no external URL, a Content
 Security Policy that lets the page fetch nothing); the PDF is the same page with static charts, printed by a
-headless Chromium, so the text stays text. The browser is found the way kaleido finds it (BROWSER_PATH,
-kaleido's own download, then PATH and the usual install places); nothing is downloaded.
+headless Chromium: the charts become vector drawings and the text stays text. The browser is BROWSER_PATH,
+else the one kaleido would use (its own download, then PATH and the usual install places); nothing is
+downloaded.
 
 JSON schema (`Report.to_dict`, `schema_version` 1):
 
@@ -396,15 +397,17 @@ def report_file_name(user_id: str, fmt: str) -> str:
 
 def find_browser(path: str | Path | None = None) -> str:
     """The Chromium-based browser that prints PDFs: `path`, else where kaleido looks; ReportError if there is none."""
-    if path is None:
+    # BROWSER_PATH first, as the message says: kaleido's own finder would prefer a browser it downloaded once.
+    path = path or os.environ.get("BROWSER_PATH")
+    if not path:
         try:
             from choreographer.browsers.chromium import Chromium  # kaleido's browser finder
         except ImportError:
             import shutil
 
-            path = os.environ.get("BROWSER_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
+            path = shutil.which("chromium") or shutil.which("chromium-browser")
         else:
-            path = Chromium.find_browser(skip_local=False)  # BROWSER_PATH, kaleido's download, PATH, usual places
+            path = Chromium.find_browser(skip_local=False)  # kaleido's download, PATH, the usual install places
     if not path:
         raise ReportError(f"{NO_BROWSER} (no browser found)")
     if not (Path(path).is_file() and os.access(path, os.X_OK)):

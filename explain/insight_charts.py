@@ -100,8 +100,8 @@ def beeswarm(importance: BehaviourImportance, titles: dict | None = None, max_ro
     figure = go.Figure(go.Scatter(
         x=xs, y=ys, mode="markers", hovertext=hover, hoverinfo="text",
         marker={"color": colours, "colorscale": FEATURE_SCALE, "cmin": 0.0, "cmax": 1.0, "size": 5, "opacity": 0.8,
-                "colorbar": {"title": {"text": "feature value<br>in its range", "side": "right"}, "tickvals": [0, 1],
-                             "ticktext": ["low", "high"], "thickness": 12, "len": 0.6}},
+                "colorbar": {"title": {"text": "feature<br>value", "side": "top"}, "tickvals": [0, 1],
+                             "ticktext": ["low", "high"], "thickness": 12, "len": 0.5}},
     ))
     figure.add_vline(x=0.0, line={"color": "#bbbbbb", "width": 1})
     figure.update_yaxes(tickvals=list(range(len(order))), ticktext=[_feature_label(j) for j in order],

@@ -117,11 +117,9 @@ def test_report_for_a_user_offers_html_pdf_and_json(app, monkeypatch, tiny_model
     assert at.subheader[0].value.startswith(f"Top 2 for user “{user}")
     items = at.dataframe[0].value
     assert list(items["rank"]) == [1, 2]
-    parts = items.drop(columns=["rank", "title", "score"])
-    assert {"Item words", "Behaviour features"} <= set(parts.columns)
-    base = [item["explanation"]["base_value"] for item in json.loads(
-        at.session_state["report_built"]["files"]["json"])["items"]]
-    assert (items["score"] - parts.sum(axis=1) - base).abs().max() < 1e-2  # the parts add up to the score
+    parts = items.drop(columns=["rank", "title", "score", "base value"])
+    assert {"Item words", "Behaviour features"} <= set(parts.columns) and "Query words" not in parts.columns
+    assert (items["score"] - items["base value"] - parts.sum(axis=1)).abs().max() < 1e-2  # they add up
     labels = [b.proto.label for b in at.get("download_button")]
     assert labels == ["Download HTML (interactive charts)", "Download JSON (every number)"]
     assert any("No PDF" in e.value and "PDF export needs Chromium" in e.value for e in at.error)

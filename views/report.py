@@ -47,8 +47,8 @@ def build(recommender, user_id, query, k: int, n_steps: int) -> dict:
     except WhyRecError as exc:
         pdf_error = str(exc)
     bar.empty()
-    rows = [{"rank": item.rank, "title": item.title, "score": item.score,
-             **{PART_LABELS[part.kind]: part.total for part in item.explanation.parts if part.in_total}}
+    rows = [{"rank": item.rank, "title": item.title, "score": item.score, "base value": item.explanation.base_value,
+             **{PART_LABELS[p.kind]: p.total for p in item.explanation.parts if p.in_total and len(p)}}
             for item in report.items]
     return {"settings": (recommender.checkpoint_id, user_id, query, k, n_steps), "files": files,
             "pdf_error": pdf_error, "items": rows, "notes": list(report.notes),
@@ -146,10 +146,11 @@ for column, fmt in zip(columns, ("html", "pdf", "json")):
                 icon=":material/download:", width="stretch")
         else:
             st.error(f"No PDF: {md_escape(built['pdf_error'])}")
-st.caption("Each score and its parts, as the report explains them:")
+st.caption("Each score is its base value plus its parts, as the report explains them:")
 st.dataframe(pd.DataFrame(built["items"]), hide_index=True, width="stretch", column_config={
     "rank": st.column_config.NumberColumn("#", width=40),
     "title": st.column_config.TextColumn("Item", width=320),
     "score": st.column_config.NumberColumn("Score", format="%.3f", width=80),
+    "base value": st.column_config.NumberColumn("Base value", format="%.3f", width=80),
     **{label: st.column_config.NumberColumn(label, format="%+.3f") for label in PART_LABELS.values()},
 })

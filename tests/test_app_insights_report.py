@@ -22,11 +22,19 @@ def app(monkeypatch, tiny_model, tiny_shop, tmp_path_factory):
     return AppTest.from_file(APP, default_timeout=180)
 
 
-def open_insights(at) -> AppTest:
-    at.run()
+SMALL = {"users": "20", "k": "2", "pairs": "10", "steps": "8"}  # a small sample: the tiny model in seconds
+
+
+def open_insights(at, **params) -> AppTest:
+    for name, value in {**SMALL, **params}.items():
+        at.query_params[name] = value
     at.switch_page(INSIGHTS).run()
     assert not at.exception, at.exception
     return at
+
+
+def importance_caption(at) -> str:
+    return next(c.value for c in at.caption if c.value.startswith("Exact SHAP values"))
 
 
 def subheaders(at) -> list[str]:
@@ -50,19 +58,26 @@ def test_insights_shows_every_section(app):
     # The tiny checkpoint holds no baselines: the page says so and how to get them.
     assert any("no baseline figures" in i.value and "python -m model evaluate" in i.value for i in at.info)
     assert [m.label for m in at.metric][:3] == ["Users", "Items", "Events"]
+    assert "for 40 recommended items of 20 users" in importance_caption(at)  # the settings from the URL
 
 
-def test_a_small_sample_changes_the_importance(app):
+def test_a_smaller_sample_changes_the_importance_and_the_link(app):
     at = open_insights(app)
-    before = next(c.value for c in at.caption if c.value.startswith("Exact SHAP values"))
     at.slider(key="ins_users").set_value(10).run()
-    at.slider(key="ins_k").set_value(2).run()
-    at.slider(key="ins_pairs").set_value(10).run()
+    at.slider(key="ins_k").set_value(1).run()
+    at.slider(key="ins_pairs").set_value(20).run()
     assert not at.exception
-    after = next(c.value for c in at.caption if c.value.startswith("Exact SHAP values"))
-    assert before != after and "for 20 recommended items of 10 users" in after
+    assert "for 10 recommended items of 10 users" in importance_caption(at)
     words = next(t.value for t in at.dataframe if "word" in t.value.columns)
-    assert words["pairs"].groupby(words["category"]).first().sum() == 10
+    assert words["pairs"].groupby(words["category"]).first().sum() == 20
+    assert (at.query_params["users"], at.query_params["k"], at.query_params["pairs"]) == ("10", "1", "20")
+
+
+def test_settings_in_the_link_that_do_not_fit_fall_back_to_the_defaults(app):
+    at = open_insights(app, users="lots", k="1", steps="7")
+    assert (at.slider(key="ins_users").value, at.select_slider(key="ins_steps").value) == (100, 16)
+    assert at.slider(key="ins_k").value == 1  # the valid ones are kept
+    assert not at.error
 
 
 def test_evaluating_in_the_app_adds_the_baselines(app):

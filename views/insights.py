@@ -26,8 +26,35 @@ from views.loaders import model_dir, recommender_or_error
 from views.quality import dataset_counts, quality_findings
 
 STEP_CHOICES = (8, 16, 32, 50)
+# The sample settings: URL parameter -> (widget key, lowest, highest, step, default). The URL carries them, so a
+# link reproduces the same sample (and a cached one opens at once).
+SETTINGS = {
+    "users": ("ins_users", 10, 500, 10, DEFAULT_USERS),
+    "k": ("ins_k", 1, 20, 1, DEFAULT_K),
+    "pairs": ("ins_pairs", 10, 300, 10, DEFAULT_PAIRS),
+    "steps": ("ins_steps", STEP_CHOICES[0], STEP_CHOICES[-1], None, DEFAULT_STEPS),
+}
 EVALUATION_USERS = 500  # an in-app evaluation ranks this many test users: seconds, not minutes
 CHART_CONFIG = {"displayModeBar": False}
+
+
+def settings_from_url() -> None:
+    """Once per session: the sample settings from the URL where they are valid, else the defaults."""
+    if "insights_initialised" in st.session_state:
+        return
+    st.session_state.insights_initialised = True
+    for name, (key, low, high, step, default) in SETTINGS.items():
+        try:
+            value = int(st.query_params.get(name, default))
+        except ValueError:
+            value = default
+        fits = value in STEP_CHOICES if step is None else low <= value <= high and (value - low) % step == 0
+        st.session_state[key] = value if fits else default
+
+
+def settings_to_url(**values: int) -> None:
+    for name, value in values.items():
+        st.query_params[name] = str(value)
 
 
 def progress_bar(label: str):
@@ -124,10 +151,11 @@ def metrics_section(recommender) -> None:
 @st.fragment
 def importance_section(recommender) -> None:
     left, right = st.columns(2)
-    n_users = left.slider("Users sampled", 10, 500, DEFAULT_USERS, step=10, key="ins_users",
+    n_users = left.slider("Users sampled", 10, 500, step=10, key="ins_users",
                           help="A seeded sample of users with a history; the same settings give the same sample")
-    k = right.slider("Their top items", 1, 20, DEFAULT_K, key="ins_k",
+    k = right.slider("Their top items", 1, 20, key="ins_k",
                      help="Each sampled user's top-k recommendations are the rows explained")
+    settings_to_url(users=n_users, k=k)
     try:
         importance = cached_importance(recommender.checkpoint_id, recommender.dataset.meta.fingerprint, n_users, k,
                                        recommender)
@@ -151,10 +179,11 @@ def importance_section(recommender) -> None:
 @st.fragment
 def words_section(recommender) -> None:
     left, right = st.columns(2)
-    n_pairs = left.slider("Users sampled (their top item each)", 10, 300, DEFAULT_PAIRS, step=10, key="ins_pairs",
+    n_pairs = left.slider("Users sampled (their top item each)", 10, 300, step=10, key="ins_pairs",
                           help="Each sampled user's top recommendation is explained word by word")
-    n_steps = right.select_slider("IG steps", STEP_CHOICES, value=DEFAULT_STEPS, key="ins_steps",
+    n_steps = right.select_slider("IG steps", STEP_CHOICES, key="ins_steps",
                                   help="Integrated Gradients path steps: enough to rank words; more is slower")
+    settings_to_url(pairs=n_pairs, steps=n_steps)
     try:
         words = cached_words(recommender.checkpoint_id, recommender.dataset.meta.fingerprint, n_pairs, n_steps,
                              recommender)
@@ -187,6 +216,7 @@ st.caption("How the model behaves across many users, how it measures against sim
 recommender = recommender_or_error()
 if recommender is None:
     st.stop()
+settings_from_url()
 
 st.subheader("Ranking quality beside the baselines")
 metrics_section(recommender)

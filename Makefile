@@ -46,6 +46,8 @@ bench: $(DEV_STAMP) demo
 	$(PY) -m bench.features
 	$(PY) -m bench.latency --model $(DEMO)/model
 	$(PY) -m bench.quality
+	$(PY) -m bench.explain --model $(DEMO)/model
+	$(PY) -m bench.explain_truth --model $(DEMO)/model --data $(DEMO)/data
 
 clean:
 	rm -rf $(DEMO) .pytest_cache test-artifacts

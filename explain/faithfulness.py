@@ -142,7 +142,8 @@ class _RemovalScorer:
         """
         rows = torch.as_tensor(np.concatenate([np.zeros((1, removed.shape[1]), dtype=bool), removed]))
         mask = rows.to(self.forward.device).unsqueeze(-1)  # (V + 1, T, 1)
-        values = self.forward(torch.where(mask, self.replacement, self.embeds))
+        with PATH_THREADS:  # a batch of ~140 masked texts: as large as a path run, so as many threads
+            values = self.forward(torch.where(mask, self.replacement, self.embeds))
         return self.score + (values[1:] - values[0])
 
 

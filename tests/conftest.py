@@ -53,3 +53,28 @@ def tiny_model(tmp_path_factory, tiny_encoder, tiny_shop) -> Path:
           train_config=TrainConfig(epochs=2, batch_size=16, behaviour_epochs=2), base_model=str(tiny_encoder),
           progress=False, log=lambda *_: None)
     return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Hundreds of tiny forward passes: on a small shared CPU, waking a second thread costs more than the work."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def recommender(tiny_model):
+    """The tiny model served (a module's own `recommender` fixture overrides this one)."""
+    from model.checkpoint import load
+
+    return load(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def user(recommender) -> str:
+    """The first user with at least three history items."""
+    return next(u for u in recommender.user_ids if len(recommender.histories[u]) >= 3)

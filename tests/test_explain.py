@@ -29,32 +29,12 @@ from explain import (
 from explain.__main__ import main
 from explain.gradients import integrate, token_entries
 from explain.tokens import joint_change
-from model.checkpoint import load
 from model.sequences import UserHistory
 from model.serving import Recommender, ScoreView, score_view
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Hundreds of tiny forward passes: on a small shared CPU, waking a second thread costs more than the work.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def recommender(tiny_model):
-    return load(tiny_model)
-
-
 def some_user(recommender, min_items: int = 3) -> str:
     return next(u for u in recommender.user_ids if len(recommender.histories[u]) >= min_items)
-
-
-@pytest.fixture(scope="module")
-def user(recommender):
-    return some_user(recommender)
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,8 @@ import torch
 
 from explain import ExplanationError, PathSettings, TokenAttributor, explain, explain_pair, faithfulness
 from explain.faithfulness import agreement_with_shap, removal_curves
-from model.checkpoint import load
 from model.serving import score_view
-from tests.test_explain import linear_world, one_thread  # noqa: F401  (fixtures shared with the explain tests)
+from tests.test_explain import linear_world  # noqa: F401  (a fixture shared with the explain tests)
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +53,6 @@ def test_shap_partition_agrees_with_ig_on_a_linear_score(linear_tokens):
 
 
 # ---- the tiny model ---------------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def recommender(tiny_model):
-    return load(tiny_model)
-
-
-@pytest.fixture(scope="module")
-def user(recommender):
-    return next(u for u in recommender.user_ids if len(recommender.histories[u]) >= 3)
-
 
 @pytest.fixture(scope="module")
 def explained(recommender, user):

@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from data.features import FEATURES
 from explain import Attribution, Explanation, ExplanationError, explain
@@ -22,20 +21,6 @@ from explain.insights import (
     read_evaluation,
     sample_users,
 )
-from model.checkpoint import load
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def recommender(tiny_model):
-    return load(tiny_model, device="cpu")
 
 
 @pytest.fixture(scope="module")

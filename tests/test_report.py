@@ -27,24 +27,6 @@ EVIL = "<img src=x onerror=alert(1)>"
 K, STEPS = 3, 4  # small: the report's machinery is under test, not the explanations' precision
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def recommender(tiny_model):
-    return load(tiny_model)
-
-
-@pytest.fixture(scope="module")
-def user(recommender):
-    return next(u for u in recommender.user_ids if len(recommender.histories[u]) >= 3)
-
-
 @pytest.fixture(scope="module")
 def calls():
     return []

@@ -9,19 +9,8 @@ import torch
 
 from data.features import FEATURE_NAMES
 from explain import explain
-from model.checkpoint import load
 from model.errors import ModelError
 from model.whatif import ITEM_FEATURES, edited_history, feature_ranges, rank_changes, ranking
-
-
-@pytest.fixture(scope="module")
-def recommender(tiny_model):
-    return load(tiny_model)
-
-
-@pytest.fixture(scope="module")
-def user(recommender):
-    return next(u for u in recommender.user_ids if len(recommender.histories[u]) >= 3)
 
 
 @pytest.fixture(scope="module")

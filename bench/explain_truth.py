@@ -6,8 +6,9 @@ recency, popularity, noise) and, for a text taste, the word it fired on. Three c
   tokens, held-out    views late in a user's timeline whose planted cause is a brand or attribute taste, on an
                       item the user had not touched before: the score of that item at that moment, explained from
                       the events before it alone (explain(..., at=)); a hit when the planted word is among the
-                      item's top-3 terms (explain.base.Attribution.terms: a word's occurrences summed, words with
-                      a letter or digit only, positive values only). Chance: 3 / the item's terms.
+                      item's top-3 terms, counted as the Insights page counts driving words (explain.insights.
+                      item_words: a word's occurrences summed, positive values, no punctuation and no "Brand:" or
+                      "Category:" field labels). Chance: 3 / the item's positive terms.
   tokens, top-10      (user, item) pairs of the users' current top 10 where the item carries one of the user's
                       planted brand or attribute words: a hit when one of them is among the top-3 terms.
   behaviour, held-out views whose planted cause is a behaviour, as many of each: price (the item is cheap
@@ -42,12 +43,11 @@ LATE = 0.5  # held-out events come from the later half of a user's timeline, whe
 
 
 def top_terms(explanation, n: int = 3) -> tuple[list[str], int]:
-    """The item's n strongest positive terms (case-folded) and how many word terms it has."""
-    terms = explanation.part("item_tokens").terms()
-    words = [(name.casefold(), value) for name, value in zip(terms.names, terms.values)
-             if any(ch.isalnum() for ch in name)]
-    ranked = sorted(words, key=lambda nv: -nv[1])
-    return [name for name, value in ranked[:n] if value > 0], len(words)
+    """The item's n strongest positive terms, as the Insights page counts driving words, and how many it has."""
+    from explain.insights import item_words
+
+    every = item_words(explanation, top=10**6)  # positive terms only: chance is measured generously
+    return [name for name, _ in every[:n]], max(len(every), 1)
 
 
 def top_features(explanation) -> tuple[str | None, str | None]:

@@ -126,6 +126,8 @@ class TextSimilarity:
     name = "text zero-shot"
 
     def __init__(self, text_embeddings: torch.Tensor | np.ndarray) -> None:
+        if torch.is_tensor(text_embeddings):  # the recommender keeps them on its device, maybe a GPU
+            text_embeddings = text_embeddings.detach().float().cpu().numpy()
         embeddings = np.asarray(text_embeddings, dtype=np.float32)  # (N, H)
         if embeddings.ndim != 2:
             raise ModelError(f"text embeddings must be (items, dim), got shape {embeddings.shape}")

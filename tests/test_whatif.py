@@ -37,7 +37,7 @@ def test_an_override_changes_the_behaviour_part_exactly_as_the_head_says(recomme
     assert not np.allclose(features[:, FEATURE_NAMES.index(name)], value)  # the override is a change
     features[:, FEATURE_NAMES.index(name)] = value
     with torch.no_grad():
-        expected = recommender.net.behaviour_score(torch.as_tensor(features)).double().numpy()
+        expected = recommender.net.behaviour_score(torch.as_tensor(features, device=recommender.device)).double().cpu().numpy()
     before, after = recommender.score_parts(real), recommender.score_parts(edited)
     np.testing.assert_allclose(after["behaviour"], expected, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(after["text"], before["text"])  # only the behaviour part moves

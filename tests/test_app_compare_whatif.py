@@ -222,3 +222,23 @@ def test_the_bump_chart_escapes_titles_and_places_every_move():
     y = {trace.hovertext[0].split("<br>")[0]: list(trace.y) for trace in figure.data}
     assert y["c"] == [3, 1] and y["b"] == [2, 2] and y["&lt;img src=x onerror=alert(1)&gt;"] == [1, 3]  # 3: below #2
     assert [move_label(row) for row in changes.itertuples()] == ["▲ new (was #3)", "=", "▼ out (in history now)"]
+
+
+# ---- from the Recommend page ------------------------------------------------------------------------------------------
+
+def test_recommend_opens_compare_and_report_on_its_own_list(app, recommender):
+    app.run()
+    users = app.selectbox(key="rec_user").options
+    app.selectbox(key="rec_user").select(users[3]).run()
+    app.button(key="rec_to_compare").click().run()
+    assert not app.exception, app.exception
+    top = recommender.recommend(user_id=users[3], k=2)
+    assert app.selectbox(key="cmp_user").value == users[3]  # not the Compare page's default, the first user
+    assert (app.selectbox(key="cmp_a").value, app.selectbox(key="cmp_b").value) == (top[0].item_id, top[1].item_id)
+
+    app.switch_page("views/recommend.py").run()
+    app.selectbox(key="rec_user").select(users[5]).run()
+    app.slider(key="rec_k").set_value(7).run()
+    app.button(key="rec_to_report").click().run()
+    assert not app.exception, app.exception
+    assert (app.selectbox(key="rep_user").value, app.slider(key="rep_k").value) == (users[5], 7)

@@ -9,6 +9,7 @@ from data.errors import WhyRecError
 from views.explanation_panel import explanation_panel
 from views.loaders import recommender_or_error
 from views.profile import profile_card
+from views.state import forget
 from views.text import md_escape
 
 PART_REASONS = {
@@ -124,6 +125,24 @@ with st.container():
             "reason": st.column_config.TextColumn("Why, in one line", width=420),
         },
     )
+
+def open_page(page: str, initialised: str, saved: str | None, **link) -> None:
+    """Open another page on this list: it reads the link afresh, not what it showed on an earlier visit."""
+    st.session_state.pop(initialised, None)
+    if saved:
+        forget(saved)
+    st.switch_page(page, query_params={key: str(value) for key, value in link.items() if value})
+
+
+same = {"user": user_id, "query": query}
+compare_link, report_link, _ = st.columns([1, 1, 2])
+if len(frame) >= 2 and compare_link.button("Compare #1 and #2", icon=":material/compare_arrows:", key="rec_to_compare",
+                                           help="Why does the first item rank above the second?"):
+    open_page("views/compare.py", "cmp_initialised", "cmp_saved", **same, a=frame["item_id"].iloc[0],
+              b=frame["item_id"].iloc[1])
+if report_link.button("Export this list as a report", icon=":material/description:", key="rec_to_report",
+                      help="HTML, PDF or JSON, with every explanation"):
+    open_page("views/report.py", "report_initialised", None, **same, k=len(frame))
 
 with st.container(border=True):
     explanation_panel(recommender, frame, user_id, query)

@@ -195,7 +195,7 @@ def run(model_dir: Path, n_pairs: int, n_full: int, n_sweep: int, n_agreement: i
 
 def main(argv: list[str] | None = None) -> int:
     from bench.latency import limit_threads, machine
-    from explain.gradients import _path_threads
+    from explain.gradients import path_threads
 
     parser = argparse.ArgumentParser(prog="python -m bench.explain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -228,12 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.disable_progress_bar()
     limit_threads(args.threads)
     print(f"explaining {args.pairs} pairs with {model_dir} on {args.device}, {args.threads} serving thread(s), "
-          f"{_path_threads()} path thread(s)", flush=True)
+          f"{path_threads()} path thread(s)", flush=True)
     result = run(model_dir, args.pairs, min(args.full, args.pairs), min(args.sweep, args.pairs),
                  min(args.agreement, args.pairs), args.seed, args.device, args.fast_steps)
     summary = {"benchmark": "explain",
                "machine": {**machine(result["device"]), "torch_threads": torch.get_num_threads(),
-                           "path_threads": _path_threads()},
+                           "path_threads": path_threads()},
                **result}
     s = result["summary"]
     if s["full_explanation_seconds_median"] is not None:

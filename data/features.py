@@ -109,6 +109,8 @@ FEATURES: tuple[FeatureSpec, ...] = (
     ),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(spec.name for spec in FEATURES)
+# The features about the item alone, the same for every user at a moment (the rest depend on the user too).
+ITEM_FEATURES: tuple[str, ...] = ("item_popularity", "item_conversion", "item_freshness")
 _COLUMN = {name: j for j, name in enumerate(FEATURE_NAMES)}
 
 AFFINITY_HALF_LIFE_DAYS = 30.0  # a month-old event counts half as much as today's
@@ -469,7 +471,7 @@ class FeatureStore:
         return max(last) + 1 if last else 0
 
 
-_ITEM_COLUMNS = [_COLUMN[name] for name in ("item_popularity", "item_conversion", "item_freshness")]
+_ITEM_COLUMNS = [_COLUMN[name] for name in ITEM_FEATURES]
 _USER_COLUMNS = [j for j in range(len(FEATURES)) if j not in _ITEM_COLUMNS]
 
 

@@ -72,7 +72,7 @@ def explain(recommender, item_id, user_id=None, query=None, n_steps: int = 50, *
     score as of that moment, from the events before it alone (history and features), as the model saw it then."""
     started = time.perf_counter()
     settings = _settings(n_steps, method, internal_batch_size, baseline, drill_down)
-    context = _context(recommender, user_id, query, history, feature_overrides, at)
+    context = explained_context(recommender, user_id, query, history, feature_overrides, at)
     side = _side(recommender, context, item_id, history, settings)
     _drill(recommender, [side], settings, drill_down)
     side.timing["total"] = time.perf_counter() - started
@@ -86,7 +86,7 @@ def explain_pair(recommender, item_a, item_b, user_id=None, query=None, n_steps:
     """Why A scores above (or below) B for the same user and query: the margin score(A) - score(B), part by part."""
     started = time.perf_counter()
     settings = _settings(n_steps, method, internal_batch_size, baseline, drill_down)
-    context = _context(recommender, user_id, query, history, feature_overrides, at)
+    context = explained_context(recommender, user_id, query, history, feature_overrides, at)
     a = _side(recommender, context, item_a, history, settings)
     b = _side(recommender, context, item_b, history, settings)
     _drill(recommender, [a, b], settings, drill_down)
@@ -108,7 +108,8 @@ def _settings(n_steps, method, internal_batch_size, baseline, drill_down) -> Pat
     return PathSettings(n_steps, method, internal_batch_size, baseline)
 
 
-def _context(recommender, user_id, query, history, feature_overrides=None, at=None):
+def explained_context(recommender, user_id, query, history, feature_overrides=None, at=None):
+    """The context an explanation reads (faithfulness rebuilds it the same way); bad input -> ExplanationError."""
     if at is not None:
         try:
             at = pd.Timestamp(at)

@@ -92,10 +92,10 @@ def removal_curves(recommender, view, part: Attribution, score: float, *, k_max:
 
 def _view(recommender, explanation: Explanation, history, at=None):
     """The explained score's view again; `history` and `at` must be what the explanation was given."""
-    from explain.explanations import _context
+    from explain.explanations import explained_context
     from model.serving import score_view
 
-    context = _context(recommender, explanation.user_id, explanation.query, history, at=at)
+    context = explained_context(recommender, explanation.user_id, explanation.query, history, at=at)
     try:
         with TOKENIZING:
             position = int(recommender.item_positions([explanation.item_id])[0])

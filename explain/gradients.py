@@ -52,7 +52,7 @@ class LockedTokenizer:
         return getattr(self._tokenizer, name)
 
 
-def _path_threads() -> int:
+def path_threads() -> int:
     """CPU threads for one path run: WHYREC_PATH_THREADS, else every core this process may use (at most 8)."""
     wanted = os.environ.get("WHYREC_PATH_THREADS", "")
     if wanted.strip():
@@ -82,7 +82,7 @@ class _PathThreads:
         with self._lock:
             if self._running == 0:
                 self._restore = torch.get_num_threads()
-                wanted = _path_threads()
+                wanted = path_threads()
                 if wanted > self._restore:
                     torch.set_num_threads(wanted)
             self._running += 1

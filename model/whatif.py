@@ -20,14 +20,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from data.features import _ITEM_COLUMNS, FEATURE_NAMES, FEATURES
+from data.features import FEATURE_NAMES, FEATURES, ITEM_FEATURES
 from data.schema import EVENT_TYPES
 from model.errors import ModelError
 
 RANGE_SAMPLE_USERS = 500  # users whose whole-catalog features make up the observed range (all, when fewer)
 RANGE_SEED = 0  # a fixed sample: the same model offers the same slider bounds every time
 RANGE_TOLERANCE = 1e-6  # relative: a value this close outside a bound is the bound (float rounding of sliders)
-ITEM_FEATURES = tuple(FEATURE_NAMES[j] for j in _ITEM_COLUMNS)  # about the item alone, the same for every user
 EVENT_COLUMNS = ["user_id", "item_id", "timestamp", "event", "value"]
 
 _ranges: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # recommender -> {checkpoint_id: frame}

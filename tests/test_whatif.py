@@ -138,7 +138,8 @@ def test_removing_the_whole_history_ranks_as_a_cold_start(recommender, user):
     assert any("no history" in note for note in frame.attrs["notes"])
     explanation = explain(recommender, frame["item_id"][0], user_id=user, history=history, n_steps=8, drill_down=0)
     assert "no_history" in explanation.flags
-    assert explanation.score == pytest.approx(frame["score"][0], rel=1e-6)
+    # float32 parts of a few units can cancel to a score near 0: compare to float32 rounding of the parts
+    assert explanation.score == pytest.approx(frame["score"][0], rel=1e-6, abs=1e-6)
 
 
 def _ranked(ids):

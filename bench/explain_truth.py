@@ -32,6 +32,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from explain.gradients import BASELINES
+
 RESULTS = Path(__file__).resolve().parent / "results"
 CAUSE_FEATURES = {
     "price": ("price_fit",),
@@ -87,6 +89,9 @@ def main(argv=None) -> int:
     parser.add_argument("--n-steps", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--baseline", choices=tuple(BASELINES), default="template",
+                        help="the IG baseline of the token checks (default: template)")
+    parser.add_argument("--checks", default="tokens,behaviour", help="which checks to run, comma-separated")
     parser.add_argument("--out", type=Path, default=RESULTS / "explain_truth.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -97,10 +102,15 @@ def main(argv=None) -> int:
     started = time.perf_counter()
 
     def explained(user, item, at=None):
-        return explain(recommender, item, user_id=user, n_steps=args.n_steps, drill_down=0, at=at)
+        return explain(recommender, item, user_id=user, n_steps=args.n_steps, drill_down=0, at=at,
+                       baseline=args.baseline)
 
+    checks = {c.strip() for c in args.checks.split(",") if c.strip()}
+    if not checks or checks - {"tokens", "behaviour"}:
+        parser.error(f"--checks {args.checks!r}: name tokens, behaviour or both")
+    token_pairs = args.pairs if "tokens" in checks else 0
     held_tokens = []
-    for row in held_out_views(dataset, causes, TEXT_CAUSES, rng, first_touch=True).head(args.pairs).itertuples():
+    for row in held_out_views(dataset, causes, TEXT_CAUSES, rng, first_touch=True).head(token_pairs).itertuples():
         top, n_terms = top_terms(explained(row.user_id, row.item_id, row.timestamp))
         held_tokens.append({"user_id": row.user_id, "item_id": row.item_id, "cause": row.cause, "token": row.token,
                             "top3": top, "hit": str(row.token).casefold() in top, "chance": min(1.0, 3 / n_terms)})
@@ -108,7 +118,7 @@ def main(argv=None) -> int:
     top10 = []
     users = [u for u in recommender.user_ids if u in truth["users"] and len(recommender.histories[u])]
     for user in rng.permutation(users):
-        if len(top10) >= args.pairs:
+        if len(top10) >= token_pairs:
             break
         planted = truth["users"][user]
         words = {w.casefold() for w in [*planted["brands"], *planted["attributes"]]}
@@ -123,7 +133,7 @@ def main(argv=None) -> int:
 
     behaviour = []
     n_features = len(recommender.feature_names)
-    per_cause = max(1, args.pairs // len(CAUSE_FEATURES))
+    per_cause = max(1, args.pairs // len(CAUSE_FEATURES)) if "behaviour" in checks else 0
     behaviour_views = pd.concat([held_out_views(dataset, causes, (cause,), rng, first_touch=False).head(per_cause)
                                  for cause in CAUSE_FEATURES])
     for row in behaviour_views.itertuples():
@@ -144,6 +154,7 @@ def main(argv=None) -> int:
                 for cause in CAUSE_FEATURES}
     result = {
         "benchmark": "explain_truth", "checkpoint_id": recommender.checkpoint_id, "n_steps": args.n_steps,
+        "baseline": args.baseline,
         "device": str(recommender.device),
         "summary": {
             "token_held_out_pairs": len(held_tokens), "token_held_out_top3": share(held_tokens),

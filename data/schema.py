@@ -56,15 +56,41 @@ class Event:
     value: float | None = None
 
 
+ITEM_TEXT_SEPARATOR = ". "  # between the fields of an item's text
+ITEM_TEXT_LABELS = {"brand": "Brand: ", "category": "Category: "}  # before the fields that need naming
+
+
 def item_text(title, brand=None, category=None, description=None) -> str:
-    parts = [title]
+    """The product text the encoder reads: "title. Brand: b. Category: c. description", empty fields left out."""
+    return item_text_layout(title, brand, category, description)[0]
+
+
+def item_text_layout(title, brand=None, category=None, description=None) -> tuple[str, tuple[tuple[int, int], ...]]:
+    """`item_text` and the character spans of its template: the field labels and the separators between fields.
+
+    The template is the same on every item and says nothing about it; an explainer can keep it as it is.
+    """
+    fields = [("", title)]
     if brand:
-        parts.append(f"Brand: {brand}")
+        fields.append((ITEM_TEXT_LABELS["brand"], brand))
     if category:
-        parts.append(f"Category: {category}")
+        fields.append((ITEM_TEXT_LABELS["category"], category))
     if description:
-        parts.append(str(description))
-    return ". ".join(str(p).strip() for p in parts if p is not None and str(p).strip())
+        fields.append(("", description))
+    text, spans = "", []
+    for label, value in fields:
+        if value is None:
+            continue
+        part = f"{label}{value}".strip()
+        if not part:
+            continue
+        if text:
+            spans.append((len(text), len(text) + len(ITEM_TEXT_SEPARATOR)))
+            text += ITEM_TEXT_SEPARATOR
+        if label and part.startswith(label.strip()):
+            spans.append((len(text), len(text) + min(len(label), len(part))))
+        text += part
+    return text, tuple(spans)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """WhyRec explanations: token attributions (Integrated Gradients) and behaviour attributions (SHAP).
 
-    explain(recommender, item_id, user_id=None, query=None, n_steps=50, *, history=None, baseline="pad")
+    explain(recommender, item_id, user_id=None, query=None, n_steps=50, *, history=None, baseline="template")
     explain_pair(recommender, item_a, item_b, user_id=None, query=None, n_steps=50)
     faithfulness(recommender, explanation, *, agreement=False)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from data.cli import run
-from explain.gradients import BASELINES, N_STEPS_RANGE
+from explain.gradients import BASELINES, DEFAULT_BASELINE, N_STEPS_RANGE
 from explain.report import FORMATS
 
 TOP = 5  # entries shown per part
@@ -59,7 +59,8 @@ def _context_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--query", help="typed query")
     low, high = N_STEPS_RANGE
     parser.add_argument("--steps", type=int, default=50, help=f"Integrated Gradients steps, {low}..{high}")
-    parser.add_argument("--baseline", choices=tuple(BASELINES), default="pad", help="what text starts from in IG")
+    parser.add_argument("--baseline", choices=tuple(BASELINES), default=DEFAULT_BASELINE,
+                        help="what text starts from in IG")
     parser.add_argument("--json", type=Path, help="write the explanation here (explain.base JSON schema)")
 
 

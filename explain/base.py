@@ -23,7 +23,8 @@ JSON schema (`Explanation.to_dict`, `schema_version` 1); every float is a JSON n
           "kind": "item_tokens" | "query_tokens" | "history" | "collaborative" | "behaviour" | "history_tokens",
           "in_total": bool,       # derived from kind: false only for the drill-down "history_tokens"
           "names": [str], "values": [float],
-          "details": [object],    # one per name: token position and span, history item, feature unit, ...
+          "details": [object],    # one per name: token position, span, word and "template" (a field label or
+                                  # separator of the item text), history item, feature unit, ...
           "base_value": float,    # the output this part's run starts from; shared by the parts of one run
           "method": str,          # "integrated_gradients", "shap_exact"
           "parameters": object,   # n_steps, baseline, internal_batch_size, background size, run, ...
@@ -137,7 +138,7 @@ class Attribution:
     def terms(self) -> Attribution:
         """Whole words merged into distinct terms: every occurrence of a word (case-folded) summed.
 
-        An item text can say its brand in the title and again after "Brand:"; IG is additive, so the sum over
+        An item text can say its brand in the title and again in its description; IG is additive, so the sum over
         the occurrences is what the word contributes wherever it appears. The total stays the same; a term is
         named as first written, and its details list every position.
         """

@@ -28,7 +28,7 @@ from data.errors import WhyRecError
 from explain.base import Attribution, Explanation
 from explain.behaviour import BehaviourAttributor
 from explain.errors import ExplanationError
-from explain.gradients import TOKENIZING, PathSettings
+from explain.gradients import DEFAULT_BASELINE, TOKENIZING, PathSettings
 from explain.history import DRILL_DOWN_UNITS, HistoryTokenAttributor
 from explain.tokens import TokenAttributor, joint_change
 
@@ -64,7 +64,7 @@ class _Side:
 
 
 def explain(recommender, item_id, user_id=None, query=None, n_steps: int = 50, *,
-            history: pd.DataFrame | None = None, baseline: str = "pad", method: str = "gausslegendre",
+            history: pd.DataFrame | None = None, baseline: str = DEFAULT_BASELINE, method: str = "gausslegendre",
             internal_batch_size: int | None = None, drill_down: int = DRILL_DOWN_UNITS,
             feature_overrides: dict[str, float] | None = None, at=None) -> Explanation:
     """Why `item_id` got its score for a user, a query or both; `history` replaces the user's own and
@@ -80,7 +80,7 @@ def explain(recommender, item_id, user_id=None, query=None, n_steps: int = 50, *
 
 
 def explain_pair(recommender, item_a, item_b, user_id=None, query=None, n_steps: int = 50, *,
-                 history: pd.DataFrame | None = None, baseline: str = "pad", method: str = "gausslegendre",
+                 history: pd.DataFrame | None = None, baseline: str = DEFAULT_BASELINE, method: str = "gausslegendre",
                  internal_batch_size: int | None = None, drill_down: int = DRILL_DOWN_UNITS,
                  feature_overrides: dict[str, float] | None = None, at=None) -> Explanation:
     """Why A scores above (or below) B for the same user and query: the margin score(A) - score(B), part by part."""

@@ -1,6 +1,7 @@
 """Faithfulness, measured: do the tokens IG ranks highest really move the score, more than random ones do?
 
-Definitions (n = the item's real tokens, word pieces counted singly; [CLS]/[SEP] never move). Removing a token
+Definitions (n = the item's real tokens, word pieces counted singly; [CLS]/[SEP] never move, nor does the item
+text's template under a baseline that keeps it, gradients.KEEPS_TEMPLATE). Removing a token
 replaces its embedding with the explanation's baseline token ([PAD] by default), keeping the attention mask and
 every other input, and the score is recomputed through the score view. s(S) is the score with the tokens in S
 removed; top_k are the k tokens with the largest IG values (most positive first); K = min(k_max, n).
@@ -33,7 +34,15 @@ from data.errors import WhyRecError
 from explain.base import Attribution, Explanation
 from explain.behaviour import import_shap
 from explain.errors import ExplanationError
-from explain.gradients import PATH_THREADS, TOKENIZING, LockedTokenizer, baseline_token_id, device_of, text_baseline
+from explain.gradients import (
+    KEEPS_TEMPLATE,
+    PATH_THREADS,
+    TOKENIZING,
+    LockedTokenizer,
+    baseline_token_id,
+    device_of,
+    text_baseline,
+)
 
 K_MAX = 10  # the first ten tokens removed: past them an item title is mostly gone
 RANDOM_DRAWS = 5  # random orders averaged for the random bar; each costs 2 (k_max + 1) forward rows
@@ -69,11 +78,18 @@ def faithfulness(recommender, explanation: Explanation, *, history: pd.DataFrame
     return result
 
 
+def removable(part: Attribution) -> list[int]:
+    """Indices into `part` of the tokens a removal may take: all but the template where the baseline keeps it."""
+    keeps_template = part.parameters.get("baseline") in KEEPS_TEMPLATE
+    return [i for i, d in enumerate(part.details) if not (keeps_template and d.get("template"))]
+
+
 def removal_curves(recommender, view, part: Attribution, score: float, *, k_max: int = K_MAX,
                    random_draws: int = RANDOM_DRAWS, seed: int = 0) -> dict:
     """The deletion and insertion measures above for one item_tokens part of the score `view` reproduces."""
-    positions = np.array([d["position"] for d in part.details], dtype=np.int64)
-    ig_values = np.asarray(part.values, dtype=np.float64)
+    kept = removable(part)
+    positions = np.array([part.details[i]["position"] for i in kept], dtype=np.int64)
+    ig_values = np.asarray(part.values, dtype=np.float64)[kept]
     kind = part.parameters["baseline"]
     n = len(positions)
     result = {"score": score, "n_tokens": n, "baseline": kind, "k_max": min(k_max, n),
@@ -132,7 +148,8 @@ class _RemovalScorer:
         self.forward = _ItemForward(recommender, view)
         self.embeds = view.item_embeds.to(self.forward.device)  # (1, T, H)
         self.replacement = text_baseline(view, view.item_input_ids.to(self.forward.device), self.embeds,
-                                         encoder.word_embeddings, kind, encoder.tokenizer.mask_token_id)
+                                         encoder.word_embeddings, kind, encoder.tokenizer.mask_token_id,
+                                         view.item_template)
         self.score = score
 
     def scores(self, removed: np.ndarray) -> np.ndarray:
@@ -185,8 +202,9 @@ def _curves(scorer: _RemovalScorer, positions: np.ndarray, ig_values: np.ndarray
 def agreement_with_shap(recommender, view, part: Attribution, max_evals: int = MAX_EVALS) -> dict:
     """SHAP Partition values of the same tokens (Text masker, the baseline token as mask) and their rank agreement."""
     shap = import_shap()
-    positions = np.array([d["position"] for d in part.details], dtype=np.int64)
-    ig_values = np.asarray(part.values, dtype=np.float64)
+    kept = removable(part)
+    positions = np.array([part.details[i]["position"] for i in kept], dtype=np.int64)
+    ig_values = np.asarray(part.values, dtype=np.float64)[kept]
     kind, ig_seconds = part.parameters["baseline"], part.seconds
     encoder = recommender.net.encoder
     out = {"method": "shap_partition", "max_evals": max_evals, "ig_seconds": ig_seconds, "spearman": None,
@@ -205,11 +223,16 @@ def agreement_with_shap(recommender, view, part: Attribution, max_evals: int = M
         out["note"] = "the tokenizer does not give the model's tokens back from the text; no comparison"
         return out
     forward = _ItemForward(recommender, view)
+    # Where the baseline keeps the template, SHAP may not take it away either: its tokens are put back.
+    fixed = list(view.item_template) if kind in KEEPS_TEMPLATE else []
+    original = view.item_input_ids[0].cpu().numpy()
 
     def score(token_ids) -> np.ndarray:  # SHAP's masked variants of the token ids, (V, T)
+        token_ids = np.array(token_ids, dtype=np.int64)
+        if fixed:
+            token_ids[:, fixed] = original[fixed]
         with torch.no_grad():
-            embeds = encoder.word_embeddings(torch.as_tensor(np.asarray(token_ids, dtype=np.int64),
-                                                             device=forward.device))
+            embeds = encoder.word_embeddings(torch.as_tensor(token_ids, device=forward.device))
         return forward(embeds)
 
     with PATH_THREADS:  # the same CPU threads as the IG run it is compared with
@@ -218,7 +241,8 @@ def agreement_with_shap(recommender, view, part: Attribution, max_evals: int = M
     out.update(shap_values=shap_values.tolist(), shap_base_value=float(np.asarray(result.base_values).reshape(-1)[0]),
                seconds=time.perf_counter() - started)
     # SHAP's own faithfulness, by the same deletion test as IG's: is the second opinion any better?
-    shap_part = dataclasses.replace(part, values=tuple(shap_values), method="shap_partition")
+    shap_part = dataclasses.replace(part, names=tuple(part.names[i] for i in kept), values=tuple(shap_values),
+                                    details=tuple(part.details[i] for i in kept), method="shap_partition")
     shap_curves = removal_curves(recommender, view, shap_part, 0.0, random_draws=1)
     out.update(deletion_top3_drop=shap_curves["deletion_top3_drop"],
                aopc_comprehensiveness=shap_curves["aopc_comprehensiveness"])

@@ -29,7 +29,15 @@ BASELINES = {
     "pad": "[PAD] embeddings, [CLS]/[SEP] kept: text that says nothing, at full length",
     "zero": "zero vectors, [CLS]/[SEP] kept: the origin of the embedding space",
     "mask": "[MASK] embeddings, [CLS]/[SEP] kept: every word hidden (tokenizers with a mask token)",
+    "template": "[PAD] embeddings, [CLS]/[SEP] and the item text's template (the \"Brand:\" and \"Category:\" "
+                "labels, the separators between fields) kept: the item's own words removed, its form kept",
 }
+# The default: an item explained by its own words. With plain "pad", the field labels are removed along with the
+# content, and an item's score is partly "explained" by the word "Brand" (bench/explain.py measures both).
+DEFAULT_BASELINE = "template"
+# Baselines that keep the template: its tokens are then the same at both ends of the path, get exactly zero, and
+# are never removed by the faithfulness tests either (removing them would break the form, not the content).
+KEEPS_TEMPLATE = frozenset({"template"})
 
 # A Hugging Face fast tokenizer keeps its truncation setting as state that every call resets: two threads
 # tokenizing with different limits (item text at max_item_tokens, a query at max_query_tokens) can cut one text
@@ -104,7 +112,7 @@ class PathSettings:
     n_steps: int = 50  # points on the path; Gauss-Legendre converges fast, see bench/explain.py for the delta
     method: str = "gausslegendre"  # Captum's quadrature rule; the Riemann rules need several times the steps
     internal_batch_size: int | None = None  # path points per forward pass; None = all at once (lower to save memory)
-    baseline: str = "pad"  # what a text input starts from: a key of BASELINES; vectors always start at zero
+    baseline: str = DEFAULT_BASELINE  # what a text input starts from: a key of BASELINES; vectors start at zero
 
     def __post_init__(self) -> None:
         low, high = N_STEPS_RANGE
@@ -165,11 +173,19 @@ def integrate(forward: Callable[..., torch.Tensor], inputs: Sequence[torch.Tenso
 
 
 def text_baseline(view, input_ids: torch.Tensor, embeds: torch.Tensor, word_embeddings, kind: str,
-                  mask_token_id: int | None) -> torch.Tensor:
-    """(1, T, H) the baseline of a text input: its special tokens kept, every other token replaced per `kind`."""
+                  mask_token_id: int | None, template: Sequence[int] = ()) -> torch.Tensor:
+    """(1, T, H) the baseline of a text input: its special tokens kept, every other token replaced per `kind`.
+
+    `template`: positions of the input's template tokens (ScoreView.item_template; none in a query), kept too
+    by the baselines of KEEPS_TEMPLATE.
+    """
     if kind == "pad":
         return view.pad_baseline(input_ids, embeds, word_embeddings)
     keep = torch.isin(input_ids, torch.tensor(view.special_tokens, device=input_ids.device)).unsqueeze(-1)
+    if kind in KEEPS_TEMPLATE:
+        kept = torch.zeros_like(keep)
+        kept[0, list(template)] = True
+        return torch.where(keep | kept, embeds, view.pad_baseline(input_ids, embeds, word_embeddings)).detach()
     if kind == "zero":
         replacement = torch.zeros_like(embeds)
     elif kind == "mask":
@@ -190,10 +206,11 @@ def baseline_token_id(view, kind: str, mask_token_id: int | None) -> int:
 
 
 def token_entries(tokenizer, input_ids: torch.Tensor, offsets: Sequence[tuple[int, int]], text: str,
-                  special_tokens: Sequence[int], pad_token_id: int) -> list[dict]:
+                  special_tokens: Sequence[int], pad_token_id: int, template: Sequence[int] = ()) -> list[dict]:
     """One entry per real token of a (1, T) text: position, token, span in `text`, and the word it belongs to.
 
     [CLS]/[SEP]/[PAD] are left out: the baseline keeps the first two, so their attribution is exactly zero.
+    Tokens of the text's template (positions in `template`) stay in, marked "template": True.
     A token continues the previous word when its span starts where the previous one ended and letters or digits
     meet there: WordPiece's "##" pieces, but also any other tokenizer's, read from the offsets alone.
     """
@@ -209,7 +226,8 @@ def token_entries(tokenizer, input_ids: torch.Tensor, offsets: Sequence[tuple[in
                      and text[start - 1].isalnum() and text[start].isalnum())
         word_index = previous["word_index"] + (0 if continues else 1) if previous else 0
         entries.append({"position": position, "token": piece, "start": int(start), "end": int(end),
-                        "word_index": word_index, "word_start": previous["word_start"] if continues else int(start)})
+                        "word_index": word_index, "word_start": previous["word_start"] if continues else int(start),
+                        "template": position in template})
     word_end = {entry["word_index"]: entry["end"] for entry in entries}  # the last piece of each word wins
     for entry in entries:
         entry["word"] = text[entry["word_start"]:word_end[entry["word_index"]]]

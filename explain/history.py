@@ -105,13 +105,15 @@ class HistoryTokenAttributor:
         tokenizer = encoder.tokenizer
         inputs = [v.item_embeds.to(device) for v in unit_views]
         baselines = [text_baseline(v, v.item_input_ids.to(device), x, encoder.word_embeddings,
-                                   self.settings.baseline, tokenizer.mask_token_id) for v, x in zip(unit_views, inputs)]
+                                   self.settings.baseline, tokenizer.mask_token_id, v.item_template)
+                     for v, x in zip(unit_views, inputs)]
         run = integrate(forward, inputs, baselines, self.settings)
         names, values, details = [], [], []
         for u, unit_view, attribution in zip(chosen, unit_views, run.attributions):
             unit = described[u]
             for entry in token_entries(tokenizer, unit_view.item_input_ids, unit_view.item_offsets,
-                                       unit_view.item_text, unit_view.special_tokens, unit_view.pad_token_id):
+                                       unit_view.item_text, unit_view.special_tokens, unit_view.pad_token_id,
+                                       unit_view.item_template):
                 names.append(entry["token"])
                 values.append(float(attribution[entry["position"]]))
                 details.append({**entry, "item_id": unit["item_id"], "title": unit["title"], "unit": u})

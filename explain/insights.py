@@ -204,7 +204,8 @@ class DrivingWords:
 def item_words(explanation, top: int = TOP_WORDS) -> list[tuple[str, float]]:
     """The item's `top` terms (a word's occurrences summed, case-folded) with the largest positive attribution.
 
-    Punctuation and the field labels every item text has (FIELD_LABELS before a colon) are left out.
+    Punctuation and the item text's template (tokens marked "template"; in explanations saved without the mark,
+    FIELD_LABELS before a colon) are left out.
     """
     part = explanation.part("item_tokens")
     if part is None or not len(part):
@@ -213,7 +214,8 @@ def item_words(explanation, top: int = TOP_WORDS) -> list[tuple[str, float]]:
     labels = {index for index, following in pairwise(written)
               if written[index] in FIELD_LABELS and written[following] == ":"}
     keep = [j for j, detail in enumerate(part.details)
-            if detail["word_index"] not in labels and any(ch.isalnum() for ch in detail["word"])]
+            if detail["word_index"] not in labels and not detail.get("template")
+            and any(ch.isalnum() for ch in detail["word"])]
     if not keep:
         return []
     kept = Attribution(part.kind, tuple(part.names[j] for j in keep), tuple(part.values[j] for j in keep),

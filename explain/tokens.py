@@ -58,7 +58,7 @@ class TokenAttributor:
 
         item_embeds = view.item_embeds.to(device)
         slots = {"item": (item_embeds, text_baseline(view, view.item_input_ids.to(device), item_embeds,
-                                                     encoder.word_embeddings, kind, mask_id))}
+                                                     encoder.word_embeddings, kind, mask_id, view.item_template))}
         if view.query_embeds is not None:
             query_embeds = view.query_embeds.to(device)
             slots["query"] = (query_embeds, text_baseline(view, view.query_input_ids.to(device), query_embeds,
@@ -83,7 +83,7 @@ class TokenAttributor:
                                run.delta, run.seconds, tuple(details))
 
         item_entries = token_entries(tokenizer, view.item_input_ids, view.item_offsets, view.item_text,
-                                     view.special_tokens, view.pad_token_id)
+                                     view.special_tokens, view.pad_token_id, view.item_template)
         query_entries = [] if view.query_input_ids is None else token_entries(
             tokenizer, view.query_input_ids, view.query_offsets, view.query_text, view.special_tokens,
             view.pad_token_id)

@@ -277,6 +277,12 @@ def _before(history: UserHistory, moment_ns: int) -> UserHistory:
                        history.first_touch[keep], np.minimum(history.last_touch[keep], moment_ns - 1))
 
 
+def template_positions(offsets, spans) -> tuple[int, ...]:
+    """Positions of the tokens whose characters all lie in one of `spans` (special tokens, with no span, never)."""
+    return tuple(t for t, (start, end) in enumerate(offsets)
+                 if end > start and any(lo <= start and end <= hi for lo, hi in spans))
+
+
 def _empty_events() -> pd.DataFrame:
     return pd.DataFrame({"user_id": pd.Series(dtype=object), "item_id": pd.Series(dtype=object),
                          "timestamp": pd.Series(dtype="datetime64[ns, UTC]"),
@@ -308,6 +314,7 @@ class ScoreView:
     item_mask: torch.Tensor  # (1, Ti)
     item_offsets: list[tuple[int, int]]  # character span of each token in `item_text`
     item_text: str
+    item_template: tuple[int, ...]  # positions of the tokens of the text's template (field labels, separators)
     query_input_ids: torch.Tensor | None  # (1, Tq)
     query_embeds: torch.Tensor | None  # (1, Tq, H)
     query_mask: torch.Tensor | None
@@ -337,10 +344,12 @@ def score_view(recommender: Recommender, context: Context, item_position: int,
     net, encoder = recommender.net, recommender.net.encoder
     config, device = net.config, recommender.device
     row = recommender.items.iloc[item_position]
-    from data.schema import item_text
+    from data.schema import item_text_layout
 
-    text = item_text(row.title, _text_or_none(row.brand), _text_or_none(row.category), _text_or_none(row.description))
+    text, template_spans = item_text_layout(row.title, _text_or_none(row.brand), _text_or_none(row.category),
+                                            _text_or_none(row.description))
     item_batch = dict(encoder.tokenize([text], config.max_item_tokens))
+    item_offsets = [tuple(map(int, o)) for o in item_batch["offset_mapping"][0]]
     item_batch.update({name: item_batch[name].to(device) for name in ("input_ids", "attention_mask")})
     word_embeddings = encoder.transformer.get_input_embeddings()
     with torch.no_grad():
@@ -390,8 +399,9 @@ def score_view(recommender: Recommender, context: Context, item_position: int,
 
     return ScoreView(
         item_position=item_position, item_input_ids=item_batch["input_ids"], item_embeds=item_embeds,
-        item_mask=item_mask, item_offsets=[tuple(map(int, o)) for o in item_batch["offset_mapping"][0]],
-        item_text=text, query_input_ids=query_ids, query_embeds=query_embeds, query_mask=query_mask,
+        item_mask=item_mask, item_offsets=item_offsets, item_text=text,
+        item_template=template_positions(item_offsets, template_spans), query_input_ids=query_ids,
+        query_embeds=query_embeds, query_mask=query_mask,
         query_offsets=query_offsets, query_text=context.query, history_vectors=history_vectors,
         history_index=history_index, history_codes=codes, id_vector=id_vector, bias=bias, features=features,
         pad_token_id=encoder.pad_token_id,

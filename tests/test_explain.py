@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from data.features import FEATURES
+from data.schema import item_text_layout
 from explain import (
     FLAGS,
     KINDS,
@@ -27,10 +28,10 @@ from explain import (
     explain_pair,
 )
 from explain.__main__ import main
-from explain.gradients import integrate, token_entries
+from explain.gradients import integrate, text_baseline, token_entries
 from explain.tokens import joint_change
 from model.sequences import UserHistory
-from model.serving import Recommender, ScoreView, score_view
+from model.serving import Recommender, ScoreView, score_view, template_positions
 
 
 def some_user(recommender, min_items: int = 3) -> str:
@@ -129,7 +130,8 @@ def linear_world(tiny_encoder):
         ids = batch["input_ids"]
         return ids, net.encoder.word_embeddings(ids).detach(), [tuple(map(int, o)) for o in batch["offset_mapping"][0]]
 
-    item_ids, item_embeds, item_offsets = tokens("waterproof wool socks")
+    item_text, template_spans = item_text_layout("waterproof wool socks", "Woolly")
+    item_ids, item_embeds, item_offsets = tokens(item_text)
     query_ids, query_embeds, query_offsets = tokens("warm sock")
     weights = {"item": torch.randn(1, item_ids.shape[1], hidden), "query": torch.randn(1, query_ids.shape[1], hidden),
                "history": torch.randn(1, 2, dim), "id": torch.randn(1, dim)}
@@ -140,7 +142,8 @@ def linear_world(tiny_encoder):
 
     view = ScoreView(
         item_position=0, item_input_ids=item_ids, item_embeds=item_embeds, item_mask=torch.ones_like(item_ids),
-        item_offsets=item_offsets, item_text="waterproof wool socks", query_input_ids=query_ids,
+        item_offsets=item_offsets, item_text=item_text,
+        item_template=template_positions(item_offsets, template_spans), query_input_ids=query_ids,
         query_embeds=query_embeds, query_mask=torch.ones_like(query_ids), query_offsets=query_offsets,
         query_text="warm sock", history_vectors=torch.randn(1, 2, dim), history_index=np.array([1, 2]),
         history_codes={}, id_vector=torch.randn(1, dim), bias=0.125, features=rows[0] + 0.5,
@@ -163,11 +166,20 @@ def test_token_attributor_on_a_linear_view_matches_closed_form(linear_world):
     item, query, history, collaborative = TokenAttributor(PathSettings(n_steps=3)).attribute(recommender, context,
                                                                                              view)
     words = recommender.net.encoder.word_embeddings
-    expected_item = ((view.item_embeds - view.pad_baseline(view.item_input_ids, view.item_embeds, words))
-                     * weights["item"]).sum(-1)[0]
+    padded = view.pad_baseline(view.item_input_ids, view.item_embeds, words)
+    expected_pad = ((view.item_embeds - padded) * weights["item"]).sum(-1)[0].detach().numpy()
     positions = [d["position"] for d in item.details]
-    np.testing.assert_allclose(item.values, expected_item[positions].detach().numpy(), rtol=1e-5, atol=1e-6)
     assert positions == list(range(1, view.item_input_ids.shape[1] - 1))  # [CLS] and [SEP] left out
+    # The default baseline keeps the template ". Brand: ": its tokens get exactly zero, the words their own effect.
+    template = [d["position"] for d in item.details if d["template"]]
+    assert [view.item_text[d["start"]:d["end"]] for d in item.details if d["template"]] == [".", "Brand", ":"]
+    assert template == list(view.item_template)
+    expected_item = np.where(np.isin(np.arange(len(expected_pad)), template), 0.0, expected_pad)
+    np.testing.assert_allclose(item.values, expected_item[positions], rtol=1e-5, atol=1e-6)
+    assert all(v == 0.0 for v, d in zip(item.values, item.details) if d["template"])
+    # Plain [PAD] takes the template away too, and credits it.
+    plain = TokenAttributor(PathSettings(n_steps=3, baseline="pad")).attribute(recommender, context, view)[0]
+    np.testing.assert_allclose(plain.values, expected_pad[positions], rtol=1e-5, atol=1e-6)
     assert len(query) == view.query_input_ids.shape[1] - 2
     expected_units = (view.history_vectors * weights["history"]).sum(-1)[0].numpy()  # baseline: zeros
     by_item = {d["item_id"]: v for v, d in zip(history.values, history.details)}
@@ -182,7 +194,7 @@ def test_token_attributor_on_a_linear_view_matches_closed_form(linear_world):
 
 
 def forward_at_baseline(view, words):
-    item = view.pad_baseline(view.item_input_ids, view.item_embeds, words)
+    item = text_baseline(view, view.item_input_ids, view.item_embeds, words, "template", None, view.item_template)
     query = view.pad_baseline(view.query_input_ids, view.query_embeds, words)
     return view.forward(item, query, torch.zeros_like(view.history_vectors), torch.zeros_like(view.id_vector))[0]
 
@@ -249,17 +261,18 @@ def test_parts_add_up_to_the_models_score(recommender, user, top_items, explaine
     assert explained.base_value == explained.part("item_tokens").base_value + explained.part("behaviour").base_value
 
 
-@pytest.mark.parametrize("case", ["user", "query", "user+query", "zero baseline", "riemann"])
+@pytest.mark.parametrize("case", ["user", "query", "user+query", "zero baseline", "pad baseline", "riemann"])
 def test_completeness_holds_in_every_mode(recommender, user, top_items, case):
     kwargs = {"user": {"user_id": user}, "query": {"query": "red steel pan"},
               "user+query": {"user_id": user, "query": "green cotton shirt"},
               "zero baseline": {"user_id": user, "baseline": "zero"},
+              "pad baseline": {"user_id": user, "baseline": "pad"},
               "riemann": {"user_id": user, "method": "riemann_middle", "internal_batch_size": 7}}[case]
     e = explain(recommender, top_items[1], n_steps=40, **kwargs)
     delta = e.part("item_tokens").completeness_gap
     assert abs(e.completeness_gap) <= abs(delta) + 1e-4
     assert abs(delta) <= 0.05 * abs(e.score - e.base_value) + 1e-3  # the path is fine enough at 40 steps
-    assert e.part("item_tokens").parameters["baseline"] == kwargs.get("baseline", "pad")
+    assert e.part("item_tokens").parameters["baseline"] == kwargs.get("baseline", "template")
     assert set(e.flags) <= set(FLAGS)
 
 

@@ -25,8 +25,10 @@ def linear_tokens(linear_world):  # noqa: F811
 
 def test_removal_on_a_linear_score_takes_away_exactly_the_ig_values(linear_tokens):
     recommender, view, item, score = linear_tokens
-    values = np.array(item.values)
+    values = np.array([v for v, d in zip(item.values, item.details) if not d["template"]])  # the template stays
+    assert len(values) < len(item)
     result = removal_curves(recommender, view, item, score, k_max=4, random_draws=8)
+    assert result["n_tokens"] == len(values)
     ranked = np.sort(values)[::-1]
     expected_deletion = score - np.concatenate([[0.0], np.cumsum(ranked[:4])])
     np.testing.assert_allclose(result["curves"]["deletion"], expected_deletion, rtol=1e-5, atol=1e-5)
@@ -44,8 +46,10 @@ def test_removal_on_a_linear_score_takes_away_exactly_the_ig_values(linear_token
 def test_shap_partition_agrees_with_ig_on_a_linear_score(linear_tokens):
     recommender, view, item, _ = linear_tokens
     agreement = agreement_with_shap(recommender, view, item, max_evals=200)
-    # An additive score: every Owen value is the token's own effect, which is its IG value.
-    np.testing.assert_allclose(agreement["shap_values"], item.values, rtol=1e-4, atol=1e-5)
+    # An additive score: every Owen value is the token's own effect, which is its IG value. The template is kept
+    # by both, so SHAP values the item's own words only.
+    words = [v for v, d in zip(item.values, item.details) if not d["template"]]
+    np.testing.assert_allclose(agreement["shap_values"], words, rtol=1e-4, atol=1e-5)
     assert agreement["spearman"] == pytest.approx(1.0)
     # Same ranking, same removal: SHAP's own deletion drop is IG's.
     ig = removal_curves(recommender, view, item, 0.0, random_draws=1)
@@ -84,8 +88,8 @@ def test_faithfulness_numbers_are_what_they_say(recommender, user, explained):
 def test_agreement_on_demand(recommender, explained):
     result = faithfulness(recommender, explained, k_max=3, random_draws=2, agreement=True, max_evals=100)
     agreement = result["agreement"]
-    assert agreement["method"] == "shap_partition" and len(agreement["shap_values"]) == len(
-        explained.part("item_tokens"))
+    words = [d for d in explained.part("item_tokens").details if not d["template"]]
+    assert agreement["method"] == "shap_partition" and len(agreement["shap_values"]) == len(words)
     assert -1.0 <= agreement["spearman"] <= 1.0 and agreement["seconds"] > 0
 
 

@@ -321,12 +321,36 @@ def _stage1_loss(net: RecommenderNet, batch, text_embeddings: torch.Tensor, quer
     return loss
 
 
+def returning_views(events: pd.DataFrame, users: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
+    """Views of an item the user had touched before, between each user's validation and test moments.
+
+    `users` holds one (user_id, timestamp = validation moment) row per user; the window ends at the user's test
+    moment, so the events are held out from stage 1 as the validation items are. Columns: user_id, item_id,
+    timestamp.
+    """
+    start = users.set_index("user_id")["timestamp"]
+    end = test.set_index("user_id")["timestamp"]
+    window = events[events["user_id"].isin(start.index)]
+    moment = window["timestamp"]
+    window = window[(moment >= window["user_id"].map(start)) & (moment < window["user_id"].map(end))]
+    first_touch = events.groupby(["user_id", "item_id"], sort=False, observed=True)["timestamp"].min()
+    views = window[window["event"].astype(str) == "view"]
+    touched = first_touch.reindex(pd.MultiIndex.from_frame(views[["user_id", "item_id"]])).to_numpy()
+    return views.loc[touched < views["timestamp"].to_numpy(), ["user_id", "item_id", "timestamp"]].reset_index(
+        drop=True)
+
+
 def fit_behaviour_head(recommender: Recommender, split, config: TrainConfig, rng: np.random.Generator, *,
                        progress: bool = True, log=print) -> dict:
     """Stage 2: fit the behaviour head on top of stage 1's scores, at held-out moments (point in time).
 
-    The loss is a softmax over the whole catalog at each moment, as ranking is judged. The epoch kept is
-    the one that ranks the held-back validation users best: the measure that matters, not a proxy.
+    The loss is a softmax over the whole catalog at each moment: what the user views next, a new item or one seen
+    before. The moments are the validation items' first touches and the views of items seen before that fall
+    between a user's validation and test moments (returns: back to an abandoned cart, to an item seen lately),
+    both held out from stage 1. The user's own items compete too, so the head learns from data what earlier views
+    and carts of an item say; with them set aside it would never see a nonzero value of those features. The
+    epoch kept is the one that ranks the held-back validation users best (new items, history excluded): the
+    measure that matters, not a proxy.
     """
     from model.evaluate import metrics_from_ranks, ranks_of_targets
     from model.serving import _before
@@ -340,6 +364,9 @@ def fit_behaviour_head(recommender: Recommender, split, config: TrainConfig, rng
     check_share = 0.3
     is_check = rng.random(len(valid)) < check_share
     fit, check = valid[~is_check], valid[is_check]
+    returns = returning_views(recommender.dataset.events, fit, split.test)
+    returns = returns[returns["item_id"].isin(position)]
+    fit = pd.concat([fit[["user_id", "item_id", "timestamp"]], returns], ignore_index=True)
     users = list(fit["user_id"])
     moments = [int(pd.Timestamp(t).value) for t in fit["timestamp"]]
     targets = [position[i] for i in fit["item_id"]]
@@ -357,8 +384,7 @@ def fit_behaviour_head(recommender: Recommender, split, config: TrainConfig, rng
         chunk = slice(start, start + 256)
         hist = [_before(recommender.histories[u], t) for u, t in zip(users[chunk], moments[chunk])]
         scores = scorer(users[chunk], hist, moments[chunk]).astype(np.float32)  # (b, N)
-        for b, (user_id, moment) in enumerate(zip(users[chunk], moments[chunk])):
-            scores[b, hist[b].item_index] = -np.inf  # the user's own items are not candidates
+        for user_id, moment in zip(users[chunk], moments[chunk]):
             features.append(recommender.features.user_features(user_id, at=pd.Timestamp(moment, tz="UTC")))
         offsets.append(scores)
     device = recommender.device
@@ -409,6 +435,6 @@ def fit_behaviour_head(recommender: Recommender, split, config: TrainConfig, rng
         head.load_state_dict(best_state)
     log(f"behaviour head: {len(x)} moments x {x.shape[1]} items; held-back validation NDCG@10 "
         f"{stage1_ndcg:.4f} -> {best_ndcg:.4f} (epoch {best_epoch})")
-    return {"examples": len(x), "sample_users": len(sample),
+    return {"examples": len(x), "returns": len(returns), "sample_users": len(sample),
             "sample_ndcg_stage1": stage1_ndcg, "sample_ndcg": best_ndcg, "best_epoch": best_epoch,
             "kept": best_state is not None}

@@ -283,3 +283,24 @@ def test_public_entry_point(tiny_model):
     assert isinstance(recommender, model.Recommender)
     assert len(recommender.item_ids) == len(recommender.items)
     assert len(recommender.user_ids) == len(set(recommender.user_ids))
+
+
+def test_stage_two_learns_returns_from_the_held_out_window_only():
+    import pandas as pd
+
+    from model.train import returning_views
+
+    t = pd.Timestamp("2024-03-01", tz="UTC")
+    day = pd.Timedelta(days=1)
+    events = pd.DataFrame({
+        "user_id": ["u1"] * 7 + ["u2"] * 2,
+        "item_id": ["a", "b", "c", "a", "b", "d", "a", "x", "x"],
+        "timestamp": [t, t + day, t + 2 * day, t + 3 * day, t + 4 * day, t + 5 * day, t + 6 * day, t, t + 3 * day],
+        "event": ["view", "view", "view", "view", "cart", "view", "view", "view", "view"],
+    })
+    valid = pd.DataFrame({"user_id": ["u1"], "item_id": ["c"], "timestamp": [t + 2 * day]})
+    test = pd.DataFrame({"user_id": ["u1"], "item_id": ["d"], "timestamp": [t + 5 * day]})
+    returns = returning_views(events, valid, test)
+    # u1's window is [day 2, day 5): the view of a again counts; the cart of b is no view; c is new there; the
+    # view of a after the test moment and u2 (not a validation user) stay out.
+    assert returns.to_dict("records") == [{"user_id": "u1", "item_id": "a", "timestamp": t + 3 * day}]

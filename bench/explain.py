@@ -52,6 +52,16 @@ def median(values) -> float | None:
     return float(statistics.median(values)) if values else None
 
 
+def mean(values) -> float | None:
+    values = list(values)
+    return float(np.mean(values)) if values else None
+
+
+def share(flags) -> float | None:
+    flags = list(flags)
+    return float(np.mean(flags)) if flags else None
+
+
 def query_for(recommender, user_id: str) -> str:
     """A query a shopper might type: the first three words of the title of the user's latest item."""
     latest = int(recommender.histories[user_id].item_index[-1])
@@ -184,6 +194,12 @@ def run(model_dir: Path, n_pairs: int, n_full: int, n_sweep: int, n_agreement: i
             "ig_deletion_top3_drop_median_same_items": median(a["ig_deletion_top3_drop"] for a in agreement),
             "ig_fast_deletion_top3_drop_median_same_items": median(a["ig_fast_deletion_top3_drop"] for a in agreement),
             "ig_fast_median_relative_delta": median(a["ig_fast_relative_delta"] for a in agreement),
+            # Paired, item by item: how often IG's top 3 take away at least as much as SHAP's, and the mean drops.
+            "share_ig_fast_at_least_shap": share(a["ig_fast_deletion_top3_drop"] >= a["shap_deletion_top3_drop"]
+                                                 for a in agreement if a["shap_deletion_top3_drop"] is not None),
+            "mean_deletion_top3_drop_ig_fast_vs_shap": [
+                mean(a["ig_fast_deletion_top3_drop"] for a in agreement),
+                mean(a["shap_deletion_top3_drop"] for a in agreement if a["shap_deletion_top3_drop"] is not None)],
             "median_spearman_ig_vs_shap": median(a["spearman"] for a in agreement if a["spearman"] is not None),
         },
         "n_steps_sweep": sweep,
@@ -254,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
               f"({s['speedup_ig_fast_vs_shap_median']:.1f}x), "
               f"{s['ig_fast_deletion_top3_drop_median_same_items']:+.4f}, delta/moved "
               f"{s['ig_fast_median_relative_delta']:.1e}; Spearman median {s['median_spearman_ig_vs_shap']}")
+        if s["share_ig_fast_at_least_shap"] is not None:
+            ig_mean, shap_mean = s["mean_deletion_top3_drop_ig_fast_vs_shap"]
+            print(f"item by item: IG {args.fast_steps} steps drops at least as much as SHAP on "
+                  f"{s['share_ig_fast_at_least_shap']:.0%}; mean drop IG {ig_mean:+.4f}, SHAP {shap_mean:+.4f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.out}")

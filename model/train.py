@@ -344,13 +344,13 @@ def fit_behaviour_head(recommender: Recommender, split, config: TrainConfig, rng
                        progress: bool = True, log=print) -> dict:
     """Stage 2: fit the behaviour head on top of stage 1's scores, at held-out moments (point in time).
 
-    The loss is a softmax over the whole catalog at each moment: what the user views next, a new item or one seen
-    before. The moments are the validation items' first touches and the views of items seen before that fall
-    between a user's validation and test moments (returns: back to an abandoned cart, to an item seen lately),
-    both held out from stage 1. The user's own items compete too, so the head learns from data what earlier views
-    and carts of an item say; with them set aside it would never see a nonzero value of those features. The
-    epoch kept is the one that ranks the held-back validation users best (new items, history excluded): the
-    measure that matters, not a proxy.
+    The loss is a softmax over the catalog at each moment, of two kinds, both held out from stage 1:
+    - the validation items' first touches: which new item, the user's own items set aside, as ranking is judged;
+    - returns, the views of items seen before that fall between a user's validation and test moments: which
+      item the user goes back to, every item competing. Without them "earlier views/carts of this item" would
+      never be nonzero in training, and the head's response to them (and their SHAP values) would be noise.
+    The epoch kept is the one that ranks the held-back validation users best: the measure that matters, not a
+    proxy.
     """
     from model.evaluate import metrics_from_ranks, ranks_of_targets
     from model.serving import _before
@@ -366,7 +366,9 @@ def fit_behaviour_head(recommender: Recommender, split, config: TrainConfig, rng
     fit, check = valid[~is_check], valid[is_check]
     returns = returning_views(recommender.dataset.events, fit, split.test)
     returns = returns[returns["item_id"].isin(position)]
-    fit = pd.concat([fit[["user_id", "item_id", "timestamp"]], returns], ignore_index=True)
+    fit = pd.concat([fit[["user_id", "item_id", "timestamp"]].assign(returning=False),
+                     returns.assign(returning=True)], ignore_index=True)
+    returning = fit["returning"].to_numpy()
     users = list(fit["user_id"])
     moments = [int(pd.Timestamp(t).value) for t in fit["timestamp"]]
     targets = [position[i] for i in fit["item_id"]]
@@ -379,12 +381,15 @@ def fit_behaviour_head(recommender: Recommender, split, config: TrainConfig, rng
     if len(users) > cap:
         keep = np.sort(rng.choice(len(users), size=cap, replace=False))
         users, moments, targets = [users[i] for i in keep], [moments[i] for i in keep], [targets[i] for i in keep]
+        returning = returning[keep]
     features, offsets = [], []
     for start in tqdm(range(0, len(users), 256), desc="behaviour features", disable=not progress, leave=False):
         chunk = slice(start, start + 256)
         hist = [_before(recommender.histories[u], t) for u, t in zip(users[chunk], moments[chunk])]
         scores = scorer(users[chunk], hist, moments[chunk]).astype(np.float32)  # (b, N)
-        for user_id, moment in zip(users[chunk], moments[chunk]):
+        for b, (user_id, moment) in enumerate(zip(users[chunk], moments[chunk])):
+            if not returning[chunk][b]:  # a new item is chosen among the items the user has not touched
+                scores[b, hist[b].item_index] = -np.inf
             features.append(recommender.features.user_features(user_id, at=pd.Timestamp(moment, tz="UTC")))
         offsets.append(scores)
     device = recommender.device

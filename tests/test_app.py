@@ -54,6 +54,22 @@ def test_query_mode(app):
     assert any("Type a query" in i.value for i in app.info)
 
 
+def test_a_link_to_a_users_narrowed_list_keeps_its_query(app):
+    app.run()
+    user = app.selectbox(key="rec_user").options[2]
+    app.text_input(key="rec_user_query").input("wool sock").run()
+    app.selectbox(key="rec_user").select(user).run()
+    link = dict(app.query_params)
+    assert (link["user"], link["query"]) == (user, "wool sock")
+    opened = AppTest.from_file(APP, default_timeout=180)
+    opened.query_params.update(link)
+    opened.run()
+    assert not opened.exception
+    assert opened.radio(key="rec_mode").value == "User"
+    assert opened.selectbox(key="rec_user").value == user
+    assert opened.text_input(key="rec_user_query").value == "wool sock"
+
+
 def test_unknown_user_in_the_link(app):
     app.query_params["user"] = "no-such-user"
     app.run()

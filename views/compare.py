@@ -15,7 +15,7 @@ from explain.charts import PART_LABELS, legend_html, token_html, waterfall
 from views.explanation_panel import STEP_CHOICES
 from views.loaders import recommender_or_error
 from views.rankings import cached_ranking, catalog_labels
-from views.state import remember, restore
+from views.state import audience_from_url, remember, restore
 from views.text import md_escape
 
 HOW_TO_READ = """
@@ -122,18 +122,13 @@ if recommender is None:
 
 params = st.query_params
 user_ids = [str(u) for u in recommender.user_ids]
-known_users = set(user_ids)
 catalog = set(recommender.items["item_id"].astype(str))
 
 # The URL carries the comparison (?user=..&query=..&a=..&b=..), so a link reproduces it.
 if "cmp_initialised" not in st.session_state:
     st.session_state.cmp_initialised = True
-    url_user, url_query = params.get("user"), params.get("query", "")
-    st.session_state.cmp_mode = "Query" if url_query and not url_user else "User"
-    st.session_state.cmp_query = url_query
-    st.session_state.cmp_user_query = url_query if url_user else ""
-    st.session_state.cmp_user = url_user if url_user in known_users else (user_ids[0] if user_ids else None)
-    st.session_state.cmp_bad = [f"user `{md_escape(url_user)}`"] if url_user and url_user not in known_users else []
+    bad_user = audience_from_url("cmp", params, user_ids)
+    st.session_state.cmp_bad = [] if bad_user is None else [f"user `{md_escape(bad_user)}`"]
     for key in ("a", "b"):
         wanted = params.get(key)
         if wanted is not None and wanted not in catalog:

@@ -9,7 +9,7 @@ from data.errors import WhyRecError
 from views.explanation_panel import explanation_panel
 from views.loaders import recommender_or_error
 from views.profile import profile_card
-from views.state import forget
+from views.state import audience_from_url, forget
 from views.text import md_escape
 
 PART_REASONS = {
@@ -49,15 +49,9 @@ user_ids = [str(u) for u in recommender.user_ids]
 # The URL carries the view, so a link reproduces what you see.
 if "recommend_initialised" not in st.session_state:
     st.session_state.recommend_initialised = True
-    st.session_state.rec_mode = "Query" if params.get("query") and not params.get("user") else "User"
-    st.session_state.rec_query = params.get("query", "")
-    url_user = params.get("user")
-    if url_user is not None and url_user not in set(user_ids):
-        st.session_state.rec_bad_user = url_user
-    st.session_state.rec_user = url_user if url_user in set(user_ids) else (user_ids[0] if user_ids else None)
-    st.session_state.rec_personalise = bool(params.get("user") and params.get("query"))
+    st.session_state.rec_bad_user = audience_from_url("rec", params, user_ids)
 
-if st.session_state.pop("rec_bad_user", None) is not None:
+if st.session_state.pop("rec_bad_user", None) is not None:  # unknown user in the link
     st.error(f"Unknown user in the link: `{md_escape(params.get('user', ''))}`. Showing user "
              f"`{md_escape(st.session_state.rec_user)}` instead; pick another below.")
 

@@ -9,6 +9,7 @@ from data.errors import WhyRecError
 from explain.charts import PART_LABELS
 from explain.report import build_report, report_file_name
 from views.loaders import recommender_or_error
+from views.state import audience_from_url
 from views.text import md_escape
 
 STEP_CHOICES = (8, 16, 32, 50, 100, 200)
@@ -64,20 +65,12 @@ if recommender is None:
 
 params = st.query_params
 user_ids = [str(u) for u in recommender.user_ids]
-known = set(user_ids)
 max_k = min(50, len(recommender.item_ids))
 
 # The URL carries who the report is for, so a link from the Recommend page opens the same report.
 if "report_initialised" not in st.session_state:
     st.session_state.report_initialised = True
-    url_user, url_query = params.get("user"), params.get("query")
-    st.session_state.rep_mode = "Query" if url_query and not url_user else "User"
-    st.session_state.rep_query = url_query or ""
-    st.session_state.rep_user_query = url_query or ""
-    st.session_state.rep_user = url_user if url_user in known else (user_ids[0] if user_ids else None)
-    st.session_state.rep_personalise = bool(url_user and url_query and url_user in known)
-    if url_user is not None and url_user not in known:
-        st.session_state.rep_bad_user = url_user
+    st.session_state.rep_bad_user = audience_from_url("rep", params, user_ids)
     st.session_state.rep_k = min(_whole(params.get("k"), 10), max_k)
     steps = _whole(params.get("steps"), 50)
     st.session_state.rep_steps = steps if steps in STEP_CHOICES else 50

@@ -30,3 +30,20 @@ def remember(store: str, keys: Iterable[str]) -> None:
 def forget(store: str) -> None:
     """Drop the saved copies, e.g. after a reset, so an old value cannot come back on the next visit."""
     st.session_state.pop(store, None)
+
+
+def audience_from_url(prefix: str, params, user_ids: list[str]) -> str | None:
+    """Set a page's "for whom" widgets from the link's ?user=&query=, once per session; returns an unknown user.
+
+    Keys: {prefix}_mode ("User" unless the link has a query and no user), {prefix}_user (the link's user if known,
+    else the first), {prefix}_query, {prefix}_user_query (the query as a narrowing of the user's list) and
+    {prefix}_personalise (a query for a known user). A page that lacks one of these widgets ignores its key.
+    """
+    url_user, url_query = params.get("user"), params.get("query") or ""
+    known = url_user is not None and url_user in set(user_ids)
+    st.session_state[f"{prefix}_mode"] = "Query" if url_query and not url_user else "User"
+    st.session_state[f"{prefix}_user"] = url_user if known else (user_ids[0] if user_ids else None)
+    st.session_state[f"{prefix}_query"] = url_query
+    st.session_state[f"{prefix}_user_query"] = url_query if url_user else ""
+    st.session_state[f"{prefix}_personalise"] = bool(known and url_query)
+    return url_user if url_user is not None and not known else None

@@ -1,15 +1,26 @@
 """Behaviour attributions by exact SHAP: which behaviour features (recency, affinity, price fit, ...) moved a score.
 
 The explained function is the model's behaviour head as a function of the raw feature vector,
-`recommender.net.behaviour_score`. The background is a seeded sample of feature vectors of random
-(user, item) pairs at the serving moment, drawn from the recommender's FeatureStore and cached per recommender
-and checkpoint: "compared with a random item for a random user". With the Independent masker the exact
-explainer enumerates all 2^F coalitions (F = 11: 2048 of them), so the values are the Shapley values for that
-background, and base_value + sum(values) == behaviour_score(features) up to float rounding.
+`recommender.net.behaviour_score`. The background says what a value is compared with:
+
+  context (default)  the same context's features for a seeded sample of catalog items, at the same moment:
+                     "compared with a random item for this user, now". A ranking explanation asks why this
+                     item and not another for the same person: features that are the same for every item of
+                     the context (the user's own activity) get exactly 0, and time-dependent features (recency,
+                     popularity, item age) are compared at the moment explained, not at another one.
+  pairs              feature vectors of random (user, item) pairs at the serving moment, cached per recommender
+                     and checkpoint: "compared with a random item for a random user". The Insights page's global
+                     importance uses it, since it pools many users.
+
+What-if overrides are left out of the background: an edited feature is compared with the data's own values.
+With the Independent masker the exact explainer enumerates all 2^F coalitions (F = 11: 2048 of them), so the
+values are the Shapley values for that background, and base_value + sum(values) == behaviour_score(features) up
+to float rounding.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import threading
@@ -27,6 +38,7 @@ from explain.gradients import device_of
 
 BACKGROUND_SIZE = 100  # background rows; exact SHAP costs 2^F * rows evaluations of a 2-layer head: ~0.1 s
 BACKGROUND_SEED = 0  # a fixed draw: the same model explains the same way every time
+BACKGROUNDS = ("context", "pairs")
 
 _backgrounds: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # recommender -> {key: (rows, F) array}
 _backgrounds_lock = threading.Lock()
@@ -61,6 +73,17 @@ def background(recommender, size: int = BACKGROUND_SIZE, seed: int = BACKGROUND_
     return rows
 
 
+def context_background(recommender, context, size: int = BACKGROUND_SIZE, seed: int = BACKGROUND_SEED,
+                       history=None) -> np.ndarray:
+    """(size, F) float64: the context's own features for a seeded sample of catalog items, without overrides."""
+    n_items = len(recommender.item_ids)
+    if n_items == 0:
+        raise ExplanationError("the behaviour background needs items; this recommender has none")
+    items = np.sort(np.random.default_rng(seed).choice(n_items, min(size, n_items), replace=False))
+    rows = recommender.behaviour_features(context, items, history=history, overrides=False)
+    return np.asarray(rows, dtype=np.float64)
+
+
 class BehaviourAttributor:
     """Exact SHAP values of the behaviour head over its features; one verb, `attribute`.
 
@@ -71,34 +94,69 @@ class BehaviourAttributor:
     method = "shap_exact"
     has_convergence_delta = False  # exact: the gap is float rounding, reported all the same
 
-    def __init__(self, background_size: int = BACKGROUND_SIZE, seed: int = BACKGROUND_SEED) -> None:
+    def __init__(self, background_size: int = BACKGROUND_SIZE, seed: int = BACKGROUND_SEED,
+                 background: str = "context") -> None:
         if not 1 <= background_size <= 10_000:
             raise ExplanationError(f"background_size {background_size} must be in 1..10000")
+        if background not in BACKGROUNDS:
+            raise ExplanationError(f"background '{background}' is not one of {', '.join(BACKGROUNDS)}")
         self.background_size = background_size
         self.seed = seed
+        self.background = background
 
-    def attribute(self, recommender, context, view) -> tuple[Attribution, ...]:
-        shap = import_shap()
+    def attribute(self, recommender, context, view, history=None) -> tuple[Attribution, ...]:
+        """`history`: the edited history a what-if context was built with (None: the user's own)."""
         started = time.perf_counter()
         if len(view.features) != len(FEATURES):
             raise ExplanationError(f"the view has {len(view.features)} behaviour features; data.features defines "
                                    f"{len(FEATURES)}")
-        rows = background(recommender, self.background_size, self.seed)
+        if self.background == "context":
+            rows = context_background(recommender, context, self.background_size, self.seed, history)
+        else:
+            rows = background(recommender, self.background_size, self.seed)
         score = behaviour_function(recommender)
-        features = np.asarray(view.features, dtype=np.float64)[None]  # (1, F)
-        explainer = shap.explainers.Exact(score, shap.maskers.Independent(rows, max_samples=len(rows)))
-        result = explainer(features, silent=True)
-        values = np.asarray(result.values, dtype=np.float64)[0]  # (F,)
-        base = float(np.asarray(result.base_values).reshape(-1)[0])
-        gap = base + math.fsum(values) - float(score(features)[0])
+        features = np.asarray(view.features, dtype=np.float64)  # (F,)
+        values, bases = exact_shap(score, rows, features[None])
+        values, base = values[0], float(bases[0])
+        gap = base + math.fsum(values) - float(score(features[None])[0])
+        features = features[None]
         means = rows.mean(0)
         details = [{"feature": spec.name, "unit": spec.unit, "value": float(features[0, j]),
                     "background_mean": float(means[j]), "meaning": spec.meaning, "needs_clock": spec.needs_clock}
                    for j, spec in enumerate(FEATURES)]
-        parameters = {"algorithm": "exact", "masker": "independent", "background": "random (user, item) pairs",
+        described = {"context": "random items for the same user or query, at the same moment",
+                     "pairs": "random (user, item) pairs"}[self.background]
+        parameters = {"algorithm": "exact", "masker": "independent", "background": described,
                       "background_size": len(rows), "seed": self.seed, "run": "behaviour"}
         return (Attribution("behaviour", tuple(spec.label for spec in FEATURES), tuple(values), base, self.method,
                             parameters, gap, time.perf_counter() - started, tuple(details)),)
+
+
+def exact_shap(score, rows: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact Shapley values (n, F) and base values (n,) of `score` at the rows `x` (n, F) against `rows`.
+
+    shap skips re-evaluating a feature whose background values are np.isclose to x's (rtol 1e-5) as if they were
+    equal, which leaves sums ~1e-8 off; the masker here skips only values that are equal, so the sum is exact to
+    float64 rounding.
+    """
+    result = shap_exact_explainer(score, rows)(x, silent=True)
+    return np.asarray(result.values, dtype=np.float64), np.asarray(result.base_values, dtype=np.float64).reshape(-1)
+
+
+def shap_exact_explainer(score, rows: np.ndarray):
+    return import_shap().explainers.Exact(score, _equal_masker()(rows, max_samples=len(rows)))
+
+
+@functools.cache
+def _equal_masker():
+    """shap's Independent masker, skipping only background values equal to the explained ones."""
+    shap = import_shap()
+
+    class EqualIndependent(shap.maskers.Independent):
+        def invariants(self, x):
+            return np.equal(x, self.data)
+
+    return EqualIndependent
 
 
 def behaviour_function(recommender):

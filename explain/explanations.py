@@ -143,7 +143,7 @@ def _side(recommender, context, item_id, history, settings: PathSettings) -> _Si
     item_tokens, query_tokens, history_part, collaborative = TokenAttributor(settings).attribute(
         recommender, context, view)
     timing["integrated_gradients"] = item_tokens.seconds
-    (behaviour,) = BehaviourAttributor().attribute(recommender, context, view)
+    (behaviour,) = BehaviourAttributor().attribute(recommender, context, view, history=history)
     timing["shap"] = behaviour.seconds
     parts = {p.kind: p for p in (item_tokens, query_tokens, history_part, collaborative, behaviour)}
     side = _Side(str(item_id), str(recommender.items.iloc[position].title), context, view, score, parts,

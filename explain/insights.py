@@ -29,7 +29,7 @@ import pandas as pd
 
 from data.features import FEATURES
 from explain.base import Attribution
-from explain.behaviour import BACKGROUND_SEED, BACKGROUND_SIZE, background, behaviour_function, import_shap
+from explain.behaviour import BACKGROUND_SEED, BACKGROUND_SIZE, behaviour_function, context_background, exact_shap
 from explain.errors import ExplanationError
 from explain.explanations import explain
 
@@ -42,7 +42,6 @@ DEFAULT_PAIRS = 60  # (user, top item) pairs whose words are explained: ~0.5 s e
 DEFAULT_STEPS = 16  # enough to rank an item's words; the explanation panel uses more for exact values
 TOP_WORDS = 3  # an item's words that count as "driving" it
 MAX_SAMPLE = 10_000  # users or pairs: beyond this a sample says nothing more, it only takes longer
-SHAP_CHUNK = 100  # rows per SHAP call: one call shares the explainer's set-up, chunks report progress
 # data.schema.item_text labels two fields of every item's text ("Brand: ...", "Category: ..."): words every item
 # has say nothing about why one item was chosen, so they are left out of the driving words.
 FIELD_LABELS = ("Brand", "Category")
@@ -88,7 +87,9 @@ class BehaviourImportance:
     """SHAP values of the behaviour features over a sample of (user, recommended item) rows.
 
     Row i is user_ids[i]'s item item_ids[i] at rank ranks[i]; column j is data.features.FEATURES[j]. For every
-    row, base_value + values[i].sum() == scores[i] (the behaviour part of its score) up to float rounding.
+    row, base_values[i] + values[i].sum() == scores[i] (the behaviour part of its score) up to float rounding. Each
+    user's rows are explained against that user's own background (explain.behaviour, "context"), as one item's
+    explanation is, so the two agree; base_values[i] is the head's mean over row i's user's background.
     """
 
     user_ids: tuple[str, ...]
@@ -97,7 +98,7 @@ class BehaviourImportance:
     features: np.ndarray  # (n, F) raw feature values, as the model reads them
     values: np.ndarray  # (n, F) SHAP values, in score units
     scores: np.ndarray  # (n,) the behaviour head's output for each row
-    base_value: float  # the head's mean output over the SHAP background
+    base_values: np.ndarray  # (n,) the head's mean output over each row's SHAP background
     parameters: dict = field(default_factory=dict)  # sample, background, checkpoint and seconds
 
     def __len__(self) -> int:
@@ -105,10 +106,10 @@ class BehaviourImportance:
 
     @property
     def completeness_gap(self) -> float:
-        """The largest |base_value + sum of a row's values - its score| over the rows (0 is exact)."""
+        """The largest |base value + sum of a row's values - its score| over the rows (0 is exact)."""
         if not len(self):
             return 0.0
-        return float(np.max(np.abs(self.base_value + self.values.sum(axis=1) - self.scores)))
+        return float(np.max(np.abs(self.base_values + self.values.sum(axis=1) - self.scores)))
 
     def summary(self) -> pd.DataFrame:
         """One row per feature, the most important first: mean |SHAP|, mean SHAP and the range of its values."""
@@ -129,42 +130,43 @@ class BehaviourImportance:
 def behaviour_importance(recommender, n_users: int = DEFAULT_USERS, k: int = DEFAULT_K, seed: int = SAMPLE_SEED,
                          *, background_size: int = BACKGROUND_SIZE, progress: Progress | None = None
                          ) -> BehaviourImportance:
-    """Exact SHAP values of the behaviour features for the top-k items of `n_users` sampled users."""
+    """Exact SHAP values of the behaviour features for the top-k items of `n_users` sampled users, each user's
+    rows against random items for that user, as one item's explanation is."""
     progress = progress or _noop
     started = time.perf_counter()
     k = _count(k, "k", len(recommender.item_ids))
     users = sample_users(recommender, n_users, seed)
-    user_of, item_ids, ranks, rows = [], [], [], []
-    total = 2 * len(users)  # ranking the users, then explaining their rows (as many chunks as users, roughly)
+    score = behaviour_function(recommender)
+    user_of, item_ids, ranks, rows, values, base_values = [], [], [], [], [], []
+    total = 2 * len(users)  # ranking the users, then explaining their rows
+    contexts = {}
     for done, user in enumerate(users, start=1):
         top = _top_items(recommender, user, k)
         if top:
-            context = recommender.context(user)
+            contexts[user] = context = recommender.context(user)
             rows.append(recommender.behaviour_features(context, recommender.item_positions(top)))
             user_of.extend([user] * len(top))
             item_ids.extend(top)
             ranks.extend(range(1, len(top) + 1))
         progress(done, total, "ranking the sampled users")
-    features = np.concatenate(rows).astype(np.float64) if rows else np.zeros((0, len(FEATURES)))
-
-    shap = import_shap()
-    score = behaviour_function(recommender)
-    reference = background(recommender, background_size, BACKGROUND_SEED)
-    explainer = shap.explainers.Exact(score, shap.maskers.Independent(reference, max_samples=len(reference)))
-    values = np.zeros_like(features)
-    base_value = float(score(reference).mean())
-    for start in range(0, len(features), SHAP_CHUNK):
-        result = explainer(features[start : start + SHAP_CHUNK], silent=True)
-        values[start : start + SHAP_CHUNK] = np.asarray(result.values, dtype=np.float64)
-        base_value = float(np.asarray(result.base_values).reshape(-1)[0])
-        end = min(start + SHAP_CHUNK, len(features))
-        progress(len(users) + math.ceil(len(users) * end / len(features)), total, "SHAP values of the rows")
+    sizes = []
+    for done, (user, features) in enumerate(zip(contexts, rows), start=1):
+        reference = context_background(recommender, contexts[user], background_size, BACKGROUND_SEED)
+        user_values, user_bases = exact_shap(score, reference, features.astype(np.float64))
+        values.append(user_values)
+        base_values.append(user_bases)
+        sizes.append(len(reference))
+        progress(len(users) + math.ceil(len(users) * done / max(len(rows), 1)), total, "SHAP values of the rows")
     progress(total, total, "done")
+    features = np.concatenate(rows).astype(np.float64) if rows else np.zeros((0, len(FEATURES)))
     parameters = {"n_users": len(users), "k": k, "seed": seed, "rows": len(features), "algorithm": "exact",
-                  "masker": "independent", "background_size": len(reference), "background_seed": BACKGROUND_SEED,
+                  "masker": "independent", "background": "random items for each user, at the serving moment",
+                  "background_size": max(sizes, default=0), "background_seed": BACKGROUND_SEED,
                   "checkpoint_id": recommender.checkpoint_id, "seconds": time.perf_counter() - started}
-    return BehaviourImportance(tuple(user_of), tuple(item_ids), tuple(ranks), features, values,
-                               score(features) if len(features) else np.zeros(0), base_value, parameters)
+    return BehaviourImportance(tuple(user_of), tuple(item_ids), tuple(ranks), features,
+                               np.concatenate(values) if values else np.zeros((0, len(FEATURES))),
+                               score(features) if len(features) else np.zeros(0),
+                               np.concatenate(base_values) if base_values else np.zeros(0), parameters)
 
 
 # ---- words -------------------------------------------------------------------------------------------------------

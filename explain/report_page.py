@@ -195,7 +195,9 @@ def _behaviour_table(e: Explanation) -> str:
                     f"<td class='num'>{value:+.4f}</td></tr>")
     return ("<table class='block'><thead><tr><th>Behaviour feature</th><th class='num'>Value</th><th>Unit</th>"
             "<th class='num'>Typical</th><th class='num'>Contribution</th></tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>")
+            f"<tbody>{''.join(rows)}</tbody></table>"
+            f"<p class='muted small'>Typical: the mean over SHAP's background, "
+            f"{escape(str(part.parameters.get('background', 'a summarised background')))}.</p>")
 
 
 def _number(value) -> str:

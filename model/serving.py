@@ -202,15 +202,16 @@ class Recommender:
     # ---- scores ------------------------------------------------------------------------------
 
     def behaviour_features(self, context: Context, item_index: np.ndarray | None = None,
-                           history: pd.DataFrame | None = None) -> np.ndarray:
-        """(N or len(item_index), F) point-in-time features at the context's moment, overrides applied."""
+                           history: pd.DataFrame | None = None, overrides: bool = True) -> np.ndarray:
+        """(N or len(item_index), F) point-in-time features at the context's moment, overrides applied unless
+        `overrides` is False (the data's own values, as a what-if explanation compares against)."""
         if context.user_id is None and history is None:
             features = self.features.user_features(None, at=pd.Timestamp(context.moment_ns, tz="UTC"),
                                                    item_index=item_index, history=_empty_events())
         else:
             features = self.features.user_features(context.user_id, at=pd.Timestamp(context.moment_ns, tz="UTC"),
                                                    item_index=item_index, history=history)
-        for name, value in context.feature_overrides:
+        for name, value in context.feature_overrides if overrides else ():
             features[:, self.feature_names.index(name)] = value
         return features
 

@@ -112,6 +112,9 @@ class _FakeRecommender:
         self.user_ids = np.array(["u1", "u2"])
         self.item_ids = items["item_id"].to_numpy()
 
+    def behaviour_features(self, context, item_index, history=None, overrides=True):
+        return self.features.rows[np.asarray(item_index) + 10]  # the context's own rows: 10.. of the fake store
+
 
 @pytest.fixture(scope="module")
 def linear_world(tiny_encoder):
@@ -201,7 +204,7 @@ def forward_at_baseline(view, words):
 
 def test_behaviour_attributor_on_a_linear_head_matches_closed_form(linear_world):
     recommender, context, view, _ = linear_world
-    (part,) = BehaviourAttributor(background_size=40).attribute(recommender, context, view)
+    (part,) = BehaviourAttributor(background_size=40, background="pairs").attribute(recommender, context, view)
     weights = recommender.net.weights.double().numpy()
     background = recommender.features.rows
     np.testing.assert_allclose(part.values, weights * (view.features - background.mean(0)), rtol=1e-5, atol=1e-6)
@@ -209,6 +212,36 @@ def test_behaviour_attributor_on_a_linear_head_matches_closed_form(linear_world)
     assert part.names == tuple(spec.label for spec in FEATURES)
     assert [d["unit"] for d in part.details] == [spec.unit for spec in FEATURES]
     assert [d["value"] for d in part.details] == pytest.approx(list(view.features))
+
+
+def test_behaviour_attributor_compares_with_the_contexts_own_items(linear_world):
+    recommender, context, view, _ = linear_world
+    (part,) = BehaviourAttributor().attribute(recommender, context, view)  # the default background
+    weights = recommender.net.weights.double().numpy()
+    own = recommender.features.rows[10:13]  # the fake context's rows for its three catalog items
+    np.testing.assert_allclose(part.values, weights * (view.features - own.mean(0)), rtol=1e-5, atol=1e-6)
+    assert part.base_value == pytest.approx(float((own @ weights).mean() + 0.25), abs=1e-6)
+    assert part.parameters["background"] == "random items for the same user or query, at the same moment"
+    assert part.parameters["background_size"] == 3  # the whole catalog, when it is smaller than the sample
+
+
+def test_behaviour_values_rank_items_not_users(recommender, user, top_items):
+    """Features that are the same for every item of the context (the user's activity) get exactly 0, and a
+    what-if override is compared with the data's own values, so the edited feature gets the credit."""
+    from data.features import FEATURE_NAMES
+
+    explained = explain(recommender, top_items[0], user_id=user, n_steps=8, drill_down=0)
+    part = explained.part("behaviour")
+    activity = FEATURE_NAMES.index("user_activity")
+    assert part.values[activity] == 0.0
+    features = recommender.behaviour_features(recommender.context(user), recommender.item_positions(top_items[:1]))
+    column = FEATURE_NAMES.index("price_fit")
+    edited = float(features[0, column]) + 2.0
+    overridden = explain(recommender, top_items[0], user_id=user, n_steps=8, drill_down=0,
+                         feature_overrides={"price_fit": edited}).part("behaviour")
+    assert overridden.details[column]["value"] == pytest.approx(edited)
+    assert overridden.base_value == pytest.approx(part.base_value, abs=1e-12)  # the same background
+    assert overridden.values[column] != pytest.approx(part.values[column], abs=1e-9)
 
 
 def test_token_entries_merge_word_pieces_into_the_words_as_written(recommender):
@@ -286,7 +319,8 @@ def test_a_wrong_part_breaks_the_sum(explained):
 
 def test_shap_is_additive_on_the_behaviour_head(recommender, explained):
     part = explained.part("behaviour")
-    # SHAP explains the head in float64 (explain.behaviour): additive to float64 rounding, not float32's.
+    # SHAP explains the head in float64 (explain.behaviour): additive to float64 rounding, not float32's (~1e-6 of
+    # the score), nor to shap's np.isclose tolerance for "unchanged" features (~1e-8: explain.behaviour.exact_shap).
     features = torch.tensor([[d["value"] for d in part.details]], dtype=torch.float64, device=recommender.device)
     with torch.no_grad():
         behaviour = float(recommender.net.behaviour_score(features)[0])

@@ -129,4 +129,12 @@ def explanation_body(recommender, explanation: Explanation, seconds: float, n_st
     with right:
         if behaviour is not None:
             st.plotly_chart(behaviour, width="stretch", config={"displayModeBar": False})
+            st.caption(behaviour_compared_with(explanation))
     return history is not None
+
+
+def behaviour_compared_with(explanation) -> str:
+    """What the behaviour values are measured against, in words."""
+    background = explanation.part("behaviour").parameters.get("background", "a summarised background")
+    return (f"Each feature's value is measured against {background}: what this item has that a typical one "
+            "does not.")

@@ -163,8 +163,9 @@ def importance_section(recommender) -> None:
         st.error(str(exc))
         return
     st.caption(f"Exact SHAP values of the behaviour head for {len(importance)} recommended items of "
-               f"{importance.parameters['n_users']} users, against {importance.parameters['background_size']} "
-               f"random (user, item) pairs; base value {importance.base_value:+.3f}, largest completeness gap "
+               f"{importance.parameters['n_users']} users, each against {importance.parameters['background_size']} "
+               f"random items for the same user (mean base value {importance.base_values.mean():+.3f}), so features "
+               f"that are the same for all of a user's items get 0; largest completeness gap "
                f"{importance.completeness_gap:.1e}.")
     titles = recommender.items.set_index("item_id")["title"].to_dict()
     st.plotly_chart(importance_bars(importance), width="stretch", config=CHART_CONFIG)

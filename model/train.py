@@ -185,6 +185,7 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
                                metrics=metrics, base_encoder=base)
 
     stage1_started = time.perf_counter()
+    best_encoder: dict[str, torch.Tensor] = {}  # a tuned encoder's trainable weights at the best epoch
     with _Interrupt() as interrupt:
         stale = 0
         for epoch in range(start_epoch + 1, config.epochs + 1):
@@ -203,8 +204,8 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
                 if interrupt.requested:
                     break
             if _tuning(net) and not interrupt.requested:
-                text_embeddings = encoder.embed(texts, model_config.max_item_tokens)
-                recommender.text_embeddings = text_embeddings
+                text_embeddings = encoder.embed(texts, model_config.max_item_tokens)  # on the CPU
+                recommender.text_embeddings = text_embeddings.to(device)
             net.eval()
             recommender.refresh_item_vectors()
             metrics = evaluate_scorer(model_scorer(recommender, with_behaviour=False), recommender, valid)
@@ -215,6 +216,8 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
                 f"HR@10 {metrics['HR@10']:.4f} ({entry['seconds']:.0f} s)")
             if metrics["NDCG@10"] > best["NDCG@10"]:
                 best = {"NDCG@10": metrics["NDCG@10"], "epoch": epoch, "HR@10": metrics["HR@10"]}
+                best_encoder = {name: p.detach().clone() for name, p in net.encoder.named_parameters()
+                                if p.requires_grad}
                 stale = 0
                 save({"stage": 1, "valid": metrics, "log": history_log})
             else:
@@ -230,8 +233,17 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
         if interrupt.requested:
             return {"interrupted": True, "best": best}
 
-    # Back to the best stage-1 weights, then stage 2 on top of them.
+    # Back to the best stage-1 weights, then stage 2 on top of them. The checkpoint holds the rest of the network;
+    # a tuned encoder goes back to its best epoch from memory (the checkpoint ships it merged), and the catalog is
+    # embedded again with it, so the encoder, its embeddings and the network on top are of one epoch.
     net.load_state_dict(load_file(out / checkpoint.WEIGHTS), strict=False)
+    if _tuning(net) and best_encoder:
+        with torch.no_grad():
+            for name, p in net.encoder.named_parameters():
+                if name in best_encoder:
+                    p.copy_(best_encoder[name])
+        text_embeddings = encoder.embed(texts, model_config.max_item_tokens)
+        recommender.text_embeddings = text_embeddings.to(device)
     stage1_seconds = time.perf_counter() - stage1_started
     recommender.refresh_item_vectors()
     stage1_valid = evaluate_scorer(model_scorer(recommender, with_behaviour=False), recommender, split.valid)

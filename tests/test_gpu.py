@@ -52,3 +52,15 @@ def test_pair_and_faithfulness_on_cuda(both):
     assert pair.score == pytest.approx(top[0].score - top[1].score, rel=1e-4, abs=1e-5)
     measured = faithfulness(gpu, explain(gpu, top[0].item_id, user_id=user, n_steps=16), agreement=True)
     assert np.isfinite(measured["deletion_top3_drop"]) and measured["agreement"]["seconds"] > 0
+
+
+def test_lora_training_on_cuda(tiny_shop, tiny_encoder, tmp_path):
+    """A tuned encoder re-embeds the catalog every epoch on the GPU; the checkpoint loads and ranks."""
+    from model.train import TrainConfig, train
+
+    out = tmp_path / "lora"
+    metrics = train(tiny_shop, out, model_overrides={"dim": 16, "max_item_tokens": 24, "encoder_tuning": "lora"},
+                    base_model=str(tiny_encoder), progress=False, log=lambda *_: None,
+                    train_config=TrainConfig(epochs=3, batch_size=16, device="cuda"))
+    assert metrics["device"].startswith("cuda") and metrics["encoder_tuning"] == "lora"
+    assert load(out, device="cuda").recommend(query="wool sock", k=3)

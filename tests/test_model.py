@@ -226,6 +226,32 @@ def test_interrupt_keeps_the_last_good_checkpoint(tiny_shop, tiny_encoder, tmp_p
     assert load(out).recommend(query="mug", k=3)  # the epoch-1 checkpoint is whole
 
 
+def test_a_tuned_encoder_goes_back_to_its_best_epoch(tiny_shop, tiny_encoder, tmp_path, monkeypatch):
+    """With LoRA, epoch 1 validates best (by a stand-in for the ranking metric) and training runs on; stage 2
+    and the checkpoint must then use epoch 1's encoder and its embeddings, not the last epoch's."""
+    import model.train as training
+
+    seen = []
+
+    def evaluate_by_call(scorer, recommender, targets, **kwargs):
+        lora = {n: p.detach().clone() for n, p in recommender.net.encoder.named_parameters() if p.requires_grad}
+        seen.append((lora, recommender.text_embeddings.clone()))
+        return {"NDCG@10": 0.5 if len(seen) == 1 else 0.1, "HR@10": 0.5}
+
+    monkeypatch.setattr(training, "evaluate_scorer", evaluate_by_call)
+    out = tmp_path / "lora"
+    training.train(tiny_shop, out, model_overrides={"dim": 16, "max_item_tokens": 24, "encoder_tuning": "lora"},
+                   base_model=str(tiny_encoder), progress=False, log=lambda *_: None,
+                   train_config=training.TrainConfig(epochs=4, patience=2, batch_size=16, encoder_lr=1e-2))
+    after_epoch_one, last_epoch, after_stage_one = seen[0], seen[2], seen[3]
+    assert any(not torch.equal(after_epoch_one[0][n], last_epoch[0][n]) for n in last_epoch[0])  # it did move
+    for name, value in after_epoch_one[0].items():
+        assert torch.equal(after_stage_one[0][name], value), name
+    torch.testing.assert_close(after_stage_one[1], after_epoch_one[1])
+    saved = load(out)
+    torch.testing.assert_close(saved.text_embeddings.cpu(), after_epoch_one[1].cpu())
+
+
 def test_real_encoder_loss_falls_with_lora(tiny_shop):
     """The real all-MiniLM-L6-v2, tuned with LoRA for a few steps on one batch: the loss must fall."""
     from data.features import FEATURES

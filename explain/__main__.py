@@ -207,7 +207,7 @@ def summary(explanation, measured: dict | None = None) -> str:
         lines += _section("top words in those history items", [
             (name, value, f"in {d['title'][:40]!r}") for name, value, d in drill.words().top(TOP)])
     lines += _section("top behaviour features", [
-        (name, value, f"value {d['value']:.3g} {d['unit']} (typical {d['background_mean']:.3g})")
+        (name, value, f"value {_feature_values(d)} {d['unit']} (typical {d['background_mean']:.3g})")
         for name, value, d in e.part("behaviour").top(TOP)])
     if measured is not None:
         lines.append("faithfulness (item tokens removed to the baseline token):")
@@ -226,6 +226,13 @@ def summary(explanation, measured: dict | None = None) -> str:
     lines += [f"note: {note}" for note in e.notes]
     lines.append("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in e.timing.items()))
     return "\n".join(lines)
+
+
+def _feature_values(detail: dict) -> str:
+    """A feature's value, or A's and B's in a pair explanation."""
+    if "value_b" in detail:
+        return f"A {detail['value']:.3g}, B {detail['value_b']:.3g}"
+    return f"{detail['value']:.3g}"
 
 
 def _section(title: str, rows: list[tuple[str, float, str]]) -> list[str]:

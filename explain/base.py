@@ -24,7 +24,8 @@ JSON schema (`Explanation.to_dict`, `schema_version` 1); every float is a JSON n
           "in_total": bool,       # derived from kind: false only for the drill-down "history_tokens"
           "names": [str], "values": [float],
           "details": [object],    # one per name: token position, span, word and "template" (a field label or
-                                  # separator of the item text), history item, feature unit, ...
+                                  # separator of the item text), history item, feature unit, value and
+                                  # background_mean (a pair adds value_b: B's value; sides: which items), ...
           "base_value": float,    # the output this part's run starts from; shared by the parts of one run
           "method": str,          # "integrated_gradients", "shap_exact"
           "parameters": object,   # n_steps, baseline, internal_batch_size, background size, run, ...

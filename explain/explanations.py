@@ -249,6 +249,8 @@ def _contrast(a: Attribution, b: Attribution) -> Attribution:
             entry = merged.setdefault(key, {"name": name, "value": 0.0, "detail": detail, "sides": []})
             entry["value"] += sign * value
             entry["sides"].append(side)
+            if part.kind == "behaviour" and side == "B":  # the feature's value for each item: "value" is A's
+                entry["detail"] = {**entry["detail"], "value_b": detail.get("value")}
     names = [entry["name"] for entry in merged.values()]
     values = [entry["value"] for entry in merged.values()]
     details = [{**entry["detail"], "sides": entry["sides"]} for entry in merged.values()]

@@ -533,6 +533,9 @@ def test_pair_explains_the_margin(recommender, user, top_items):
     features_b = dict(zip(single_b.part("behaviour").names, single_b.part("behaviour").values))
     contrast = dict(zip(pair.part("behaviour").names, pair.part("behaviour").values))
     assert contrast == pytest.approx({k: features_a[k] - features_b[k] for k in features_a}, abs=1e-9)
+    values = [(d["value"], d["value_b"]) for d in pair.part("behaviour").details]  # each item's own feature values
+    assert values == [(a["value"], b["value"]) for a, b in zip(single_a.part("behaviour").details,
+                                                               single_b.part("behaviour").details)]
 
 
 def test_pair_of_an_item_with_itself_is_zero(recommender, user, top_items):
@@ -641,7 +644,9 @@ def test_cli_prints_a_summary_and_writes_json(tiny_model, recommender, user, top
     assert Explanation.from_json(out.read_text()).item_id == top_items[0]
     code = main(["pair", "--model", str(tiny_model), "--a", top_items[0], "--b", top_items[1], "--query", "mug",
                  "--steps", "8"])
-    assert code == 0 and "margin score(A) - score(B)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert code == 0 and "margin score(A) - score(B)" in printed
+    assert "value A " in printed and ", B " in printed  # each item's own feature values
 
 
 @pytest.mark.parametrize("argv", [

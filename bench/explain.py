@@ -57,6 +57,16 @@ def mean(values) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def paired_p(pairs) -> float | None:
+    """Two-sided Wilcoxon signed-rank p-value of paired drops (ties dropped); None when there is nothing to test."""
+    from scipy.stats import wilcoxon
+
+    differences = [a - b for a, b in pairs if a != b]
+    if len(differences) < 2:
+        return None
+    return float(wilcoxon(differences).pvalue)
+
+
 def share(flags) -> float | None:
     flags = list(flags)
     return float(np.mean(flags)) if flags else None
@@ -200,6 +210,9 @@ def run(model_dir: Path, n_pairs: int, n_full: int, n_sweep: int, n_agreement: i
             "mean_deletion_top3_drop_ig_fast_vs_shap": [
                 mean(a["ig_fast_deletion_top3_drop"] for a in agreement),
                 mean(a["shap_deletion_top3_drop"] for a in agreement if a["shap_deletion_top3_drop"] is not None)],
+            "wilcoxon_p_ig_fast_vs_shap": paired_p(
+                [(a["ig_fast_deletion_top3_drop"], a["shap_deletion_top3_drop"]) for a in agreement
+                 if a["shap_deletion_top3_drop"] is not None]),
             "median_spearman_ig_vs_shap": median(a["spearman"] for a in agreement if a["spearman"] is not None),
         },
         "n_steps_sweep": sweep,
@@ -274,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         if s["share_ig_fast_at_least_shap"] is not None:
             ig_mean, shap_mean = s["mean_deletion_top3_drop_ig_fast_vs_shap"]
             print(f"item by item: IG {args.fast_steps} steps drops at least as much as SHAP on "
-                  f"{s['share_ig_fast_at_least_shap']:.0%}; mean drop IG {ig_mean:+.4f}, SHAP {shap_mean:+.4f}")
+                  f"{s['share_ig_fast_at_least_shap']:.0%}; mean drop IG {ig_mean:+.4f}, SHAP {shap_mean:+.4f}; "
+                  f"paired Wilcoxon p {s['wilcoxon_p_ig_fast_vs_shap']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.out}")

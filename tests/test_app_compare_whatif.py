@@ -189,6 +189,82 @@ def test_add_an_item_then_reset_to_the_real_user(app, recommender):
     assert at.multiselect(key="wi_remove").value == [] and at.text_input(key="wi_query").value == ""
 
 
+def test_a_whatif_link_opens_with_its_edits_and_the_page_keeps_the_link_current(app, recommender):
+    user = next(u for u in recommender.user_ids if len(recommender.histories[u]) >= 3)
+    history = list(dict.fromkeys(recommender.dataset.user_events(user)["item_id"].astype(str)))
+    ranges = feature_ranges(recommender)
+    name = next(n for n in ranges.index if ranges.at[n, "high"] - ranges.at[n, "low"] > 1e-6)
+    value = float(ranges.at[name, "high"])
+    outside = str(recommender.item_ids[-1]) if str(recommender.item_ids[-1]) not in history else history[-1]
+    at = open_page(app, "views/whatif.py", user=user, remove=[history[0], "no-such-item"],
+                   add=[f"cart:{outside}"], set=[f"{name}:{value!r}"], query="wool sock", k="7")
+    assert not at.exception
+    (error,) = at.error  # one message naming what was left out, and only that
+    said = error.value.replace("\\", "")  # as read, without the Markdown escapes
+    assert "remove=no-such-item" in said and history[0] not in said
+    assert at.multiselect(key="wi_remove").value == [history[0]]
+    assert at.multiselect(key="wi_features").value == [name] and at.slider(key=f"wi_value_{name}").value == value
+    assert at.text_input(key="wi_query").value == "wool sock" and at.slider(key="wi_k").value == 7
+    edited = edited_history(recommender, user, remove=[history[0]], add=[(outside, "cart")])
+    direct = recommender.recommend(user_id=user, query="wool sock", k=7, history=edited,
+                                   feature_overrides={name: value})
+    table = whatif_table(at)
+    assert list(table["item_id"]) == [r.item_id for r in direct]
+    assert at.query_params["remove"] == history[0]  # the link now says what the page shows
+    assert at.query_params["add"] == f"cart:{outside}" and at.query_params["k"] == "7"
+    at.button(key="wi_reset").click().run()
+    assert "remove" not in at.query_params and "set" not in at.query_params and "query" not in at.query_params
+
+
+class _Params(dict):
+    """A query string as st.query_params reads it: repeated keys hold lists."""
+
+    def get(self, key, default=None):
+        value = super().get(key, default)
+        return value[-1] if isinstance(value, list) else value
+
+    def get_all(self, key):
+        value = super().get(key, [])
+        return list(value) if isinstance(value, list) else [value]
+
+
+@pytest.mark.parametrize(("params", "said"), [
+    ({"add": ["buy:i1"]}, "add=buy:i1: expected EVENT:ITEM"),
+    ({"add": ["view:nope"]}, "add=view:nope: expected EVENT:ITEM"),
+    ({"set": ["no_feature:1"]}, "set=no_feature:1: 'no_feature' is not a behaviour feature"),
+    ({"set": ["price_fit:abc"]}, "set=price_fit:abc: the value must be a number from 0 to 5"),
+    ({"set": ["price_fit:nan"]}, "set=price_fit:nan: the value must be a number"),
+    ({"set": ["price_fit:9"]}, "set=price_fit:9: the value must be a number from 0 to 5"),
+    ({"k": "50"}, "k=50: expected a whole number from 5 to 20"),
+    ({"k": "-7"}, "k=-7: expected a whole number"),
+])
+def test_a_link_part_that_cannot_be_used_is_named_and_left_out(params, said):
+    import pandas as pd
+
+    from views.whatif_link import read_link
+
+    ranges = pd.DataFrame({"low": [0.0], "high": [5.0]}, index=["price_fit"])
+    edits = read_link(_Params({**params, "remove": ["i1"]}), ["i1"], ["i1", "i2"], ranges)
+    assert len(edits.problems) == 1 and edits.problems[0].startswith(said)
+    assert edits.remove == ["i1"] and not edits.add and not edits.values and edits.k is None
+
+
+def test_write_link_round_trips_through_read_link():
+    import pandas as pd
+
+    from views.whatif_link import read_link, write_link
+
+    params = _Params({"user": "u1"})
+    write_link(params, ["i1"], [("i2", "cart"), ("i3", "view")], {"price_fit": 1 / 3}, "wool sock", 12)
+    ranges = pd.DataFrame({"low": [0.0], "high": [5.0]}, index=["price_fit"])
+    edits = read_link(params, ["i1"], ["i1", "i2", "i3"], ranges)
+    assert (edits.remove, edits.add, edits.values, edits.query, edits.k, edits.problems) == (
+        ["i1"], [{"item_id": "i2", "event": "cart"}, {"item_id": "i3", "event": "view"}], {"price_fit": 1 / 3},
+        "wool sock", 12, [])
+    write_link(params, [], [], {}, None, 10)
+    assert params == {"user": "u1", "k": "10"}
+
+
 def test_choices_survive_a_visit_to_another_page(app, recommender):
     at = open_page(app, "views/compare.py")
     user = at.selectbox(key="cmp_user").value

@@ -1,4 +1,7 @@
-"""What-if page: edit a real user's history, behaviour features and query; see how the ranking moves, and why."""
+"""What-if page: edit a real user's history, behaviour features and query; see how the ranking moves, and why.
+
+The edits live in the link (views.whatif_link), so a what-if can be bookmarked and sent.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from views.loaders import recommender_or_error
 from views.rankings import cached_ranking, event_label, history_units, move_label, rank_slope, search_catalog
 from views.state import forget, remember, restore
 from views.text import md_escape
+from views.whatif_link import read_link, write_link
 
 OVERRIDE_HELP = """A slider sets its feature to **one value for every item in the catalog**, as if, say, this user
 had the same category affinity for every category, or every item were as popular as the slider says. Features
@@ -89,11 +93,22 @@ if not user_ids:
     st.error("This data has no users: a what-if starts from a real user.")
     st.stop()
 
-if "wi_added" not in st.session_state:
+link_problems: list[str] = []
+if "wi_added" not in st.session_state:  # the page's first visit this session: start from the link
     url_user = st.query_params.get("user")
     st.session_state.wi_user = url_user if url_user in set(user_ids) else user_ids[0]
     reset_edits()
-restore("wi_saved")
+    if url_user is not None and url_user not in set(user_ids):
+        link_problems.append(f"user={url_user}: no such user in this data")
+    linked = read_link(st.query_params, history_units(recommender, st.session_state.wi_user)["item_id"],
+                       recommender.item_ids, feature_ranges(recommender))
+    st.session_state.update(wi_remove=linked.remove, wi_added=linked.add, wi_features=list(linked.values),
+                            wi_query=linked.query, **{f"wi_value_{n}": v for n, v in linked.values.items()})
+    if linked.k is not None:
+        st.session_state.wi_k = linked.k
+    link_problems += linked.problems
+else:
+    restore("wi_saved")
 st.session_state.setdefault("wi_k", 10)
 
 top_row = st.columns([3, 1, 2])
@@ -106,6 +121,8 @@ with top_row[2]:
               help="Drop every edit: the real history, no features set by hand, no query")
 st.query_params["user"] = user_id
 st.query_params.pop("item", None)
+if link_problems:
+    st.error("Parts of this link were left out: " + "; ".join(md_escape(p) for p in link_problems) + ".")
 
 units = history_units(recommender, user_id)
 titles = dict(zip(recommender.items["item_id"].astype(str), recommender.items["title"].astype(str)))
@@ -168,6 +185,7 @@ remember("wi_saved", [*WIDGETS, *(f"wi_value_{name}" for name in chosen)])
 
 removed, added = list(st.session_state.wi_remove), [(a["item_id"], a["event"]) for a in st.session_state.wi_added]
 edited = bool(removed or added or overrides or query)
+write_link(st.query_params, removed, added, overrides, query, k)
 try:
     history = edited_history(recommender, user_id, remove=removed, add=added) if removed or added else None
     real = cached_ranking(recommender.checkpoint_id, user_id, None, None, (), recommender)

@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -368,11 +369,12 @@ def export_batch(recommender, user_ids: Iterable, out_dir: str | Path, fmt: str 
 
     bar = tqdm(total=len(known), unit="user", desc="reports", file=sys.stderr, disable=progress is not True)
     written, failed = {}, {}
+    file_names = batch_file_names(known, fmt)
     try:
         for done, user in enumerate(known, start=1):
             try:
                 report = build_report(recommender, user, query, k, n_steps, drill_down=drill_down)
-                written[user] = write_report(report, out_dir / report_file_name(user, fmt))
+                written[user] = write_report(report, out_dir / file_names[user])
             except ReportError as exc:
                 failed[user] = str(exc)
                 bar.write(f"{user}: {exc}", file=sys.stderr)
@@ -384,13 +386,23 @@ def export_batch(recommender, user_ids: Iterable, out_dir: str | Path, fmt: str 
     return BatchResult(written, list(unknown), failed, time.perf_counter() - started)
 
 
-def report_file_name(user_id: str, fmt: str) -> str:
-    """A safe, distinct file name for a user's report: the id itself when it is safe, else a cleaned id + hash."""
+def report_file_name(user_id: str, fmt: str, hashed: bool = False) -> str:
+    """A safe, distinct file name for a user's report: the id itself when it is safe, else a cleaned id + hash of
+    the id (`hashed` adds the hash to a safe id too)."""
     user_id = str(user_id)
     safe = re.sub(r"[^A-Za-z0-9_-]+", "_", user_id).strip("_")[:80]
-    if safe != user_id or not safe:  # changed ids keep apart by a hash of the original: 'a/b' and 'a_b' get two files
+    if hashed or safe != user_id or not safe:  # changed ids keep apart by a hash: 'a/b' and 'a_b' get two files
         safe = f"{safe or 'user'}-{hashlib.sha256(user_id.encode()).hexdigest()[:8]}"
     return f"{safe}.{_format_name(fmt)}"
+
+
+def batch_file_names(user_ids: Iterable[str], fmt: str) -> dict[str, str]:
+    """File names for a batch, distinct on a case-insensitive file system too (macOS, Windows): ids whose names
+    differ only in case ('Ann', 'ann') get the hash of the id as well, so neither report overwrites the other."""
+    names = {str(user): report_file_name(user, fmt) for user in user_ids}
+    clashes = Counter(name.casefold() for name in names.values())
+    return {user: report_file_name(user, fmt, hashed=True) if clashes[name.casefold()] > 1 else name
+            for user, name in names.items()}
 
 
 # ---- PDF --------------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from explain.report import (
     NO_BROWSER,
     Report,
     ReportError,
+    batch_file_names,
     build_report,
     export_batch,
     report_file_name,
@@ -329,6 +330,13 @@ def test_file_names_are_safe_and_distinct():
     for name in names:
         assert "/" not in name and not name.startswith(".") and name.endswith(".html")
     assert set(FORMATS) == {"html", "pdf", "json"}
+
+
+def test_batch_file_names_differ_without_case():
+    """'Ann' and 'ann' would be one file on macOS and Windows: both get the id's hash; 'u1' keeps its name."""
+    names = batch_file_names(["Ann", "ann", "u1"], "html")
+    assert len({name.casefold() for name in names.values()}) == 3
+    assert names["u1"] == "u1.html" and names["Ann"].startswith("Ann-") and names["ann"].startswith("ann-")
 
 
 # ---- command line -----------------------------------------------------------------------------------------------

@@ -9,8 +9,7 @@ The explained function is the model's behaviour head as a function of the raw fe
                      the context (the user's own activity) get exactly 0, and time-dependent features (recency,
                      popularity, item age) are compared at the moment explained, not at another one.
   pairs              feature vectors of random (user, item) pairs at the serving moment, cached per recommender
-                     and checkpoint: "compared with a random item for a random user". The Insights page's global
-                     importance uses it, since it pools many users.
+                     and checkpoint: "compared with a random item for a random user".
 
 What-if overrides are left out of the background: an edited feature is compared with the data's own values.
 With the Independent masker the exact explainer enumerates all 2^F coalitions (F = 11: 2048 of them), so the
@@ -38,7 +37,10 @@ from explain.gradients import device_of
 
 BACKGROUND_SIZE = 100  # background rows; exact SHAP costs 2^F * rows evaluations of a 2-layer head: ~0.1 s
 BACKGROUND_SEED = 0  # a fixed draw: the same model explains the same way every time
-BACKGROUNDS = ("context", "pairs")
+BACKGROUNDS = {  # name -> what the values are compared with, as the explanation's parameters say it
+    "context": "random items for the same user or query, at the same moment",
+    "pairs": "random (user, item) pairs",
+}
 
 _backgrounds: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # recommender -> {key: (rows, F) array}
 _backgrounds_lock = threading.Lock()
@@ -115,18 +117,15 @@ class BehaviourAttributor:
         else:
             rows = background(recommender, self.background_size, self.seed)
         score = behaviour_function(recommender)
-        features = np.asarray(view.features, dtype=np.float64)  # (F,)
-        values, bases = exact_shap(score, rows, features[None])
+        features = np.asarray(view.features, dtype=np.float64)[None]  # (1, F)
+        values, bases = exact_shap(score, rows, features)
         values, base = values[0], float(bases[0])
-        gap = base + math.fsum(values) - float(score(features[None])[0])
-        features = features[None]
+        gap = base + math.fsum(values) - float(score(features)[0])
         means = rows.mean(0)
         details = [{"feature": spec.name, "unit": spec.unit, "value": float(features[0, j]),
                     "background_mean": float(means[j]), "meaning": spec.meaning, "needs_clock": spec.needs_clock}
                    for j, spec in enumerate(FEATURES)]
-        described = {"context": "random items for the same user or query, at the same moment",
-                     "pairs": "random (user, item) pairs"}[self.background]
-        parameters = {"algorithm": "exact", "masker": "independent", "background": described,
+        parameters = {"algorithm": "exact", "masker": "independent", "background": BACKGROUNDS[self.background],
                       "background_size": len(rows), "seed": self.seed, "run": "behaviour"}
         return (Attribution("behaviour", tuple(spec.label for spec in FEATURES), tuple(values), base, self.method,
                             parameters, gap, time.perf_counter() - started, tuple(details)),)
@@ -139,12 +138,9 @@ def exact_shap(score, rows: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.n
     equal, which leaves sums ~1e-8 off; the masker here skips only values that are equal, so the sum is exact to
     float64 rounding.
     """
-    result = shap_exact_explainer(score, rows)(x, silent=True)
+    explainer = import_shap().explainers.Exact(score, _equal_masker()(rows, max_samples=len(rows)))
+    result = explainer(x, silent=True)
     return np.asarray(result.values, dtype=np.float64), np.asarray(result.base_values, dtype=np.float64).reshape(-1)
-
-
-def shap_exact_explainer(score, rows: np.ndarray):
-    return import_shap().explainers.Exact(score, _equal_masker()(rows, max_samples=len(rows)))
 
 
 @functools.cache

@@ -137,36 +137,34 @@ def behaviour_importance(recommender, n_users: int = DEFAULT_USERS, k: int = DEF
     k = _count(k, "k", len(recommender.item_ids))
     users = sample_users(recommender, n_users, seed)
     score = behaviour_function(recommender)
-    user_of, item_ids, ranks, rows, values, base_values = [], [], [], [], [], []
+    user_of, item_ids, ranks, shown = [], [], [], []  # shown: (context, (k, F) features) per user with a list
     total = 2 * len(users)  # ranking the users, then explaining their rows
-    contexts = {}
     for done, user in enumerate(users, start=1):
         top = _top_items(recommender, user, k)
         if top:
-            contexts[user] = context = recommender.context(user)
-            rows.append(recommender.behaviour_features(context, recommender.item_positions(top)))
+            context = recommender.context(user)
+            shown.append((context, recommender.behaviour_features(context, recommender.item_positions(top))))
             user_of.extend([user] * len(top))
             item_ids.extend(top)
             ranks.extend(range(1, len(top) + 1))
         progress(done, total, "ranking the sampled users")
-    sizes = []
-    for done, (user, features) in enumerate(zip(contexts, rows), start=1):
-        reference = context_background(recommender, contexts[user], background_size, BACKGROUND_SEED)
-        user_values, user_bases = exact_shap(score, reference, features.astype(np.float64))
+    values, base_values = [np.zeros((0, len(FEATURES)))], [np.zeros(0)]
+    for done, (context, rows) in enumerate(shown, start=1):
+        reference = context_background(recommender, context, background_size, BACKGROUND_SEED)
+        user_values, user_bases = exact_shap(score, reference, rows.astype(np.float64))
         values.append(user_values)
         base_values.append(user_bases)
-        sizes.append(len(reference))
-        progress(len(users) + math.ceil(len(users) * done / max(len(rows), 1)), total, "SHAP values of the rows")
+        progress(len(users) + math.ceil(len(users) * done / len(shown)), total, "SHAP values of the rows")
     progress(total, total, "done")
-    features = np.concatenate(rows).astype(np.float64) if rows else np.zeros((0, len(FEATURES)))
+    features = np.concatenate([np.zeros((0, len(FEATURES))), *(rows for _, rows in shown)]).astype(np.float64)
     parameters = {"n_users": len(users), "k": k, "seed": seed, "rows": len(features), "algorithm": "exact",
                   "masker": "independent", "background": "random items for each user, at the serving moment",
-                  "background_size": max(sizes, default=0), "background_seed": BACKGROUND_SEED,
+                  "background_size": min(background_size, len(recommender.item_ids)),
+                  "background_seed": BACKGROUND_SEED,
                   "checkpoint_id": recommender.checkpoint_id, "seconds": time.perf_counter() - started}
-    return BehaviourImportance(tuple(user_of), tuple(item_ids), tuple(ranks), features,
-                               np.concatenate(values) if values else np.zeros((0, len(FEATURES))),
-                               score(features) if len(features) else np.zeros(0),
-                               np.concatenate(base_values) if base_values else np.zeros(0), parameters)
+    return BehaviourImportance(tuple(user_of), tuple(item_ids), tuple(ranks), features, np.concatenate(values),
+                               score(features) if len(features) else np.zeros(0), np.concatenate(base_values),
+                               parameters)
 
 
 # ---- words -------------------------------------------------------------------------------------------------------

@@ -237,7 +237,7 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
     # a tuned encoder goes back to its best epoch from memory (the checkpoint ships it merged), and the catalog is
     # embedded again with it, so the encoder, its embeddings and the network on top are of one epoch.
     net.load_state_dict(load_file(out / checkpoint.WEIGHTS), strict=False)
-    if _tuning(net) and best_encoder:
+    if _tuning(net) and best_encoder and best["epoch"] != history_log[-1]["epoch"]:  # else they are of one already
         with torch.no_grad():
             for name, p in net.encoder.named_parameters():
                 if name in best_encoder:

@@ -169,6 +169,7 @@ DAY = 24 * 3600
 HOUR_WEIGHTS = np.array([1.0, 0.6, 0.4, 0.3, 0.3, 0.4, 0.8, 1.5, 2.0, 2.2, 2.3, 2.5,
                          2.8, 2.6, 2.4, 2.4, 2.6, 3.0, 3.6, 4.2, 4.5, 4.0, 3.0, 1.8])
 BOT_VIEWS = 40  # the bot-like shopper's burst: this many views inside one minute
+BEST_SELLER_SHARE = 0.05  # popularity-driven views go to the shop's best-sellers: this top share by appeal
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ class _Catalog:
     by_category: dict[str, _Pool]
     by_brand: dict[str, _Pool]
     by_attribute: dict[str, _Pool]
-    popular: _Pool
+    popular: _Pool  # the best-sellers: the top BEST_SELLER_SHARE of items by appeal, weighted by appeal
 
 
 @dataclass
@@ -211,7 +212,7 @@ class _Shopper:
     price_band: tuple[float, float]
     activity: float
     cause_mix: np.ndarray  # (len(CAUSES),) probabilities
-    cheap_in_band: _Pool | None  # favourite-category items in the lower half of the price band
+    deals: _Pool | None  # items of any category in the lower half of the price band
 
 
 @dataclass
@@ -231,8 +232,10 @@ def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_eve
     Titles read "Brand [series] attribute... noun[, colour]"; prices come from category, noun and brand tier.
     Each shopper has 1-3 favourite categories, 1-2 brands, 2-4 attribute words, a price band and an activity
     level, and visits in sessions from 1 January to 30 April 2024: every view is drawn by one cause from the
-    shopper's cause mix, carts and purchases follow it at cause-dependent odds, favourites drift in weight over
-    the months. The same seed gives the same shop, byte for byte; the catalog depends only on seed and n_items.
+    shopper's cause mix (a taste; a deal from any shelf in the lower half of the price band; a return to what
+    was seen or carted lately; one of the best-sellers; noise), carts and purchases follow it at cause-dependent
+    odds, favourites drift in weight over the months. The same seed gives the same shop, byte for byte; the
+    catalog depends only on seed and n_items.
 
     `ground_truth` (JSON-serialisable, written as ground_truth.json by `data.io.write_tables`):
 
@@ -385,6 +388,7 @@ def _build_catalog(rng: np.random.Generator, n_items: int) -> _Catalog:
         return {label: _Pool.of(every[mask], taste_weight[mask]) for label, mask in labels}
 
     words = list(dict.fromkeys(w for vocab in CATEGORIES for w in vocab.attributes))
+    best_sellers = np.sort(np.argsort(-appeal)[: max(1, round(BEST_SELLER_SHARE * len(rows)))])
     has_word = {w: np.array([w in a for a in attributes]) for w in words}
     return _Catalog(
         items=items,
@@ -396,7 +400,7 @@ def _build_catalog(rng: np.random.Generator, n_items: int) -> _Catalog:
         by_category=pools((c.name, category == c.name) for c in CATEGORIES),
         by_brand=pools((b, brand == b) for c in CATEGORIES for b in c.brands if (brand == b).any()),
         by_attribute=pools((w, has_word[w]) for w in words if has_word[w].any()),
-        popular=_Pool.of(every, appeal),
+        popular=_Pool.of(best_sellers, appeal[best_sellers]),
     )
 
 
@@ -450,7 +454,7 @@ def _draw_shoppers(rng: np.random.Generator, n_users: int, catalog: _Catalog) ->
         cause_mix = cause_mix / cause_mix.sum()
         low, high = round(float(low), 2), round(float(high), 2)
         middle = (low + high) / 2
-        cheap = np.flatnonzero(in_favourites & (catalog.price >= low) & (catalog.price <= middle))
+        cheap = np.flatnonzero((catalog.price >= low) & (catalog.price <= middle))
         shoppers.append(_Shopper(
             user_id=f"u{n:0{width}d}",
             categories=categories,
@@ -461,7 +465,7 @@ def _draw_shoppers(rng: np.random.Generator, n_users: int, catalog: _Catalog) ->
             price_band=(low, high),
             activity=round(float(rng.lognormal(0.0, 0.6)), 3),
             cause_mix=cause_mix,
-            cheap_in_band=_Pool.of(cheap, np.sqrt(catalog.appeal[cheap])) if len(cheap) else None,
+            deals=_Pool.of(cheap, np.sqrt(catalog.appeal[cheap])) if len(cheap) else None,
         ))
     return shoppers
 
@@ -557,7 +561,10 @@ def _session(rng, user, shopper, catalog, history, clock, span, columns) -> int:
 def _choose_item(cause, shopper, catalog, history, drift, u_taste, u_item) -> tuple[int, str, str | None]:
     """The item a view lands on when `cause` drives it, with the cause that really fired and its token.
 
-    A cause that cannot fire (no history yet, no cheap item in the band) hands over to a favourite category.
+    Each behaviour cause leaves its own mark, apart from the tastes: price-driven views are deals from any shelf
+    in the lower half of the shopper's price band, popularity-driven views go to the shop's best-sellers, and
+    recency brings the shopper back to what they saw or carted lately.
+    A cause that cannot fire (no history yet, no deal in the band) hands over to a favourite category.
     """
     if cause == "brand":
         brand = _favourite(shopper, "brands", drift, u_taste)
@@ -565,8 +572,8 @@ def _choose_item(cause, shopper, catalog, history, drift, u_taste, u_item) -> tu
     if cause == "attribute":
         word = _favourite(shopper, "attributes", drift, u_taste)
         return catalog.by_attribute[word].draw(u_item), cause, word
-    if cause == "price" and shopper.cheap_in_band is not None:
-        return shopper.cheap_in_band.draw(u_item), cause, None
+    if cause == "price" and shopper.deals is not None:
+        return shopper.deals.draw(u_item), cause, None
     if cause == "recency":
         # Back to an abandoned cart, to something seen lately, or to the shelf of the last visit.
         if history.abandoned and u_taste < 0.35:

@@ -10,7 +10,17 @@ import pytest
 from data.errors import DataError
 from data.io import load_dataset, write_tables
 from data.schema import make_dataset
-from data.synthetic import CATEGORIES, CAUSES, TASTE_CAUSES, TIERS, WINDOW_END, WINDOW_START, event_causes, generate
+from data.synthetic import (
+    BEST_SELLER_SHARE,
+    CATEGORIES,
+    CAUSES,
+    TASTE_CAUSES,
+    TIERS,
+    WINDOW_END,
+    WINDOW_START,
+    event_causes,
+    generate,
+)
 
 SESSION_BREAK = pd.Timedelta(minutes=20)  # the generator keeps sessions of one shopper 30 minutes apart
 
@@ -217,6 +227,19 @@ def test_price_caused_events_are_cheap_in_the_band(shop):
     band = np.array([users[u]["price_band"] for u in caused["user_id"]])
     middle = band.mean(axis=1)
     assert ((caused["price"] >= band[:, 0]) & (caused["price"] <= middle)).mean() > 0.95
+    # Deals come from any shelf, so a price-driven view is not also a category taste most of the time.
+    favourite = [category in users[u]["categories"] for u, category in
+                 zip(caused["user_id"], caused["item_id"].map(shop.items.set_index("item_id")["category"]))]
+    assert np.mean(favourite) < 0.5
+
+
+def test_popularity_caused_events_go_to_the_best_sellers(shop):
+    caused = event_causes(shop).query("cause == 'popularity' and event == 'view'")
+    best_sellers = set(caused["item_id"])
+    assert len(best_sellers) <= round(BEST_SELLER_SHARE * len(shop.items))
+    # The same few items draw a large share of every cause's views, not only popularity's.
+    views = event_causes(shop).query("event == 'view'")
+    assert views["item_id"].isin(best_sellers).mean() > 3 * BEST_SELLER_SHARE
 
 
 def test_causes_follow_their_events_when_reordered(small_shop):

@@ -28,7 +28,7 @@ $(DEMO)/data/events.csv: | $(STAMP)
 	$(PY) -m data generate --out $(DEMO)/data
 
 $(DEMO)/model/config.json: | $(DEMO)/data/events.csv
-	$(PY) -m model train --data $(DEMO)/data --out $(DEMO)/model
+	$(PY) -m model train --data $(DEMO)/data --out $(DEMO)/model --no-id-embedding
 
 demo: $(STAMP) $(DEMO)/data/events.csv $(DEMO)/model/config.json
 

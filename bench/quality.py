@@ -20,7 +20,12 @@ SHARED = ROOT.parent / "shared"
 RESULTS = ROOT / "bench" / "results" / "quality.json"
 RUNS = ROOT / "runs" / "bench"  # git-ignored: checkpoints are reused while their data and training config match
 DEMO = "demo"  # stands for the demo shop: demo/data if it exists, else freshly generated as `make run` would
-DEFAULT_DATA = (str(SHARED / "data" / "amazon_scientific"), str(SHARED / "data" / "movielens_100k"), DEMO)
+DEMO_WITH_IDS = "demo-with-ids"  # the same shop, the model with its per-item ID memory: what leaving it out costs
+DEFAULT_DATA = (str(SHARED / "data" / "amazon_scientific"), str(SHARED / "data" / "movielens_100k"), DEMO,
+                DEMO_WITH_IDS)
+# Model settings per dataset; the rest are RecommenderConfig's defaults. The demo model is trained as `make demo`
+# trains it: without the ID memory, so every part of its scores is explained (README, "Results").
+MODEL_OVERRIDES = {DEMO: {"use_id_embedding": False}}
 
 # Published full-ranking, leave-one-out results on the same files, for orientation; their protocol details
 # (candidate set, history masking) are the papers', so a gap of a few thousandths is not a verdict.
@@ -39,14 +44,14 @@ def machine() -> dict:
 
 
 def dataset_name(spec: str) -> str:
-    return DEMO if spec == DEMO else Path(spec).resolve().name
+    return spec if spec in (DEMO, DEMO_WITH_IDS) else Path(spec).resolve().name
 
 
 def load(spec: str, scratch: Path):
     """The dataset a spec names: a path any reader understands, or `demo`."""
     from data.io import load_dataset
 
-    if spec != DEMO:
+    if spec not in (DEMO, DEMO_WITH_IDS):
         return load_dataset(spec)
     existing = ROOT / "demo" / "data"
     if (existing / "events.csv").exists():
@@ -58,10 +63,12 @@ def load(spec: str, scratch: Path):
     return load_dataset(scratch / "demo")
 
 
-def trained_checkpoint(dataset, out: Path, config, *, retrain: bool) -> tuple[float, bool]:
+def trained_checkpoint(dataset, out: Path, config, *, retrain: bool, model_overrides: dict | None = None
+                       ) -> tuple[float, bool]:
     """Train into `out` unless a checkpoint there saw the same data and config; (train seconds, reused)."""
     from model.checkpoint import read_config
     from model.errors import CheckpointError
+    from model.recommender import RecommenderConfig
     from model.train import train
 
     if not retrain and (out / "config.json").exists():
@@ -71,11 +78,14 @@ def trained_checkpoint(dataset, out: Path, config, *, retrain: bool) -> tuple[fl
             stored = {}
         same_data = stored.get("data", {}).get("fingerprint") == dataset.meta.fingerprint
         same_config = stored.get("train") == dataclasses.asdict(config)
-        if same_data and same_config and stored.get("metrics", {}).get("stage") == 2:
+        defaults = {f.name: f.default for f in dataclasses.fields(RecommenderConfig)}
+        same_model = all(stored.get("model", {}).get(k, defaults[k]) == v
+                         for k, v in {"use_id_embedding": True, **(model_overrides or {})}.items())
+        if same_data and same_config and same_model and stored.get("metrics", {}).get("stage") == 2:
             print(f"reusing checkpoint {stored['checkpoint_id']} in {out}")
             return float(stored["metrics"].get("train_seconds", float("nan"))), True
     started = time.perf_counter()
-    metrics = train(dataset, out, train_config=config)
+    metrics = train(dataset, out, train_config=config, model_overrides=model_overrides)
     if metrics.get("interrupted"):
         raise KeyboardInterrupt
     return time.perf_counter() - started, False
@@ -98,7 +108,8 @@ def table(name: str, report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__)
     parser.add_argument("--data", nargs="+", default=list(DEFAULT_DATA),
-                        help=f"dataset paths, or '{DEMO}' for the demo shop (default: Scientific, MovieLens, demo)")
+                        help=f"dataset paths, '{DEMO}' for the demo shop or '{DEMO_WITH_IDS}' for it with the ID "
+                             "memory (default: Scientific, MovieLens, both demo runs)")
     parser.add_argument("--epochs", type=int, default=None, help="stage-1 epoch cap (default: TrainConfig's)")
     parser.add_argument("--train-seconds", type=float, default=0.0, help="stage-1 time budget (0: none)")
     parser.add_argument("--max-users", type=int, default=None, help="evaluate a fixed sample of users (quick checks)")
@@ -139,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 dataset = load(spec, Path(scratch))
                 out = args.runs / name
-                train_seconds, reused = trained_checkpoint(dataset, out, config, retrain=args.retrain)
+                train_seconds, reused = trained_checkpoint(dataset, out, config, retrain=args.retrain,
+                                                           model_overrides=MODEL_OVERRIDES.get(name))
                 recommender = load_checkpoint(out)
                 report = evaluate_model(recommender, progress=True, max_users=args.max_users)
             except WhyRecError as exc:
@@ -152,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 "machine": machine(),
                 "checkpoint": str(out.relative_to(ROOT) if out.is_relative_to(ROOT) else out),
                 "train_config": dataclasses.asdict(config),
+                "model_overrides": MODEL_OVERRIDES.get(name, {}),
                 "train_seconds": train_seconds,
                 "checkpoint_reused": reused,
                 "anchors": ANCHORS.get(name, {}),

@@ -77,7 +77,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """The demo shop and a demo model trained on it with the real encoder (a short run)."""
+    """The demo shop and a demo model trained on it with the real encoder, as `make demo` trains it (a short run)."""
     from data.io import write_tables
     from data.synthetic import generate
     from model.train import TrainConfig, train
@@ -85,8 +85,8 @@ def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     shop = generate(n_users=400, n_items=300, seed=0, target_events=12_000)
     write_tables(shop, root / "data")
-    train(shop, root / "model", train_config=TrainConfig(epochs=3, behaviour_epochs=5), progress=False,
-          log=lambda *_: None)
+    train(shop, root / "model", model_overrides={"use_id_embedding": False},
+          train_config=TrainConfig(epochs=3, behaviour_epochs=5), progress=False, log=lambda *_: None)
     return root
 
 

@@ -302,6 +302,19 @@ def test_cli_recommend_and_bad_input(tiny_model, tmp_path):
     assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
 
 
+def test_cli_trains_without_the_id_memory(tiny_encoder, tiny_shop, tmp_path):
+    from data.io import write_tables
+
+    write_tables(tiny_shop, tmp_path / "shop")
+    result = run_cli("train", "--data", str(tmp_path / "shop"), "--out", str(tmp_path / "m"), "--epochs", "1",
+                     "--base-model", str(tiny_encoder), "--dim", "16", "--no-id-embedding")
+    assert result.returncode == 0, result.stderr
+    recommender = load(tmp_path / "m")
+    assert recommender.config.use_id_embedding is False
+    # No item has an ID vector: its score is text, history and behaviour (and a bias) only.
+    assert not recommender.item_id_vectors.any()
+
+
 def test_public_entry_point(tiny_model):
     import model
 

@@ -144,14 +144,24 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
         raise ModelError(f"no user has {config.min_history} distinct items: nothing to validate on")
 
     base = resolve_encoder(base_model)
-    transformer, tokenizer = load_encoder(base)
+    state_path = out / STATE
+    resuming = resume and state_path.exists()
+    # A tuned run resumes from the encoder its checkpoint shipped: the base weights with what the best epoch so far
+    # learned merged in. Fresh LoRA adapters start at zero on top of it, so the function is where it was.
+    tuned_weights = out / checkpoint.ENCODER
+    from_checkpoint = (resuming and (model_overrides or {}).get("encoder_tuning", "frozen") != "frozen"
+                       and tuned_weights.is_dir())
+    transformer, tokenizer = load_encoder(tuned_weights if from_checkpoint else base)
     encoder = TextEncoder(transformer, tokenizer).to(device)  # item texts are embedded where training runs
     model_config = RecommenderConfig(n_items=len(dataset.items), n_features=len(FEATURES),
                                      text_dim=encoder.hidden_size, **(model_overrides or {}))
     texts = item_texts(dataset)
     cache_dir = out.parent / f".{out.name}.cache"
-    text_embeddings = cached_embeddings(encoder, texts, model_config.max_item_tokens, cache_dir,
-                                        f"items-{Path(base).name}", progress)
+    if from_checkpoint:  # the resumed encoder's own embeddings; the cache holds the base encoder's
+        text_embeddings = encoder.embed(texts, model_config.max_item_tokens)
+    else:
+        text_embeddings = cached_embeddings(encoder, texts, model_config.max_item_tokens, cache_dir,
+                                            f"items-{Path(base).name}", progress)
     query_embeddings = cached_embeddings(encoder, pseudo_queries(dataset, config.seed),
                                          model_config.max_query_tokens, cache_dir, f"queries-{Path(base).name}",
                                          progress)
@@ -165,10 +175,9 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
     log(f"{len(dataset.items)} items, {len(histories)} training users, {len(split.valid)} validation users "
         f"({len(valid)} ranked per epoch), encoder {model_config.encoder_tuning} on {device}")
 
-    state_path = out / STATE
     history_log: list[dict] = []
     best = {"NDCG@10": -1.0, "epoch": 0}
-    if resume and state_path.exists():
+    if resuming:
         state = json.loads(state_path.read_text())
         checkpoint_weights = load_file(out / checkpoint.WEIGHTS)
         net.load_state_dict(checkpoint_weights, strict=False)
@@ -185,7 +194,10 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
                                metrics=metrics, base_encoder=base)
 
     stage1_started = time.perf_counter()
-    best_encoder: dict[str, torch.Tensor] = {}  # a tuned encoder's trainable weights at the best epoch
+    # A tuned encoder's trainable weights at the best epoch; a resumed run starts at the best epoch so far.
+    best_encoder: dict[str, torch.Tensor] = {}
+    if from_checkpoint:
+        best_encoder = {name: p.detach().clone() for name, p in net.encoder.named_parameters() if p.requires_grad}
     with _Interrupt() as interrupt:
         stale = 0
         for epoch in range(start_epoch + 1, config.epochs + 1):

@@ -252,6 +252,28 @@ def test_a_tuned_encoder_goes_back_to_its_best_epoch(tiny_shop, tiny_encoder, tm
     torch.testing.assert_close(saved.text_embeddings.cpu(), after_epoch_one[1].cpu())
 
 
+def test_a_resumed_tuned_run_keeps_what_its_encoder_learned(tiny_shop, tiny_encoder, tmp_path, monkeypatch):
+    """A LoRA run resumed after epoch 1, whose epoch 2 validates worse, ships epoch 1's encoder and embeddings,
+    not the base encoder's nor epoch 2's."""
+    import model.train as training
+
+    out = tmp_path / "lora"
+    overrides = {"dim": 16, "max_item_tokens": 24, "encoder_tuning": "lora"}
+    config = {"batch_size": 16, "behaviour_epochs": 1, "encoder_lr": 1e-2}
+    first = training.train(tiny_shop, out, model_overrides=overrides, base_model=str(tiny_encoder), progress=False,
+                           log=lambda *_: None, train_config=training.TrainConfig(epochs=1, **config))
+    epoch_one = load(out).text_embeddings.cpu()
+    (out / training.STATE).write_text(json.dumps({"best": {"NDCG@10": 0.5, "epoch": 1}, "log": first["log"]}))
+    monkeypatch.setattr(training, "evaluate_scorer", lambda *args, **kwargs: {"NDCG@10": 0.1, "HR@10": 0.1})
+    resumed = training.train(tiny_shop, out, model_overrides=overrides, base_model=str(tiny_encoder),
+                             progress=False, log=lambda *_: None, resume=True,
+                             train_config=training.TrainConfig(epochs=2, **config))
+    assert [e["epoch"] for e in resumed["log"]] == [1, 2]
+    base = training.TextEncoder(*training.load_encoder(tiny_encoder)).embed(training.item_texts(tiny_shop), 24)
+    assert not torch.allclose(epoch_one, base, atol=1e-4)  # epoch 1 did tune the encoder
+    torch.testing.assert_close(load(out).text_embeddings.cpu(), epoch_one, atol=1e-5, rtol=1e-4)
+
+
 def test_real_encoder_loss_falls_with_lora(tiny_shop):
     """The real all-MiniLM-L6-v2, tuned with LoRA for a few steps on one batch: the loss must fall."""
     from data.features import FEATURES

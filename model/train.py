@@ -157,14 +157,15 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
                                      text_dim=encoder.hidden_size, **(model_overrides or {}))
     texts = item_texts(dataset)
     cache_dir = out.parent / f".{out.name}.cache"
-    if from_checkpoint:  # the resumed encoder's own embeddings; the cache holds the base encoder's
+    queries = pseudo_queries(dataset, config.seed)
+    if from_checkpoint:  # the resumed encoder's own embeddings, kept out of the cache, which holds the base's
         text_embeddings = encoder.embed(texts, model_config.max_item_tokens)
+        query_embeddings = encoder.embed(queries, model_config.max_query_tokens)
     else:
         text_embeddings = cached_embeddings(encoder, texts, model_config.max_item_tokens, cache_dir,
                                             f"items-{Path(base).name}", progress)
-    query_embeddings = cached_embeddings(encoder, pseudo_queries(dataset, config.seed),
-                                         model_config.max_query_tokens, cache_dir, f"queries-{Path(base).name}",
-                                         progress)
+        query_embeddings = cached_embeddings(encoder, queries, model_config.max_query_tokens, cache_dir,
+                                             f"queries-{Path(base).name}", progress)
     net = RecommenderNet(model_config, _tuned(encoder, model_config)).to(device)
     recommender = Recommender(net, dataset, text_embeddings, checkpoint_id="training")
     histories = [h for h in build_histories(split.train, dataset.item_position).values() if len(h) >= 2]

@@ -263,6 +263,9 @@ def test_a_resumed_tuned_run_keeps_what_its_encoder_learned(tiny_shop, tiny_enco
     first = training.train(tiny_shop, out, model_overrides=overrides, base_model=str(tiny_encoder), progress=False,
                            log=lambda *_: None, train_config=training.TrainConfig(epochs=1, **config))
     epoch_one = load(out).text_embeddings.cpu()
+    for path in (tmp_path / ".lora.cache").glob("queries-*"):
+        path.unlink()  # a cache that lost an entry must not get it back from the tuned encoder
+    cache = {path.name: path.read_bytes() for path in (tmp_path / ".lora.cache").iterdir()}
     (out / training.STATE).write_text(json.dumps({"best": {"NDCG@10": 0.5, "epoch": 1}, "log": first["log"]}))
     monkeypatch.setattr(training, "evaluate_scorer", lambda *args, **kwargs: {"NDCG@10": 0.1, "HR@10": 0.1})
     resumed = training.train(tiny_shop, out, model_overrides=overrides, base_model=str(tiny_encoder),
@@ -272,6 +275,8 @@ def test_a_resumed_tuned_run_keeps_what_its_encoder_learned(tiny_shop, tiny_enco
     base = training.TextEncoder(*training.load_encoder(tiny_encoder)).embed(training.item_texts(tiny_shop), 24)
     assert not torch.allclose(epoch_one, base, atol=1e-4)  # epoch 1 did tune the encoder
     torch.testing.assert_close(load(out).text_embeddings.cpu(), epoch_one, atol=1e-5, rtol=1e-4)
+    # The base encoder's cached embeddings are neither used nor overwritten by the tuned one's.
+    assert {path.name: path.read_bytes() for path in (tmp_path / ".lora.cache").iterdir()} == cache
 
 
 def test_real_encoder_loss_falls_with_lora(tiny_shop):

@@ -20,7 +20,7 @@ PART_LABELS = {
     "item_tokens": "Item words",
     "query_tokens": "Query words",
     "history": "History",
-    "collaborative": "Item ID (collaborative)",
+    "collaborative": "Item memory (ID, bias)",
     "behaviour": "Behaviour features",
     "history_tokens": "Words in history items",
 }

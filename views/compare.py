@@ -245,7 +245,7 @@ if strongest is not None:
                 f"({strongest.total:+.3f}, favouring {favours(strongest.total)}).")
 
 st.markdown("**The margin's top contributors**")
-words_tab, history_tab, behaviour_tab, id_tab = st.tabs(["Words", "History", "Behaviour features", "Item ID"])
+words_tab, history_tab, behaviour_tab, id_tab = st.tabs(["Words", "History", "Behaviour features", "Item memory"])
 with words_tab:
     st.dataframe(word_rows(explanation), hide_index=True, width="stretch",
                  column_config={"word": st.column_config.TextColumn("Word", width=160),

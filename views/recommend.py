@@ -17,6 +17,8 @@ PART_REASONS = {
     "collaborative": "shoppers with a history like {whose} picked it",
     "behaviour": "{whose} recent behaviour points to it",
 }
+# A model without the ID memory has only the item bias there: how often shoppers picked the item in training.
+BIAS_REASON = "shoppers often picked it"
 
 
 def _reasons(frame: pd.DataFrame) -> list[str]:
@@ -24,16 +26,16 @@ def _reasons(frame: pd.DataFrame) -> list[str]:
     parts = [c for c in frame.columns if c.startswith("part_")]
     what = "the query" if query else "this user's history"
     whose = "this user's" if user_id else "the"
+    reasons = PART_REASONS if recommender.config.use_id_embedding else {**PART_REASONS, "collaborative": BIAS_REASON}
     lines = []
     for _, row in frame.iterrows():
         values = {c.removeprefix("part_"): float(row[c]) for c in parts}
         ranked_parts = sorted(values.items(), key=lambda kv: kv[1], reverse=True)
         name, value = ranked_parts[0]
-        line = PART_REASONS[name].format(what=what, whose=whose).capitalize() + f" (+{value:.2f})"
+        line = reasons[name].format(what=what, whose=whose).capitalize() + f" (+{value:.2f})"
         if len(ranked_parts) > 1 and ranked_parts[1][1] > 0.25 * value > 0:
             second = ranked_parts[1][0]
-            line += "; " + PART_REASONS[second].format(what=what, whose=whose) + \
-                f" (+{ranked_parts[1][1]:.2f})"
+            line += "; " + reasons[second].format(what=what, whose=whose) + f" (+{ranked_parts[1][1]:.2f})"
         lines.append(line)
     return lines
 

@@ -65,12 +65,20 @@ def top_features(explanation) -> tuple[str | None, str | None]:
     return behaviour.top(1)[0][2].get("feature"), raised
 
 
+def planted_words(taste: dict) -> set[str]:
+    """A user's planted brands and attribute words, case-folded."""
+    return {w.casefold() for w in [*taste["brands"], *taste["attributes"]]}
+
+
+def title_words(item) -> set[str]:
+    """The case-folded words of an item's brand and title (anything with .brand and .title)."""
+    return set(f"{item.brand or ''} {item.title}".casefold().replace(",", " ").split())
+
+
 def carries_taste(item, taste: dict) -> bool:
     """Whether an item (a row of dataset.items) is in one of the user's planted categories or carries one of the
     user's planted brands or attribute words."""
-    words = set(f"{item.brand or ''} {item.title}".casefold().replace(",", " ").split())
-    planted = {w.casefold() for w in [*taste["brands"], *taste["attributes"]]}
-    return item.category in taste["categories"] or bool(words & planted)
+    return item.category in taste["categories"] or bool(title_words(item) & planted_words(taste))
 
 
 def held_out_views(dataset, causes: pd.DataFrame, wanted: tuple[str, ...], rng, first_touch: bool) -> pd.DataFrame:
@@ -132,10 +140,9 @@ def main(argv=None) -> int:
     for user in rng.permutation(users):
         if len(top10) >= token_pairs:
             break
-        planted = truth["users"][user]
-        words = {w.casefold() for w in [*planted["brands"], *planted["attributes"]]}
+        words = planted_words(truth["users"][user])
         for rec in recommender.recommend(user_id=user, k=10):
-            text = set(f"{rec.brand or ''} {rec.title}".casefold().replace(",", " ").split())
+            text = title_words(rec)
             if words & text:
                 top, n_terms = top_terms(explained(user, rec.item_id))
                 top10.append({"user_id": user, "item_id": rec.item_id, "tastes": sorted(words & text), "top3": top,

@@ -196,9 +196,7 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
 
     stage1_started = time.perf_counter()
     # A tuned encoder's trainable weights at the best epoch; a resumed run starts at the best epoch so far.
-    best_encoder: dict[str, torch.Tensor] = {}
-    if from_checkpoint:
-        best_encoder = {name: p.detach().clone() for name, p in net.encoder.named_parameters() if p.requires_grad}
+    best_encoder = _trainable_encoder_weights(net) if from_checkpoint else {}
     with _Interrupt() as interrupt:
         stale = 0
         for epoch in range(start_epoch + 1, config.epochs + 1):
@@ -229,8 +227,7 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
                 f"HR@10 {metrics['HR@10']:.4f} ({entry['seconds']:.0f} s)")
             if metrics["NDCG@10"] > best["NDCG@10"]:
                 best = {"NDCG@10": metrics["NDCG@10"], "epoch": epoch, "HR@10": metrics["HR@10"]}
-                best_encoder = {name: p.detach().clone() for name, p in net.encoder.named_parameters()
-                                if p.requires_grad}
+                best_encoder = _trainable_encoder_weights(net)
                 stale = 0
                 save({"stage": 1, "valid": metrics, "log": history_log})
             else:
@@ -299,6 +296,11 @@ def _tuned(encoder: TextEncoder, config: RecommenderConfig) -> TextEncoder:
 
 def _tuning(net: RecommenderNet) -> bool:
     return net.config.encoder_tuning != "frozen"
+
+
+def _trainable_encoder_weights(net: RecommenderNet) -> dict[str, torch.Tensor]:
+    """A copy of the encoder's trainable weights (LoRA adapters, or all of them): {} for a frozen encoder."""
+    return {name: p.detach().clone() for name, p in net.encoder.named_parameters() if p.requires_grad}
 
 
 def _optimizer(net: RecommenderNet, config: TrainConfig) -> torch.optim.Optimizer:

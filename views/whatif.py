@@ -100,7 +100,7 @@ if "wi_added" not in st.session_state:  # the page's first visit this session: s
     reset_edits()
     if url_user is not None and url_user not in set(user_ids):
         link_problems.append(f"user={url_user}: no such user in this data")
-    linked = read_link(st.query_params, history_units(recommender, st.session_state.wi_user)["item_id"],
+    linked = read_link(st.query_params, recommender.dataset.user_events(st.session_state.wi_user)["item_id"],
                        recommender.item_ids, feature_ranges(recommender))
     st.session_state.update(wi_remove=linked.remove, wi_added=linked.add, wi_features=list(linked.values),
                             wi_query=linked.query, **{f"wi_value_{n}": v for n, v in linked.values.items()})

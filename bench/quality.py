@@ -66,7 +66,7 @@ def load(spec: str, scratch: Path):
 def trained_checkpoint(dataset, out: Path, config, *, retrain: bool, model_overrides: dict | None = None
                        ) -> tuple[float, bool]:
     """Train into `out` unless a checkpoint there saw the same data and config; (train seconds, reused)."""
-    from model.checkpoint import read_config
+    from model.checkpoint import check_features, read_config
     from model.errors import CheckpointError
     from model.recommender import RecommenderConfig
     from model.train import train
@@ -74,6 +74,7 @@ def trained_checkpoint(dataset, out: Path, config, *, retrain: bool, model_overr
     if not retrain and (out / "config.json").exists():
         try:
             stored = read_config(out)
+            check_features(out, stored)  # trained on the behaviour features this build computes
         except CheckpointError:
             stored = {}
         same_data = stored.get("data", {}).get("fingerprint") == dataset.meta.fingerprint

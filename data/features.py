@@ -65,11 +65,12 @@ FEATURES: tuple[FeatureSpec, ...] = (
         needs_clock=False,
     ),
     FeatureSpec(
-        "price_fit",
-        "Price distance",
-        "std (log price)",
-        "How far the item's log price is from the prices the user usually looks at, in the user's own spread "
-        "(0 = the user's usual price, capped at 5; 0.80 = typical, used when a price is unknown).",
+        "price_affinity",
+        "Price affinity",
+        "share",
+        "Share of the user's earlier events on items priced within 15% of this item's price, recent events "
+        "weighing more (as category affinity); for an item without a price, the share a random priced item of "
+        "the catalog would have.",
         needs_clock=False,
     ),
     FeatureSpec(
@@ -103,11 +104,16 @@ FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec(
         "cooccurrence",
         "Co-occurrence",
-        "log1p(count)",
-        "How often other users went straight from one of the user's last 5 items to this one.",
+        "share",
+        "Of the times other users went straight to this item from another, the share that came from one of the "
+        "user's last 5 items (with 5 pseudo-arrivals from elsewhere, so one arrival is not a certainty).",
         needs_clock=False,
     ),
 )
+# Bumped whenever a feature's definition changes: a checkpoint records the version and the names it was trained
+# on, and loading refuses a model whose behaviour head would read columns it never saw.
+# 2: price distance from the user's mean price -> price affinity; co-occurrence as a share of arrivals.
+FEATURES_VERSION = 2
 FEATURE_NAMES: tuple[str, ...] = tuple(spec.name for spec in FEATURES)
 # The features about the item alone, the same for every user at a moment (the rest depend on the user too).
 ITEM_FEATURES: tuple[str, ...] = ("item_popularity", "item_conversion", "item_freshness")
@@ -117,11 +123,10 @@ AFFINITY_HALF_LIFE_DAYS = 30.0  # a month-old event counts half as much as today
 AFFINITY_HALF_LIFE_EVENTS = 10.0  # on a synthetic clock the same decay counts the user's later events instead
 WINDOW_DAYS = 30.0  # popularity and activity look back one month
 DAYS_CAP = 365.0  # "a year or more" and "never" read the same, so the value stays bounded
-PRICE_SPREAD_FLOOR = 0.25  # log-price spread (~28%) a user's std may not go below: one priced event is no spread
-PRICE_FIT_CAP = 5.0  # beyond 5 spreads every price is equally "not yours"
-PRICE_FIT_NEUTRAL = math.sqrt(2.0 / math.pi)  # mean |z| of a normal: "a typical distance" when a price is unknown
+PRICE_WINDOW = math.log(1.15)  # "priced within 15%": |log1p(price) - log1p(other)| at most this
 CONVERSION_PRIOR_VIEWS = 10.0  # pseudo-views of the shop-wide rate: an item's own ratio dominates after ~10 views
 COOCCURRENCE_RECENT_ITEMS = 5  # the user's last distinct items whose successors are counted
+COOCCURRENCE_PRIOR = 5.0  # pseudo-arrivals from elsewhere: an item reached once is not "always reached from here"
 
 _DAY_NS = 86_400 * 10**9
 _NEVER = np.iinfo(np.int64).max  # first-event time of an item nobody touched
@@ -222,6 +227,17 @@ class FeatureStore:
         self._pair_successor = successor[by_source]
         self._pair_time = stamp[by_source]
         self._pair_indptr = np.searchsorted(source[by_source], np.arange(self.n_items + 1))
+        # Arrivals at each item: the same pairs as keys successor * (n_moments + 1) + rank(time), sorted.
+        self._arrival_keys = np.sort(successor * self._key_base + np.searchsorted(self._moments, stamp))
+        self._arrival_origin = np.searchsorted(self._arrival_keys, item_origin)
+
+        # Price windows: for each item, the share of priced catalog items within PRICE_WINDOW of its price,
+        # the price affinity a random priced item would get from one event on it.
+        log_price = self._item_log_price
+        priced = np.sort(log_price[~np.isnan(log_price)])
+        in_window = np.searchsorted(priced, log_price + PRICE_WINDOW, side="right") - np.searchsorted(
+            priced, log_price - PRICE_WINDOW, side="left")
+        self._price_window_share = np.where(np.isnan(log_price), 0.0, in_window / max(len(priced), 1))
 
         self._item_stats_cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._cache_lock = threading.Lock()
@@ -349,7 +365,6 @@ class FeatureStore:
         def put(name: str, values) -> None:
             stats[:, _USER_COLUMNS.index(_COLUMN[name])] = values
 
-        put("price_fit", PRICE_FIT_NEUTRAL)
         if not self.clock_is_synthetic:
             put("days_since_category", np.log1p(DAYS_CAP))
         if len(seen.item) == 0:
@@ -387,19 +402,31 @@ class FeatureStore:
         put("user_item_views", np.log1p(_occurrences(seen.item[seen.kind == _VIEW], items, self.n_items)))
         put("user_item_carts", np.log1p(_occurrences(seen.item[seen.kind == _CART], items, self.n_items)))
 
-        seen_log_price = self._item_log_price[seen.item]
-        seen_log_price = seen_log_price[~np.isnan(seen_log_price)]
-        if len(seen_log_price):
-            spread = np.sqrt(seen_log_price.var() + PRICE_SPREAD_FLOOR**2)
-            item_log_price = self._item_log_price[items]
-            distance = np.abs(item_log_price - seen_log_price.mean()) / spread
-            put("price_fit", np.where(np.isnan(item_log_price), PRICE_FIT_NEUTRAL, np.minimum(distance, PRICE_FIT_CAP)))
-
-        put("cooccurrence", np.log1p(self._cooccurrence(seen, own_seen, t_ns, items)))
+        put("price_affinity", self._price_affinity(seen, weight, items))
+        put("cooccurrence", self._cooccurrence(seen, own_seen, t_ns, items))
         return stats
 
+    def _price_affinity(self, seen: _Trail, weight: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """(n,) recency-weighted share of the seen events priced within PRICE_WINDOW of each item's price."""
+        seen_log_price = self._item_log_price[seen.item]
+        priced = ~np.isnan(seen_log_price)
+        order = np.argsort(seen_log_price[priced], kind="stable")
+        prices = seen_log_price[priced][order]
+        cumulative = np.concatenate([[0.0], np.cumsum(weight[priced][order])])
+        item_log_price = self._item_log_price[items]
+        unknown = np.isnan(item_log_price)
+        x = np.where(unknown, 0.0, item_log_price)
+        within = cumulative[np.searchsorted(prices, x + PRICE_WINDOW, side="right")] - cumulative[
+            np.searchsorted(prices, x - PRICE_WINDOW, side="left")]
+        typical = float(weight[priced] @ self._price_window_share[seen.item[priced]])
+        return np.where(unknown, typical, within) / weight.sum()
+
     def _cooccurrence(self, seen: _Trail, own_seen: _Trail, t_ns: int, items: np.ndarray) -> np.ndarray:
-        """(n,) pair counts (a -> item) before t over the user's last distinct items a, other users only."""
+        """(n,) share of other users' arrivals at each item before t that came from the user's last distinct
+        items: pairs (a -> item) over a in those items / (all pairs (* -> item) + COOCCURRENCE_PRIOR).
+
+        A raw count would mostly say how popular the item is (everyone arrives at a best-seller); the share says
+        how much this user's recent items lead to it."""
         reversed_items = seen.item[::-1]
         distinct, first_at = np.unique(reversed_items, return_index=True)
         recent = distinct[np.argsort(first_at)[:COOCCURRENCE_RECENT_ITEMS]]  # most recent first
@@ -409,13 +436,16 @@ class FeatureStore:
             cut = lo + np.searchsorted(self._pair_time[lo:hi], t_ns, side="left")
             successors.append(self._pair_successor[lo:cut])
         counts = _occurrences(np.concatenate(successors), items, self.n_items)
+        rank_now = np.searchsorted(self._moments, t_ns, side="left")
+        arrivals = np.searchsorted(self._arrival_keys, items * self._key_base + rank_now) - self._arrival_origin[items]
         if len(own_seen.item) > 1:
             # The stored user's own pairs before t, built by the same rule as the store's, are exactly the part
-            # of the counts that is not "other users".
+            # of the counts (and of the arrivals) that is not "other users".
             source, successor = own_seen.item[:-1], own_seen.item[1:]
-            own = (source != successor) & np.isin(source, recent)
-            counts = counts - _occurrences(successor[own], items, self.n_items)
-        return counts
+            moved = source != successor
+            counts = counts - _occurrences(successor[moved & np.isin(source, recent)], items, self.n_items)
+            arrivals = arrivals - _occurrences(successor[moved], items, self.n_items)
+        return counts / (arrivals + COOCCURRENCE_PRIOR)
 
     # ------------------------------------------------------------------------------------------------------
     # Lookups and validation

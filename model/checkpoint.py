@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from data.errors import DataError
+from data.features import FEATURE_NAMES, FEATURES_VERSION
 from data.schema import Dataset, make_dataset
 from model.encoder import TextEncoder, load_encoder, pick_device
 from model.errors import CheckpointError
@@ -57,6 +58,7 @@ def save(directory: str | Path, net: RecommenderNet, dataset: Dataset, text_embe
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "base_encoder": base_encoder,
             "model": net.config.to_dict(),
+            "features": {"version": FEATURES_VERSION, "names": list(FEATURE_NAMES)},
             "train": train_config or {},
             "data": {"fingerprint": dataset.meta.fingerprint, "source": dataset.meta.source,
                      "format": dataset.meta.format, "synthetic_clock": dataset.meta.synthetic_clock,
@@ -129,6 +131,19 @@ def verify(directory: Path, config: dict) -> None:
             raise CheckpointError(f"{path}: truncated or corrupted (checksum differs from config.json)")
 
 
+def check_features(directory: Path, config: dict) -> None:
+    """The behaviour features the checkpoint was trained on are the ones this build computes, column for column.
+
+    Checkpoints from before the version was recorded were trained on version 1."""
+    trained = config.get("features") or {"version": 1}
+    if trained.get("version") != FEATURES_VERSION or list(trained.get("names", FEATURE_NAMES)) != list(FEATURE_NAMES):
+        raise CheckpointError(
+            f"{directory / CONFIG}: trained on behaviour features version {trained.get('version')!r}; this WhyRec "
+            f"computes version {FEATURES_VERSION} ({', '.join(FEATURE_NAMES)}), which its behaviour head would "
+            f"misread: retrain it with `python -m model train` (the demo: `make clean demo`)"
+        )
+
+
 def load(directory: str | Path, data: str | Path | None = None, *, device: str = "auto", check: bool = True):
     """Rebuild the `Recommender` from a checkpoint directory; `data` serves other events for the same items.
 
@@ -140,6 +155,7 @@ def load(directory: str | Path, data: str | Path | None = None, *, device: str =
     config = read_config(directory)
     if check:
         verify(directory, config)
+    check_features(directory, config)
     try:
         # Checkpoints from before the cosine top were trained with the plain dot product.
         model_config = RecommenderConfig.from_dict({"temperature": 0.0, **config["model"]})

@@ -146,6 +146,8 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
     base = resolve_encoder(base_model)
     state_path = out / STATE
     resuming = resume and state_path.exists()
+    if resuming:  # a head trained on other behaviour features cannot go on learning on these
+        checkpoint.check_features(out, checkpoint.read_config(out))
     # A tuned run resumes from the encoder its checkpoint shipped: the base weights with what the best epoch so far
     # learned merged in. Fresh LoRA adapters start at zero on top of it, so the function is where it was.
     tuned_weights = out / checkpoint.ENCODER

@@ -232,9 +232,9 @@ class _Params(dict):
     ({"add": ["buy:i1"]}, "add=buy:i1: expected EVENT:ITEM"),
     ({"add": ["view:nope"]}, "add=view:nope: expected EVENT:ITEM"),
     ({"set": ["no_feature:1"]}, "set=no_feature:1: 'no_feature' is not a behaviour feature"),
-    ({"set": ["price_fit:abc"]}, "set=price_fit:abc: the value must be a number from 0 to 5"),
-    ({"set": ["price_fit:nan"]}, "set=price_fit:nan: the value must be a number"),
-    ({"set": ["price_fit:9"]}, "set=price_fit:9: the value must be a number from 0 to 5"),
+    ({"set": ["price_affinity:abc"]}, "set=price_affinity:abc: the value must be a number from 0 to 5"),
+    ({"set": ["price_affinity:nan"]}, "set=price_affinity:nan: the value must be a number"),
+    ({"set": ["price_affinity:9"]}, "set=price_affinity:9: the value must be a number from 0 to 5"),
     ({"k": "50"}, "k=50: expected a whole number from 5 to 20"),
     ({"k": "-7"}, "k=-7: expected a whole number"),
 ])
@@ -243,7 +243,7 @@ def test_a_link_part_that_cannot_be_used_is_named_and_left_out(params, said):
 
     from views.whatif_link import read_link
 
-    ranges = pd.DataFrame({"low": [0.0], "high": [5.0]}, index=["price_fit"])
+    ranges = pd.DataFrame({"low": [0.0], "high": [5.0]}, index=["price_affinity"])
     edits = read_link(_Params({**params, "remove": ["i1"]}), ["i1"], ["i1", "i2"], ranges)
     assert len(edits.problems) == 1 and edits.problems[0].startswith(said)
     assert edits.remove == ["i1"] and not edits.add and not edits.values and edits.k is None
@@ -255,11 +255,11 @@ def test_write_link_round_trips_through_read_link():
     from views.whatif_link import read_link, write_link
 
     params = _Params({"user": "u1"})
-    write_link(params, ["i1"], [("i2", "cart"), ("i3", "view")], {"price_fit": 1 / 3}, "wool sock", 12)
-    ranges = pd.DataFrame({"low": [0.0], "high": [5.0]}, index=["price_fit"])
+    write_link(params, ["i1"], [("i2", "cart"), ("i3", "view")], {"price_affinity": 1 / 3}, "wool sock", 12)
+    ranges = pd.DataFrame({"low": [0.0], "high": [5.0]}, index=["price_affinity"])
     edits = read_link(params, ["i1"], ["i1", "i2", "i3"], ranges)
     assert (edits.remove, edits.add, edits.values, edits.query, edits.k, edits.problems) == (
-        ["i1"], [{"item_id": "i2", "event": "cart"}, {"item_id": "i3", "event": "view"}], {"price_fit": 1 / 3},
+        ["i1"], [{"item_id": "i2", "event": "cart"}, {"item_id": "i3", "event": "view"}], {"price_affinity": 1 / 3},
         "wool sock", 12, [])
     write_link(params, [], [], {}, None, 10)
     assert params == {"user": "u1", "k": "10"}

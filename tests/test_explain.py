@@ -229,16 +229,19 @@ def test_behaviour_values_rank_items_not_users(recommender, user, top_items):
     """Features that are the same for every item of the context (the user's activity) get exactly 0, and a
     what-if override is compared with the data's own values, so the edited feature gets the credit."""
     from data.features import FEATURE_NAMES
+    from model.whatif import feature_ranges
 
     explained = explain(recommender, top_items[0], user_id=user, n_steps=8, drill_down=0)
     part = explained.part("behaviour")
     activity = FEATURE_NAMES.index("user_activity")
     assert part.values[activity] == 0.0
     features = recommender.behaviour_features(recommender.context(user), recommender.item_positions(top_items[:1]))
-    column = FEATURE_NAMES.index("price_fit")
-    edited = float(features[0, column]) + 2.0
+    column = FEATURE_NAMES.index("price_affinity")
+    low, high = feature_ranges(recommender).loc["price_affinity", ["low", "high"]]
+    real = float(features[0, column])
+    edited = float(high if real - low < high - real else low)  # the far end of what the data shows
     overridden = explain(recommender, top_items[0], user_id=user, n_steps=8, drill_down=0,
-                         feature_overrides={"price_fit": edited}).part("behaviour")
+                         feature_overrides={"price_affinity": edited}).part("behaviour")
     assert overridden.details[column]["value"] == pytest.approx(edited)
     assert overridden.base_value == pytest.approx(part.base_value, abs=1e-12)  # the same background
     assert overridden.values[column] != pytest.approx(part.values[column], abs=1e-9)

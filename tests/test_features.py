@@ -12,13 +12,12 @@ from data.features import (
     AFFINITY_HALF_LIFE_DAYS,
     AFFINITY_HALF_LIFE_EVENTS,
     CONVERSION_PRIOR_VIEWS,
+    COOCCURRENCE_PRIOR,
     COOCCURRENCE_RECENT_ITEMS,
     DAYS_CAP,
     FEATURE_NAMES,
     FEATURES,
-    PRICE_FIT_CAP,
-    PRICE_FIT_NEUTRAL,
-    PRICE_SPREAD_FLOOR,
+    PRICE_WINDOW,
     WINDOW_DAYS,
     FeatureStore,
 )
@@ -100,7 +99,7 @@ def test_every_feature_has_a_unique_name_a_unit_and_a_meaning():
     for spec in FEATURES:
         assert spec.name.isidentifier() and spec.label.strip() and spec.unit.strip() and spec.meaning.strip(), spec
     required = {"category_affinity", "brand_affinity", "days_since_category", "user_item_views", "user_item_carts",
-                "price_fit", "item_popularity", "item_conversion", "user_activity", "item_freshness", "cooccurrence"}
+                "price_affinity", "item_popularity", "item_conversion", "user_activity", "item_freshness", "cooccurrence"}
     assert required <= set(names)
 
 
@@ -137,11 +136,12 @@ def test_known_values_for_a_hand_made_shop(shop):
     assert f.loc["a", "user_item_carts"] == pytest.approx(math.log(2))
     assert f.loc["c", "user_item_carts"] == 0.0
 
-    # Prices u1 looked at: 10, 10, 30 (log1p).
-    seen = np.log1p([10.0, 10.0, 30.0])
-    spread = math.sqrt(seen.var() + PRICE_SPREAD_FLOOR**2)
-    assert f.loc["d", "price_fit"] == pytest.approx(abs(math.log1p(20.0) - seen.mean()) / spread, rel=1e-6)
-    assert f.loc["b", "price_fit"] == pytest.approx(PRICE_FIT_NEUTRAL)  # b has no price
+    # Prices u1 looked at: 10, 10, 30. Nothing of theirs is within 15% of 20; a at 10 has a's two events.
+    assert f.loc["a", "price_affinity"] == pytest.approx((w[0] + w[1]) / sum(w), rel=1e-6)
+    assert f.loc["c", "price_affinity"] == pytest.approx(w[2] / sum(w), rel=1e-6)
+    assert f.loc["d", "price_affinity"] == 0.0
+    # b has no price: the share a random priced item would get. Each of 10, 20, 30 has only itself within 15%.
+    assert f.loc["b", "price_affinity"] == pytest.approx(1 / 3, rel=1e-6)
 
     assert f.loc["a", "item_popularity"] == pytest.approx(math.log1p(3), rel=1e-6)  # u1 view + cart, u2 view
     assert f.loc["b", "item_popularity"] == pytest.approx(math.log1p(2), rel=1e-6)
@@ -158,8 +158,8 @@ def test_known_values_for_a_hand_made_shop(shop):
     assert f.loc["b", "item_freshness"] == pytest.approx(math.log1p(3 - 1 / 24), rel=1e-6)
     assert f.loc["d", "item_freshness"] == 0.0
 
-    # u1's last items: c, a. Other users went a -> b once; u1's own a -> c does not count.
-    assert f.loc["b", "cooccurrence"] == pytest.approx(math.log(2))
+    # u1's last items: c, a. Other users arrived at b once, from a; u1's own a -> c does not count.
+    assert f.loc["b", "cooccurrence"] == pytest.approx(1 / (1 + COOCCURRENCE_PRIOR))
     assert f.loc["c", "cooccurrence"] == 0.0
 
 
@@ -212,7 +212,8 @@ def test_events_at_or_after_t_change_no_feature_at_t():
     moments = [T0 + 20 * DAY, T0 + 41 * DAY + pd.Timedelta(hours=5)]
     users = list(base.user_ids)
 
-    new_items = [(f"new{i}", "mugs", "acme", 15.0) for i in range(5)]
+    # New items come unpriced: an unpriced item's price affinity reads the catalog's prices, not only events.
+    new_items = [(f"new{i}", "mugs", "acme", np.nan) for i in range(5)]
     later = []
     for t in moments[-1:]:
         # The user's own events, other users', brand-new users', events on brand-new items, and events at t exactly.
@@ -294,11 +295,16 @@ def reference_features(ds, user, item_id, t, synthetic_clock=False):
     out["days_since_category"] = math.log1p(min(gap, DAYS_CAP))
     out["user_item_views"] = math.log1p(sum(r.item_id == item_id and r.event == "view" for r in mine))
     out["user_item_carts"] = math.log1p(sum(r.item_id == item_id and r.event == "cart" for r in mine))
-    prices = [log_price[r.item_id] for r in mine if r.item_id in log_price]
-    out["price_fit"] = PRICE_FIT_NEUTRAL
-    if prices and item_id in log_price:
-        spread = math.sqrt(np.var(prices) + PRICE_SPREAD_FLOOR**2)
-        out["price_fit"] = min(abs(log_price[item_id] - np.mean(prices)) / spread, PRICE_FIT_CAP)
+    if mine:
+        def within(a, b):
+            return abs(log_price[a] - log_price[b]) <= PRICE_WINDOW
+
+        priced = [(w, r.item_id) for w, r in zip(weights, mine) if r.item_id in log_price]
+        if item_id in log_price:
+            out["price_affinity"] = sum(w for w, seen in priced if within(seen, item_id)) / sum(weights)
+        else:  # the expected share of a random priced item
+            out["price_affinity"] = float(np.mean([sum(w for w, seen in priced if within(seen, other))
+                                                   for other in log_price])) / sum(weights)
     out["item_popularity"] = math.log1p(sum(r.item_id == item_id and r.timestamp >= window_start for r in rows))
     views = sum(r.item_id == item_id and r.event == "view" for r in rows)
     purchases = sum(r.item_id == item_id and r.event == "purchase" for r in rows)
@@ -317,11 +323,12 @@ def reference_features(ds, user, item_id, t, synthetic_clock=False):
         if r.item_id not in recent:
             recent.append(r.item_id)
     recent = recent[:COOCCURRENCE_RECENT_ITEMS]
-    follows = 0
+    follows = arrivals = 0
     for other in {r.user_id for r in rows} - {user}:
         sequence = [r.item_id for r in rows if r.user_id == other]
         follows += sum(a in recent and b == item_id and a != b for a, b in itertools.pairwise(sequence))
-    out["cooccurrence"] = math.log1p(follows)
+        arrivals += sum(b == item_id and a != b for a, b in itertools.pairwise(sequence))
+    out["cooccurrence"] = follows / (arrivals + COOCCURRENCE_PRIOR)
 
     if synthetic_clock:
         for spec in FEATURES:
@@ -371,7 +378,7 @@ NEUTRAL_USER_VALUES = {
     "days_since_category": math.log1p(DAYS_CAP),
     "user_item_views": 0.0,
     "user_item_carts": 0.0,
-    "price_fit": PRICE_FIT_NEUTRAL,
+    "price_affinity": 0.0,
     "user_activity": 0.0,
     "cooccurrence": 0.0,
 }
@@ -430,8 +437,9 @@ def test_history_override_reads_the_given_events_and_keeps_item_stats(shop):
 
     # A visitor nobody has seen, with one view of a: other users' a -> b shows up as co-occurrence.
     visitor = store.user_features("visitor", at=t, history=events_frame([("x", "a", T0, "view")]).drop(columns="user_id"))
-    assert visitor[shop.item_position["b"], COL["cooccurrence"]] == pytest.approx(math.log(2))
-    assert visitor[shop.item_position["c"], COL["cooccurrence"]] == pytest.approx(math.log(2))  # u1's a -> c
+    assert visitor[shop.item_position["b"], COL["cooccurrence"]] == pytest.approx(1 / (1 + COOCCURRENCE_PRIOR))
+    # u1's a -> c counts for the visitor, the only arrival at c
+    assert visitor[shop.item_position["c"], COL["cooccurrence"]] == pytest.approx(1 / (1 + COOCCURRENCE_PRIOR))
 
 
 def test_history_with_an_unknown_item_is_a_data_error(shop):

@@ -164,6 +164,23 @@ def test_broken_config_and_missing_directory(tiny_model, tmp_path):
         load(copy)
 
 
+def test_a_checkpoint_trained_on_other_behaviour_features_is_refused(tiny_model, tmp_path):
+    from data.features import FEATURE_NAMES, FEATURES_VERSION
+
+    config = json.loads((tiny_model / CONFIG).read_text())
+    assert config["features"] == {"version": FEATURES_VERSION, "names": list(FEATURE_NAMES)}
+    copy = tmp_path / "older"
+    shutil.copytree(tiny_model, copy)
+    del config["features"]  # written before the version was recorded: version 1
+    (copy / CONFIG).write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"features version 1; .* retrain it"):
+        load(copy)
+    config["features"] = {"version": FEATURES_VERSION, "names": list(reversed(FEATURE_NAMES))}
+    (copy / CONFIG).write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=rf"features version {FEATURES_VERSION}; "):
+        load(copy)
+
+
 def test_data_that_does_not_match_the_model(tiny_model, tmp_path):
     from data.synthetic import generate
 

@@ -64,9 +64,9 @@ def test_every_feature_at_its_extreme_gives_finite_scores(recommender, ranges, u
 
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"no_such_feature": 1.0}, "unknown behaviour feature 'no_such_feature'"),
-    ({"price_fit": float("nan")}, "finite number"),
-    ({"price_fit": "high"}, "finite number"),
-    ({"price_fit": 1e6}, "outside its observed range"),
+    ({"price_affinity": float("nan")}, "finite number"),
+    ({"price_affinity": "high"}, "finite number"),
+    ({"price_affinity": 1e6}, "outside its observed range"),
     ({"category_affinity": -0.5}, "outside its observed range"),
 ])
 def test_bad_overrides_are_refused_clearly(recommender, user, overrides, message):
@@ -75,13 +75,13 @@ def test_bad_overrides_are_refused_clearly(recommender, user, overrides, message
 
 
 def test_a_value_a_rounding_error_outside_is_the_bound(recommender, ranges, user):
-    high = float(ranges.at["price_fit", "high"])
-    context = recommender.context(user, feature_overrides={"price_fit": high * (1 + 1e-9)})
-    assert context.feature_overrides == (("price_fit", high),)
+    high = float(ranges.at["price_affinity", "high"])
+    context = recommender.context(user, feature_overrides={"price_affinity": high * (1 + 1e-9)})
+    assert context.feature_overrides == (("price_affinity", high),)
 
 
 def test_the_explanation_reads_the_overrides_and_adds_up(recommender, ranges, user):
-    name = "price_fit"
+    name = "price_affinity"
     value = float(ranges.at[name, "high"])
     top = recommender.recommend(user_id=user, k=1, feature_overrides={name: value})[0]
     explanation = explain(recommender, top.item_id, user_id=user, n_steps=16, drill_down=0,

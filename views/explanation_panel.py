@@ -17,7 +17,8 @@ HOW_TO_READ = """
 exactly into parts, shown in the waterfall: the **base value** (what an empty input scores), then
 **item words** and **query words** (Integrated Gradients over the words the encoder read), **history**
 (how much each past interaction pulled the score), **item ID** (what the model learned about this very item
-from other shoppers) and **behaviour features** (SHAP values of recency, affinity, price fit, popularity...).
+from other shoppers) and **behaviour features** (SHAP values of recency, category, brand and price affinity,
+popularity...).
 
 **Colours**: orange raises the score, purple lowers it; a stronger colour is a larger effect. Hover a word or
 a bar for its exact value.

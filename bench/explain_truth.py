@@ -11,8 +11,8 @@ recency, popularity, noise) and, for a text taste, the word it fired on. Three c
                       "Category:" field labels). Chance: 3 / the item's positive terms.
   tokens, top-10      (user, item) pairs of the users' current top 10 where the item carries one of the user's
                       planted brand or attribute words: a hit when one of them is among the top-3 terms.
-  behaviour, held-out views whose planted cause is a behaviour, as many of each: price (the item is cheap
-                      within the user's price band) -> price_fit; recency (back to a recently viewed or carted
+  behaviour, held-out views whose planted cause is a behaviour, as many of each: price (the item is priced
+                      around the user's price point) -> price_affinity; recency (back to a recently viewed or carted
                       item, or the last category) -> user_item_views, user_item_carts or days_since_category;
                       popularity -> item_popularity.
                       A hit when the top SHAP feature (largest |value|) is the cause's feature; reported too for
@@ -40,7 +40,7 @@ from explain.gradients import BASELINES
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CAUSE_FEATURES = {
-    "price": ("price_fit",),
+    "price": ("price_affinity",),
     "recency": ("user_item_views", "user_item_carts", "days_since_category"),
     "popularity": ("item_popularity",),
 }

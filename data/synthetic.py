@@ -170,6 +170,8 @@ HOUR_WEIGHTS = np.array([1.0, 0.6, 0.4, 0.3, 0.3, 0.4, 0.8, 1.5, 2.0, 2.2, 2.3, 
                          2.8, 2.6, 2.4, 2.4, 2.6, 3.0, 3.6, 4.2, 4.5, 4.0, 3.0, 1.8])
 BOT_VIEWS = 40  # the bot-like shopper's burst: this many views inside one minute
 BEST_SELLER_SHARE = 0.05  # popularity-driven views go to the shop's best-sellers: this top share by appeal
+PRICE_POINT_WIDTH = 0.1  # price-driven views go to items of any shelf within this log distance (~10%) of the
+#                          shopper's price point: "something around 60 euros", whatever it is
 
 
 @dataclass(frozen=True)
@@ -210,9 +212,10 @@ class _Shopper:
     drift_start: dict[str, list[float]]  # taste weights on 1 January, aligned with the lists above
     drift_end: dict[str, list[float]]  # and on 30 April; in between they move linearly
     price_band: tuple[float, float]
+    price_point: float  # the shopper's own price level on the favourite shelves, inside the band
     activity: float
     cause_mix: np.ndarray  # (len(CAUSES),) probabilities
-    deals: _Pool | None  # items of any category in the lower half of the price band
+    at_price_point: _Pool | None  # items of any category within PRICE_POINT_WIDTH of the price point
 
 
 @dataclass
@@ -230,9 +233,10 @@ def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_eve
 
     Thirteen categories, each with its own nouns, attribute words and five made-up brands (budget, mid, premium).
     Titles read "Brand [series] attribute... noun[, colour]"; prices come from category, noun and brand tier.
-    Each shopper has 1-3 favourite categories, 1-2 brands, 2-4 attribute words, a price band and an activity
-    level, and visits in sessions from 1 January to 30 April 2024: every view is drawn by one cause from the
-    shopper's cause mix (a taste; a deal from any shelf in the lower half of the price band; a return to what
+    Each shopper has 1-3 favourite categories, 1-2 brands, 2-4 attribute words, a price band around a price point
+    and an activity level, and visits in sessions from 1 January to 30 April 2024: every view is drawn by one cause
+    from the shopper's cause mix (a taste; an item from any shelf priced within about 10% of the price point; a
+    return to what
     was seen or carted lately; one of the best-sellers; noise), carts and purchases follow it at cause-dependent
     odds, favourites drift in weight over the months. The same seed gives the same shop, byte for byte; the
     catalog depends only on seed and n_items.
@@ -241,6 +245,7 @@ def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_eve
 
     - "seed": the seed; "window": [first, end) of the event clock as ISO strings.
     - "users": {user_id: {"categories", "brands", "attributes": lists of names/words, "price_band": [low, high],
+      "price_point": the price that price-driven views cluster around,
       "activity": relative session rate, "cause_mix": {cause: share of views}, "drift": {"start": {...},
       "end": {...}} with the weight of each favourite on 1 January and on 30 April (linear in between)}}.
     - "event_causes": one row [user_id, item_id, timestamp_iso, event, cause, token] per event of
@@ -433,6 +438,7 @@ def _draw_shoppers(rng: np.random.Generator, n_users: int, catalog: _Catalog) ->
         # The band is a slice of the favourite shelves' price range around the shopper's own level.
         level = rng.beta(2.0, 2.0)
         low, high = np.quantile(prices, [max(0.0, level - 0.3), min(1.0, level + 0.3)])
+        point = float(np.quantile(prices, level))
         brand_options = list(dict.fromkeys(catalog.brand[in_favourites]))
         tier_fit = np.array([np.exp(-(((TIER_LEVEL[BRAND_TIER[b]] - level) / 0.35) ** 2)) for b in brand_options])
         n_brands = min(int(rng.integers(1, 3)), len(brand_options))
@@ -453,8 +459,7 @@ def _draw_shoppers(rng: np.random.Generator, n_users: int, catalog: _Catalog) ->
         cause_mix = np.round(rng.dirichlet(mix * CAUSE_MIX_CONCENTRATION), 3)
         cause_mix = cause_mix / cause_mix.sum()
         low, high = round(float(low), 2), round(float(high), 2)
-        middle = (low + high) / 2
-        cheap = np.flatnonzero((catalog.price >= low) & (catalog.price <= middle))
+        near_point = np.flatnonzero(np.abs(np.log(catalog.price) - np.log(point)) <= PRICE_POINT_WIDTH)
         shoppers.append(_Shopper(
             user_id=f"u{n:0{width}d}",
             categories=categories,
@@ -463,9 +468,10 @@ def _draw_shoppers(rng: np.random.Generator, n_users: int, catalog: _Catalog) ->
             drift_start=drift_start,
             drift_end=drift_end,
             price_band=(low, high),
+            price_point=round(point, 2),
             activity=round(float(rng.lognormal(0.0, 0.6)), 3),
             cause_mix=cause_mix,
-            deals=_Pool.of(cheap, np.sqrt(catalog.appeal[cheap])) if len(cheap) else None,
+            at_price_point=_Pool.of(near_point, np.sqrt(catalog.appeal[near_point])) if len(near_point) else None,
         ))
     return shoppers
 
@@ -476,6 +482,7 @@ def _taste_record(shopper: _Shopper) -> dict:
         "brands": list(shopper.brands),
         "attributes": list(shopper.attributes),
         "price_band": [shopper.price_band[0], shopper.price_band[1]],
+        "price_point": shopper.price_point,
         "activity": shopper.activity,
         "cause_mix": {c: round(float(p), 3) for c, p in zip(CAUSES, shopper.cause_mix)},
         "drift": {"start": shopper.drift_start, "end": shopper.drift_end},
@@ -561,10 +568,10 @@ def _session(rng, user, shopper, catalog, history, clock, span, columns) -> int:
 def _choose_item(cause, shopper, catalog, history, drift, u_taste, u_item) -> tuple[int, str, str | None]:
     """The item a view lands on when `cause` drives it, with the cause that really fired and its token.
 
-    Each behaviour cause leaves its own mark, apart from the tastes: price-driven views are deals from any shelf
-    in the lower half of the shopper's price band, popularity-driven views go to the shop's best-sellers, and
+    Each behaviour cause leaves its own mark, apart from the tastes: price-driven views go to items of any shelf
+    priced around the shopper's price point, popularity-driven views go to the shop's best-sellers, and
     recency brings the shopper back to what they saw or carted lately.
-    A cause that cannot fire (no history yet, no deal in the band) hands over to a favourite category.
+    A cause that cannot fire (no history yet, nothing near the price point) hands over to a favourite category.
     """
     if cause == "brand":
         brand = _favourite(shopper, "brands", drift, u_taste)
@@ -572,8 +579,8 @@ def _choose_item(cause, shopper, catalog, history, drift, u_taste, u_item) -> tu
     if cause == "attribute":
         word = _favourite(shopper, "attributes", drift, u_taste)
         return catalog.by_attribute[word].draw(u_item), cause, word
-    if cause == "price" and shopper.deals is not None:
-        return shopper.deals.draw(u_item), cause, None
+    if cause == "price" and shopper.at_price_point is not None:
+        return shopper.at_price_point.draw(u_item), cause, None
     if cause == "recency":
         # Back to an abandoned cart, to something seen lately, or to the shelf of the last visit.
         if history.abandoned and u_taste < 0.35:

@@ -14,6 +14,7 @@ from data.synthetic import (
     BEST_SELLER_SHARE,
     CATEGORIES,
     CAUSES,
+    PRICE_POINT_WIDTH,
     TASTE_CAUSES,
     TIERS,
     WINDOW_END,
@@ -221,13 +222,19 @@ def test_causes_line_up_with_the_events(shop):
     assert views["noise"] > 0.05  # not every click means something
 
 
-def test_price_caused_events_are_cheap_in_the_band(shop):
+def test_price_caused_events_sit_at_the_price_point(shop):
     users = shop.ground_truth["users"]
     caused = event_causes(shop).query("cause == 'price'").merge(shop.items[["item_id", "price"]], on="item_id")
+    point = np.array([users[u]["price_point"] for u in caused["user_id"]])
     band = np.array([users[u]["price_band"] for u in caused["user_id"]])
-    middle = band.mean(axis=1)
-    assert ((caused["price"] >= band[:, 0]) & (caused["price"] <= middle)).mean() > 0.95
-    # Deals come from any shelf, so a price-driven view is not also a category taste most of the time.
+    assert ((band[:, 0] <= point) & (point <= band[:, 1])).all()
+    assert (np.abs(np.log(caused["price"] / point)) <= PRICE_POINT_WIDTH + 0.01).mean() > 0.95
+    # The rest of a shopper's views spread much wider: the price point is a mark of its own.
+    views = event_causes(shop).query("event == 'view' and cause != 'price'").merge(
+        shop.items[["item_id", "price"]], on="item_id")
+    others = np.abs(np.log(views["price"] / views["user_id"].map(lambda u: users[u]["price_point"])))
+    assert (others <= PRICE_POINT_WIDTH).mean() < 0.4
+    # They come from any shelf, so a price-driven view is not also a category taste most of the time.
     favourite = [category in users[u]["categories"] for u, category in
                  zip(caused["user_id"], caused["item_id"].map(shop.items.set_index("item_id")["category"]))]
     assert np.mean(favourite) < 0.5

@@ -23,11 +23,12 @@ $(DEV_STAMP): $(STAMP) requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
-# The demo shop and its model are built once, then reused.
-$(DEMO)/data/events.csv: | $(STAMP)
+# The demo shop and its model are built once, then reused; they are rebuilt when the shop's generator or the
+# behaviour features change (a model trained on other features is refused when it loads).
+$(DEMO)/data/events.csv: data/synthetic.py | $(STAMP)
 	$(PY) -m data generate --out $(DEMO)/data
 
-$(DEMO)/model/config.json: | $(DEMO)/data/events.csv
+$(DEMO)/model/config.json: $(DEMO)/data/events.csv data/features.py | $(STAMP)
 	$(PY) -m model train --data $(DEMO)/data --out $(DEMO)/model --no-id-embedding
 
 demo: $(STAMP) $(DEMO)/data/events.csv $(DEMO)/model/config.json

@@ -170,8 +170,9 @@ HOUR_WEIGHTS = np.array([1.0, 0.6, 0.4, 0.3, 0.3, 0.4, 0.8, 1.5, 2.0, 2.2, 2.3, 
                          2.8, 2.6, 2.4, 2.4, 2.6, 3.0, 3.6, 4.2, 4.5, 4.0, 3.0, 1.8])
 BOT_VIEWS = 40  # the bot-like shopper's burst: this many views inside one minute
 BEST_SELLER_SHARE = 0.05  # popularity-driven views go to the shop's best-sellers: this top share by appeal
-PRICE_POINT_WIDTH = 0.1  # price-driven views go to items of any shelf within this log distance (~10%) of the
-#                          shopper's price point: "something around 60 euros", whatever it is
+# Price-driven views go to items of any shelf within this log distance (~10%) of the shopper's price point:
+# "something around 60 euros", whatever it is.
+PRICE_POINT_WIDTH = 0.1
 
 
 @dataclass(frozen=True)
@@ -236,10 +237,9 @@ def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_eve
     Each shopper has 1-3 favourite categories, 1-2 brands, 2-4 attribute words, a price band around a price point
     and an activity level, and visits in sessions from 1 January to 30 April 2024: every view is drawn by one cause
     from the shopper's cause mix (a taste; an item from any shelf priced within about 10% of the price point; a
-    return to what
-    was seen or carted lately; one of the best-sellers; noise), carts and purchases follow it at cause-dependent
-    odds, favourites drift in weight over the months. The same seed gives the same shop, byte for byte; the
-    catalog depends only on seed and n_items.
+    return to what was seen or carted lately; one of the best-sellers; noise), carts and purchases follow it at
+    cause-dependent odds, favourites drift in weight over the months. The same seed gives the same shop, byte for
+    byte; the catalog depends only on seed and n_items.
 
     `ground_truth` (JSON-serialisable, written as ground_truth.json by `data.io.write_tables`):
 

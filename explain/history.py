@@ -96,7 +96,7 @@ class HistoryTokenAttributor:
             batch = unit_embeds[0].shape[0]
             columns = list(history_vectors.expand(batch, -1, -1).unbind(1))  # Th x (B, D)
             for u, embeds, mask, position in zip(chosen, unit_embeds, masks, positions):
-                text = encoder(attention_mask=mask.expand(batch, -1), inputs_embeds=embeds)  # (B, H)
+                text = net.item_text_embedding(mask.expand(batch, -1), inputs_embeds=embeds)  # (B, width)
                 columns[u] = net.item_vectors(text, position.expand(batch))  # (B, D): the model's item vector
             query = None if fixed["query"] is None else fixed["query"].expand(batch, -1, -1)
             return view.forward(fixed["item"].expand(batch, -1, -1), query, torch.stack(columns, 1),

@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--no-id-embedding", action="store_true",
                        help="no per-item ID memory: the score is text, history and behaviour only, every part "
                             "of it explained (the demo model; see the README for what it costs)")
+    train.add_argument("--lexical-text", action="store_true",
+                       help="add the bag-of-words channel beside the encoder (learns made-up names such as brands)")
     train.add_argument("--time-budget", type=float, default=0.0, help="seconds for stage 1 (0: no budget)")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
 
@@ -63,7 +65,8 @@ def _train(args) -> int:
     dataset = load_dataset(args.data, format=args.format)
     config = TrainConfig(epochs=args.epochs, seed=args.seed, device=args.device, time_budget_s=args.time_budget)
     metrics = train(dataset, args.out, model_overrides={"encoder_tuning": args.encoder_tuning, "dim": args.dim,
-                                                      "use_id_embedding": not args.no_id_embedding},
+                                                      "use_id_embedding": not args.no_id_embedding,
+                                                      "lexical_text": args.lexical_text},
                     train_config=config, base_model=args.base_model, resume=args.resume)
     if metrics.get("interrupted"):
         return 130

@@ -104,29 +104,40 @@ class TextEncoder(nn.Module):
     def word_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.transformer.get_input_embeddings()(input_ids)  # (B, T, H)
 
-    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None) -> torch.Tensor:
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, lexical: bool = False) -> torch.Tensor:
+        """(B, H) sentence embeddings; with `lexical`, (B, 2H): the mean input word embedding appended.
+
+        The lexical half is the text as a bag of its tokens, before any context: a linear function of the
+        input embeddings, so Integrated Gradients splits it among the tokens exactly.
+        """
         out = self.transformer(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds)
         hidden = out.last_hidden_state  # (B, T, H)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (B, H)
-        return nn.functional.normalize(pooled, dim=-1)
+        count = mask.sum(1).clamp(min=1e-9)
+        pooled = nn.functional.normalize((hidden * mask).sum(1) / count, dim=-1)  # (B, H)
+        if not lexical:
+            return pooled
+        words = inputs_embeds if inputs_embeds is not None else self.word_embeddings(input_ids)
+        return torch.cat([pooled, (words * mask.to(words.dtype)).sum(1).to(pooled.dtype) / count], -1)
 
     @torch.no_grad()
-    def embed(self, texts: Sequence[str], max_tokens: int, batch_size: int = 64, progress: bool = False):
-        """(N, H) float32 embeddings of many texts, in batches sorted by length (less padding)."""
+    def embed(self, texts: Sequence[str], max_tokens: int, batch_size: int = 64, progress: bool = False,
+              lexical: bool = False):
+        """(N, H) float32 embeddings of many texts, in batches sorted by length (less padding); (N, 2H) with
+        `lexical` (see forward)."""
         from tqdm.auto import tqdm
 
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = torch.empty(len(texts), self.hidden_size)
+        out = torch.empty(len(texts), self.hidden_size * (2 if lexical else 1))
         steps = range(0, len(texts), batch_size)
         for start in tqdm(steps, desc="encoding texts", unit="batch", disable=not progress, leave=False):
             chunk = order[start : start + batch_size]
             batch = self.tokenize([texts[i] for i in chunk], max_tokens)
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                out[chunk] = self(ids, mask).float().cpu()
+                out[chunk] = self(ids, mask, lexical=lexical).float().cpu()
         self.train(was_training)
         return out

@@ -156,9 +156,14 @@ def baseline_scorers(recommender, train_events: pd.DataFrame, text_embeddings=No
     baselines = (
         Popularity(recommender.dataset.events, position),
         ItemKNN(train_events, position),
-        TextSimilarity(recommender.text_embeddings if text_embeddings is None else text_embeddings),
+        TextSimilarity(encoder_embeddings(recommender) if text_embeddings is None else text_embeddings),
     )
     return {baseline.name: baseline for baseline in baselines}
+
+
+def encoder_embeddings(recommender) -> torch.Tensor:
+    """(N, text_dim) the encoder's item embeddings: the checkpoint's, less the lexical channel's half if any."""
+    return recommender.text_embeddings[:, : recommender.config.text_dim]
 
 
 def untuned_text_embeddings(recommender) -> tuple[torch.Tensor, str]:
@@ -169,7 +174,7 @@ def untuned_text_embeddings(recommender) -> tuple[torch.Tensor, str]:
     """
     tuning = recommender.config.encoder_tuning
     if tuning == "frozen":
-        return recommender.text_embeddings, "the checkpoint's frozen-encoder item embeddings"
+        return encoder_embeddings(recommender), "the checkpoint's frozen-encoder item embeddings"
     base = recommender.metadata.get("base_encoder") or None
     try:
         from model.encoder import TextEncoder, load_encoder
@@ -180,7 +185,8 @@ def untuned_text_embeddings(recommender) -> tuple[torch.Tensor, str]:
                                                                recommender.config.max_item_tokens)
         return embeddings, f"the base encoder {base} re-embedded (the model's encoder was {tuning}-tuned)"
     except ModelError as exc:
-        return recommender.text_embeddings, f"the {tuning}-tuned encoder's embeddings: the base failed to load ({exc})"
+        return (encoder_embeddings(recommender),
+                f"the {tuning}-tuned encoder's embeddings: the base failed to load ({exc})")
 
 
 def evaluate_model(recommender, dataset=None, *, stage: str = "test", progress: bool = False,

@@ -45,6 +45,7 @@ class RecommenderConfig:
     encoder_tuning: str = "frozen"  # frozen | lora | full; default per device is in the README
     lora_rank: int = 8
     temperature: float = 0.07  # cosine scores / τ; 0 turns the plain dot product back on (UniSRec uses 0.07)
+    lexical_text: bool = False  # a bag-of-words channel beside the encoder: item names it reads as noise (README)
 
     def __post_init__(self) -> None:
         if self.n_items < 1:
@@ -84,6 +85,9 @@ class RecommenderNet(nn.Module):
         self.encoder = encoder
         d = config.dim
         self.item_text_proj = nn.Linear(config.text_dim, d)
+        # The lexical channel: the item text's mean input word embedding, projected. A pretrained encoder reads a
+        # made-up brand name as little more than noise; a linear map of its word pieces can learn it.
+        self.item_lexical_proj = nn.Linear(config.text_dim, d, bias=False) if config.lexical_text else None
         self.item_id = nn.Embedding(config.n_items + 1, d, padding_idx=0)
         self.item_bias = nn.Embedding(config.n_items + 1, 1, padding_idx=0)
         self.query_proj = nn.Linear(config.text_dim, d)
@@ -117,9 +121,23 @@ class RecommenderNet(nn.Module):
 
     # ---- items -----------------------------------------------------------------------------
 
+    @property
+    def item_text_width(self) -> int:
+        """Width of an item's text embedding: the encoder's, and the lexical channel's beside it if there is one."""
+        return self.config.text_dim * (2 if self.config.lexical_text else 1)
+
+    def item_text_embedding(self, attention_mask: torch.Tensor, input_ids: torch.Tensor | None = None,
+                            inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) item text in -> (B, item_text_width) its embedding, as item_text_vectors reads it."""
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                            lexical=self.config.lexical_text)
+
     def item_text_vectors(self, text_embeddings: torch.Tensor) -> torch.Tensor:
-        """(…, text_dim) encoder embeddings -> (…, D) text part of the item vector."""
-        return self.item_text_proj(text_embeddings)
+        """(…, item_text_width) item text embeddings -> (…, D) text part of the item vector."""
+        if self.item_lexical_proj is None:
+            return self.item_text_proj(text_embeddings)
+        encoded, lexical = text_embeddings.split(self.config.text_dim, dim=-1)
+        return self.item_text_proj(encoded) + self.item_lexical_proj(self.dropout(lexical))
 
     def item_id_vectors(self, item_index: torch.Tensor) -> torch.Tensor:
         """(…,) catalog positions (-1 = padding) -> (…, D) collaborative part; zeros without IDs."""

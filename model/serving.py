@@ -71,7 +71,7 @@ class Recommender:
         self.net = net.to(self.device).eval()
         self.dataset = dataset
         self.items = dataset.items
-        self.text_embeddings = text_embeddings.to(self.device)  # (N, text_dim) encoder embeddings of the item texts
+        self.text_embeddings = text_embeddings.to(self.device)  # (N, net.item_text_width) item text embeddings
         self.checkpoint_id = checkpoint_id
         self.metadata = metadata or {}
         self.features = FeatureStore(dataset)
@@ -383,7 +383,7 @@ def score_view(recommender: Recommender, context: Context, item_position: int,
 
     def forward(item_embeds_in, query_embeds_in=None, history_in=None, id_in=None) -> torch.Tensor:
         batch = item_embeds_in.shape[0]
-        text_embedding = encoder(attention_mask=item_mask.expand(batch, -1), inputs_embeds=item_embeds_in)
+        text_embedding = net.item_text_embedding(item_mask.expand(batch, -1), inputs_embeds=item_embeds_in)
         item_vector = net.item_text_vectors(text_embedding)  # (B, D)
         if id_in is not None:
             item_vector = item_vector + id_in

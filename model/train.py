@@ -89,13 +89,13 @@ def pseudo_queries(dataset: Dataset, seed: int) -> list[str]:
 
 
 def cached_embeddings(encoder: TextEncoder, texts: list[str], max_tokens: int, cache_dir: Path, tag: str,
-                      progress: bool) -> torch.Tensor:
-    """Frozen-encoder embeddings of many texts, cached on disk by encoder, texts and token limit."""
-    key = hashlib.sha256(json.dumps([tag, max_tokens, texts]).encode()).hexdigest()[:16]
+                      progress: bool, lexical: bool = False) -> torch.Tensor:
+    """Frozen-encoder embeddings of many texts, cached on disk by encoder, texts, token limit and channels."""
+    key = hashlib.sha256(json.dumps([tag, max_tokens, texts, lexical]).encode()).hexdigest()[:16]
     path = cache_dir / f"{tag}-{key}.safetensors"
     if path.exists():
         return load_file(path)["embeddings"]
-    embeddings = encoder.embed(texts, max_tokens, progress=progress)
+    embeddings = encoder.embed(texts, max_tokens, progress=progress, lexical=lexical)
     cache_dir.mkdir(parents=True, exist_ok=True)
     save_file({"embeddings": embeddings.contiguous()}, path)
     return embeddings
@@ -161,11 +161,11 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
     cache_dir = out.parent / f".{out.name}.cache"
     queries = pseudo_queries(dataset, config.seed)
     if from_checkpoint:  # the resumed encoder's own embeddings, kept out of the cache, which holds the base's
-        text_embeddings = encoder.embed(texts, model_config.max_item_tokens)
+        text_embeddings = encoder.embed(texts, model_config.max_item_tokens, lexical=model_config.lexical_text)
         query_embeddings = encoder.embed(queries, model_config.max_query_tokens)
     else:
         text_embeddings = cached_embeddings(encoder, texts, model_config.max_item_tokens, cache_dir,
-                                            f"items-{Path(base).name}", progress)
+                                            f"items-{Path(base).name}", progress, model_config.lexical_text)
         query_embeddings = cached_embeddings(encoder, queries, model_config.max_query_tokens, cache_dir,
                                              f"queries-{Path(base).name}", progress)
     net = RecommenderNet(model_config, _tuned(encoder, model_config)).to(device)
@@ -217,7 +217,8 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
                 if interrupt.requested:
                     break
             if _tuning(net) and not interrupt.requested:
-                text_embeddings = encoder.embed(texts, model_config.max_item_tokens)  # on the CPU
+                text_embeddings = encoder.embed(texts, model_config.max_item_tokens,  # on the CPU
+                                                lexical=model_config.lexical_text)
                 recommender.text_embeddings = text_embeddings.to(device)
             net.eval()
             recommender.refresh_item_vectors()
@@ -254,7 +255,7 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
             for name, p in net.encoder.named_parameters():
                 if name in best_encoder:
                     p.copy_(best_encoder[name])
-        text_embeddings = encoder.embed(texts, model_config.max_item_tokens)
+        text_embeddings = encoder.embed(texts, model_config.max_item_tokens, lexical=model_config.lexical_text)
         recommender.text_embeddings = text_embeddings.to(device)
     stage1_seconds = time.perf_counter() - stage1_started
     recommender.refresh_item_vectors()
@@ -328,7 +329,7 @@ def _stage1_loss(net: RecommenderNet, batch, text_embeddings: torch.Tensor, quer
         fresh = torch.unique(targets[targets >= 0])[:64]
         batch_text = net.encoder.tokenize([texts[i] for i in fresh.tolist()],
                                           net.config.max_item_tokens)
-        embedded = net.encoder(batch_text["input_ids"].to(device), batch_text["attention_mask"].to(device))
+        embedded = net.item_text_embedding(batch_text["attention_mask"].to(device), batch_text["input_ids"].to(device))
         text = text.index_copy(0, fresh, embedded.to(text.dtype))
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         all_index = torch.arange(len(text), device=device)

@@ -281,6 +281,64 @@ def test_every_explainer_keeps_the_contract(explainer_class, recommender, user, 
             assert abs(part.completeness_gap) <= 1e-6
 
 
+@pytest.fixture(scope="module")
+def lexical_model(tiny_encoder, tiny_shop, tmp_path_factory):
+    """The tiny shop's model with the lexical channel beside the encoder."""
+    from model.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("lexical") / "model"
+    train(tiny_shop, out, model_overrides={"dim": 16, "max_item_tokens": 24, "max_query_tokens": 16,
+                                           "lexical_text": True, "use_id_embedding": False},
+          train_config=TrainConfig(epochs=2, batch_size=16, behaviour_epochs=2), base_model=str(tiny_encoder),
+          progress=False, log=lambda *_: None)
+    return out
+
+
+def test_integrated_gradients_split_the_lexical_channel_exactly(lexical_model):
+    # With the encoder's projection at zero, a plain dot product and the user's state held fixed, the item text
+    # reaches the score through the lexical channel alone: <context, W mean(word embeddings)>, linear in each
+    # token, so IG must equal the closed form (x - baseline) . gradient, the gradient taken once by autograd.
+    from model.checkpoint import load
+
+    loaded = load(lexical_model)
+    net = loaded.net
+    net.config = replace(net.config, temperature=0.0)
+    with torch.no_grad():
+        net.item_text_proj.weight.zero_()
+        net.item_text_proj.bias.zero_()
+    served = Recommender(net, loaded.dataset, loaded.text_embeddings, checkpoint_id="t")
+    user = some_user(served)
+    context = served.context(user_id=user)
+    view = score_view(served, context, served.dataset.item_position[served.recommend(user_id=user, k=1)[0].item_id])
+    history = view.history_vectors
+
+    def fixed_state(item, query=None, _history=None, id_vector=None):  # the history is no input of the path
+        return view.forward(item, query, history.expand(item.shape[0], -1, -1), id_vector)
+
+    fixed = replace(view, history_vectors=None, history_index=np.zeros(0, dtype=np.int64), forward=fixed_state)
+    part = TokenAttributor(PathSettings(n_steps=4)).attribute(served, context, fixed)[0]
+    x = view.item_embeds.clone().requires_grad_(True)
+    fixed_state(x, None, None, view.id_vector).sum().backward()
+    words = net.encoder.word_embeddings
+    base = text_baseline(view, view.item_input_ids, view.item_embeds, words, "template", None, view.item_template)
+    expected = ((view.item_embeds - base) * x.grad).sum(-1)[0].numpy()
+    assert any(abs(v) > 1e-5 for v in part.values)  # the channel carries something to split
+    np.testing.assert_allclose(part.values, expected[[d["position"] for d in part.details]], rtol=1e-4, atol=1e-8)
+
+
+def test_a_lexical_model_adds_up_to_its_served_score(lexical_model):
+    from model.checkpoint import load
+
+    lexical = load(lexical_model)
+    user = some_user(lexical)
+    item = lexical.recommend(user_id=user, k=1)[0].item_id
+    e = explain(lexical, item, user_id=user, n_steps=32)
+    assert e.score == pytest.approx(served_score(lexical, item, user), abs=1e-6)
+    delta = e.part("item_tokens").completeness_gap
+    assert abs(e.base_value + e.total - e.score) <= abs(delta) + 1e-4
+    assert abs(delta) <= 0.05 * abs(e.score - e.base_value) + 1e-3
+
+
 # ---- completeness on the tiny model -----------------------------------------------------------------------------
 
 def test_parts_add_up_to_the_models_score(recommender, user, top_items, explained):

@@ -359,6 +359,34 @@ def test_cli_trains_without_the_id_memory(tiny_encoder, tiny_shop, tmp_path):
     assert not recommender.item_id_vectors.any()
 
 
+def test_cli_trains_with_the_lexical_channel(tiny_encoder, tiny_shop, tmp_path):
+    from model.encoder import TextEncoder, load_encoder
+    from model.train import item_texts
+
+    write_tables(tiny_shop, tmp_path / "shop")
+    result = run_cli("train", "--data", str(tmp_path / "shop"), "--out", str(tmp_path / "m"), "--epochs", "1",
+                     "--base-model", str(tiny_encoder), "--dim", "16", "--lexical-text")
+    assert result.returncode == 0, result.stderr
+    recommender = load(tmp_path / "m")
+    assert recommender.config.lexical_text is True
+    # Each item's text embedding is the encoder's, then the mean of its input word embeddings.
+    hidden = recommender.config.text_dim
+    assert recommender.text_embeddings.shape == (len(recommender.item_ids), 2 * hidden)
+    encoder = TextEncoder(*load_encoder(tiny_encoder))
+    batch = encoder.tokenize(item_texts(recommender.dataset)[:1], recommender.config.max_item_tokens)
+    with torch.no_grad():
+        words = encoder.word_embeddings(batch["input_ids"])[0, batch["attention_mask"][0].bool()]
+        plain = encoder(batch["input_ids"], batch["attention_mask"])[0]
+    np.testing.assert_allclose(recommender.text_embeddings[0, hidden:].numpy(), words.mean(0).numpy(), atol=1e-6)
+    np.testing.assert_allclose(recommender.text_embeddings[0, :hidden].numpy(), plain.numpy(), atol=1e-6)
+    # The lexical projection is part of the checkpoint: a reload scores the same.
+    again = load(tmp_path / "m")
+    user = some_user(recommender)
+    ids = list(recommender.item_ids[:10])
+    np.testing.assert_array_equal(again.score(user_id=user, item_ids=ids), recommender.score(user_id=user, item_ids=ids))
+    assert "item_lexical_proj.weight" in dict(recommender.net.named_parameters())
+
+
 def test_public_entry_point(tiny_model):
     import model
 

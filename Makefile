@@ -11,7 +11,7 @@ PORT ?= 8501
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run test lint bench demo clean
+.PHONY: run test lint bench demo clean FORCE
 
 $(STAMP): requirements.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -23,13 +23,19 @@ $(DEV_STAMP): $(STAMP) requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
-# The demo shop and its model are built once, then reused; they are rebuilt when the shop's generator or the
-# behaviour features change (a model trained on other features is refused when it loads).
+# The demo shop and its model are built once, then reused; they are rebuilt when the shop's generator, the
+# behaviour features (a model trained on other features is refused when it loads) or the training options change.
+DEMO_TRAIN := --no-id-embedding --lexical-text
+
 $(DEMO)/data/events.csv: data/synthetic.py | $(STAMP)
 	$(PY) -m data generate --out $(DEMO)/data
 
-$(DEMO)/model/config.json: $(DEMO)/data/events.csv data/features.py | $(STAMP)
-	$(PY) -m model train --data $(DEMO)/data --out $(DEMO)/model --no-id-embedding
+# The training options, in a file rewritten only when they change.
+$(DEMO)/.train-options: FORCE
+	@mkdir -p $(DEMO) && echo '$(DEMO_TRAIN)' | cmp -s - $@ || echo '$(DEMO_TRAIN)' > $@
+
+$(DEMO)/model/config.json: $(DEMO)/data/events.csv data/features.py $(DEMO)/.train-options | $(STAMP)
+	$(PY) -m model train --data $(DEMO)/data --out $(DEMO)/model $(DEMO_TRAIN)
 
 demo: $(STAMP) $(DEMO)/data/events.csv $(DEMO)/model/config.json
 

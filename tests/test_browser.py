@@ -85,7 +85,7 @@ def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     shop = generate(n_users=400, n_items=300, seed=0, target_events=12_000)
     write_tables(shop, root / "data")
-    train(shop, root / "model", model_overrides={"use_id_embedding": False},
+    train(shop, root / "model", model_overrides={"use_id_embedding": False, "lexical_text": True},
           train_config=TrainConfig(epochs=3, behaviour_epochs=5), progress=False, log=lambda *_: None)
     return root
 

@@ -346,14 +346,17 @@ def test_cli_recommend_and_bad_input(tiny_model, tmp_path):
     assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
 
 
-def test_cli_trains_without_the_id_memory(tiny_encoder, tiny_shop, tmp_path):
-    from data.io import write_tables
-
+def cli_trained(tiny_shop, tiny_encoder, tmp_path, *options):
+    """The tiny shop trained for one epoch by `python -m model train` with `options`, loaded."""
     write_tables(tiny_shop, tmp_path / "shop")
     result = run_cli("train", "--data", str(tmp_path / "shop"), "--out", str(tmp_path / "m"), "--epochs", "1",
-                     "--base-model", str(tiny_encoder), "--dim", "16", "--no-id-embedding")
+                     "--base-model", str(tiny_encoder), "--dim", "16", *options)
     assert result.returncode == 0, result.stderr
-    recommender = load(tmp_path / "m")
+    return load(tmp_path / "m")
+
+
+def test_cli_trains_without_the_id_memory(tiny_encoder, tiny_shop, tmp_path):
+    recommender = cli_trained(tiny_shop, tiny_encoder, tmp_path, "--no-id-embedding")
     assert recommender.config.use_id_embedding is False
     # No item has an ID vector: its score is text, history and behaviour (and a bias) only.
     assert not recommender.item_id_vectors.any()
@@ -363,11 +366,7 @@ def test_cli_trains_with_the_lexical_channel(tiny_encoder, tiny_shop, tmp_path):
     from model.encoder import TextEncoder, load_encoder
     from model.train import item_texts
 
-    write_tables(tiny_shop, tmp_path / "shop")
-    result = run_cli("train", "--data", str(tmp_path / "shop"), "--out", str(tmp_path / "m"), "--epochs", "1",
-                     "--base-model", str(tiny_encoder), "--dim", "16", "--lexical-text")
-    assert result.returncode == 0, result.stderr
-    recommender = load(tmp_path / "m")
+    recommender = cli_trained(tiny_shop, tiny_encoder, tmp_path, "--lexical-text")
     assert recommender.config.lexical_text is True
     # Each item's text embedding is the encoder's, then the mean of its input word embeddings.
     hidden = recommender.config.text_dim

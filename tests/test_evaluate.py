@@ -266,7 +266,7 @@ def test_the_text_baseline_uses_the_untuned_encoder_even_after_tuning(tiny_encod
     dataset = sequence_shop()
     frozen = tiny_recommender(dataset)
     embeddings, note = untuned_text_embeddings(frozen)
-    assert embeddings is frozen.text_embeddings and "frozen" in note
+    assert torch.equal(embeddings, frozen.text_embeddings) and "frozen" in note
 
     config = RecommenderConfig(n_items=len(dataset.items), n_features=len(FEATURES), text_dim=32, dim=16,
                                encoder_tuning="full", max_item_tokens=24)
@@ -278,4 +278,13 @@ def test_the_text_baseline_uses_the_untuned_encoder_even_after_tuning(tiny_encod
 
     lost = Recommender(net, dataset, torch.zeros(len(dataset.items), 32), metadata={"base_encoder": str(tmp_path / "gone")})
     embeddings, note = untuned_text_embeddings(lost)
-    assert embeddings is lost.text_embeddings and "failed" in note
+    assert torch.equal(embeddings, lost.text_embeddings) and "failed" in note
+
+    # A model with the lexical channel keeps the mean word embedding beside the encoder's: the baseline reads the
+    # encoder's half only.
+    config = RecommenderConfig(n_items=len(dataset.items), n_features=len(FEATURES), text_dim=32, dim=16,
+                               lexical_text=True)
+    both = torch.randn(len(dataset.items), 64)
+    lexical = Recommender(RecommenderNet(config, TextEncoder(*load_encoder(tiny_encoder))), dataset, both)
+    embeddings, note = untuned_text_embeddings(lexical)
+    assert torch.equal(embeddings, both[:, :32]) and "frozen" in note

@@ -180,6 +180,9 @@ def load(directory: str | Path, data: str | Path | None = None, *, device: str =
     if vectors.shape[0] != len(dataset.items) or vectors.shape[0] != model_config.n_items:
         raise CheckpointError(f"{directory / VECTORS}: {vectors.shape[0]} item vectors for "
                               f"{model_config.n_items} items in the model")
+    if vectors.ndim != 2 or vectors.shape[1] != net.item_text_width:
+        raise CheckpointError(f"{directory / VECTORS}: item text embeddings of width {tuple(vectors.shape[1:])}, "
+                              f"the model reads {net.item_text_width}")
     return Recommender(net, dataset, vectors, checkpoint_id=config["checkpoint_id"], metadata=config,
                        device=str(pick_device(device)))
 

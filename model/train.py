@@ -158,10 +158,14 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
     model_config = RecommenderConfig(n_items=len(dataset.items), n_features=len(FEATURES),
                                      text_dim=encoder.hidden_size, **(model_overrides or {}))
     texts = item_texts(dataset)
+
+    def embed_items() -> torch.Tensor:  # the catalog as the model reads it, by the encoder as it is now (CPU)
+        return encoder.embed(texts, model_config.max_item_tokens, lexical=model_config.lexical_text)
+
     cache_dir = out.parent / f".{out.name}.cache"
     queries = pseudo_queries(dataset, config.seed)
     if from_checkpoint:  # the resumed encoder's own embeddings, kept out of the cache, which holds the base's
-        text_embeddings = encoder.embed(texts, model_config.max_item_tokens, lexical=model_config.lexical_text)
+        text_embeddings = embed_items()
         query_embeddings = encoder.embed(queries, model_config.max_query_tokens)
     else:
         text_embeddings = cached_embeddings(encoder, texts, model_config.max_item_tokens, cache_dir,
@@ -217,8 +221,7 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
                 if interrupt.requested:
                     break
             if _tuning(net) and not interrupt.requested:
-                text_embeddings = encoder.embed(texts, model_config.max_item_tokens,  # on the CPU
-                                                lexical=model_config.lexical_text)
+                text_embeddings = embed_items()
                 recommender.text_embeddings = text_embeddings.to(device)
             net.eval()
             recommender.refresh_item_vectors()
@@ -255,7 +258,7 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
             for name, p in net.encoder.named_parameters():
                 if name in best_encoder:
                     p.copy_(best_encoder[name])
-        text_embeddings = encoder.embed(texts, model_config.max_item_tokens, lexical=model_config.lexical_text)
+        text_embeddings = embed_items()
         recommender.text_embeddings = text_embeddings.to(device)
     stage1_seconds = time.perf_counter() - stage1_started
     recommender.refresh_item_vectors()

@@ -154,6 +154,18 @@ def test_damaged_checkpoint_names_the_file(tiny_model, tmp_path, name, how):
         load(copy)
 
 
+def test_item_embeddings_of_another_width_are_refused(tiny_model, tmp_path):
+    # A model with the lexical channel reads embeddings twice the encoder's width; a plain one, the encoder's.
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "wide"
+    shutil.copytree(tiny_model, copy)
+    vectors = load_file(copy / VECTORS)["text_embeddings"]
+    save_file({"text_embeddings": torch.cat([vectors, vectors], 1).contiguous()}, copy / VECTORS)
+    with pytest.raises(CheckpointError, match=rf"{VECTORS}: item text embeddings of width \({2 * vectors.shape[1]},\)"):
+        load(copy, check=False)
+
+
 def test_broken_config_and_missing_directory(tiny_model, tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint directory"):
         load(tmp_path / "nowhere")

@@ -40,6 +40,7 @@ class RecommenderConfig:
     dropout: float = 0.2  # histories are short and catalogs sparse: dropout matters more than depth
     use_id_embedding: bool = True  # the collaborative part; off gives a pure text model (cold-start catalogs)
     feature_hidden: int = 32  # the behaviour head is small on purpose: few features, SHAP-exact
+    behaviour_heads: int = 1  # the head is the mean of this many such MLPs, each fitted on other users (stage 2)
     max_item_tokens: int = 64  # item text truncated here: titles + brand + category fit
     max_query_tokens: int = 64  # longer queries are truncated and flagged
     encoder_tuning: str = "frozen"  # frozen | lora | full; default per device is in the README
@@ -50,6 +51,8 @@ class RecommenderConfig:
     def __post_init__(self) -> None:
         if self.n_items < 1:
             raise ModelError(f"config.n_items {self.n_items} must be at least 1")
+        if self.behaviour_heads < 1:
+            raise ModelError(f"config.behaviour_heads {self.behaviour_heads} must be at least 1")
         if self.dim % self.n_heads:
             raise ModelError(f"config.n_heads {self.n_heads} must divide config.dim {self.dim}")
         if self.encoder_tuning not in ENCODER_TUNINGS:
@@ -66,6 +69,14 @@ class RecommenderConfig:
         if unknown:
             raise ModelError(f"unknown RecommenderConfig keys: {', '.join(unknown)}")
         return cls(**values)
+
+
+def new_behaviour_head(n_features: int, hidden: int) -> nn.Sequential:
+    """features -> hidden (GELU) -> 1, starting neutral (output 0): stage 2 learns what behaviour adds."""
+    head = nn.Sequential(nn.Linear(n_features, hidden), nn.GELU(), nn.Linear(hidden, 1))
+    nn.init.zeros_(head[-1].weight)
+    nn.init.zeros_(head[-1].bias)
+    return head
 
 
 def event_code(event: str) -> int:
@@ -100,9 +111,15 @@ class RecommenderNet(nn.Module):
         self.blocks = nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
         self.dropout = nn.Dropout(config.dropout)
-        self.behaviour_head = nn.Sequential(
-            nn.Linear(config.n_features, config.feature_hidden), nn.GELU(), nn.Linear(config.feature_hidden, 1)
-        )
+        # The mean of `behaviour_heads` small MLPs is itself one: their hidden units side by side, the output
+        # weights divided by their number. Stage 2 fits them one by one (set_behaviour_heads), so the wide head's
+        # start is never used: it is drawn aside, and every other parameter starts as in a one-head model (a
+        # seed trains the same stage 1 whatever the number of heads).
+        self.behaviour_head = new_behaviour_head(config.n_features, config.feature_hidden)
+        if config.behaviour_heads > 1:
+            with torch.random.fork_rng(devices=[]):
+                self.behaviour_head = new_behaviour_head(config.n_features,
+                                                         config.feature_hidden * config.behaviour_heads)
         # Standardisation of the raw features, set from training data; part of the head, saved with it.
         self.register_buffer("feature_mean", torch.zeros(config.n_features))
         self.register_buffer("feature_std", torch.ones(config.n_features))
@@ -113,8 +130,6 @@ class RecommenderNet(nn.Module):
             if table.padding_idx is not None:
                 table.weight.data[table.padding_idx].zero_()
         nn.init.zeros_(self.item_bias.weight)
-        nn.init.zeros_(self.behaviour_head[-1].weight)  # starts neutral: stage 2 learns what behaviour adds
-        nn.init.zeros_(self.behaviour_head[-1].bias)
         if not config.use_id_embedding:
             self.item_id.weight.data.zero_()
             self.item_id.weight.requires_grad_(False)
@@ -196,6 +211,18 @@ class RecommenderNet(nn.Module):
         return self.query_proj(query_embedding)  # (…, D)
 
     # ---- behaviour ---------------------------------------------------------------------------
+
+    def set_behaviour_heads(self, heads: list[nn.Sequential]) -> None:
+        """Make the behaviour head the mean of `heads` (config.behaviour_heads of them, each as new_behaviour_head
+        builds with config.feature_hidden units): exactly, as one MLP of their hidden units side by side."""
+        if len(heads) != self.config.behaviour_heads:
+            raise ModelError(f"{len(heads)} behaviour heads given; the config has {self.config.behaviour_heads}")
+        with torch.no_grad():
+            first, last = self.behaviour_head[0], self.behaviour_head[-1]
+            first.weight.copy_(torch.cat([h[0].weight for h in heads]))
+            first.bias.copy_(torch.cat([h[0].bias for h in heads]))
+            last.weight.copy_(torch.cat([h[-1].weight for h in heads], dim=1) / len(heads))
+            last.bias.copy_(torch.stack([h[-1].bias for h in heads]).mean(0))
 
     def behaviour_score(self, features: torch.Tensor) -> torch.Tensor:
         """(…, F) raw behaviour features -> (…,) their part of the score. SHAP explains exactly this.

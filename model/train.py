@@ -32,11 +32,12 @@ from model import checkpoint
 from model.encoder import TextEncoder, load_encoder, pick_device, resolve_encoder
 from model.errors import ModelError
 from model.evaluate import evaluate_scorer, model_scorer
-from model.recommender import RecommenderConfig, RecommenderNet
+from model.recommender import RecommenderConfig, RecommenderNet, new_behaviour_head
 from model.sequences import build_histories, training_tensors
 from model.serving import Recommender
 
 STATE = "train_state.json"
+BEHAVIOUR_HEADS = 5  # stage 2 is cross-fitted over this many folds of the validation users (fit_behaviour_head)
 
 
 @dataclass(frozen=True)
@@ -153,10 +154,13 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
     tuned_weights = out / checkpoint.ENCODER
     from_checkpoint = (resuming and (model_overrides or {}).get("encoder_tuning", "frozen") != "frozen"
                        and tuned_weights.is_dir())
+    # An interrupted run goes on with the head it was built with (one head, before the folds).
+    heads = checkpoint.read_config(out)["model"].get("behaviour_heads", 1) if resuming else BEHAVIOUR_HEADS
     transformer, tokenizer = load_encoder(tuned_weights if from_checkpoint else base)
     encoder = TextEncoder(transformer, tokenizer).to(device)  # item texts are embedded where training runs
     model_config = RecommenderConfig(n_items=len(dataset.items), n_features=len(FEATURES),
-                                     text_dim=encoder.hidden_size, **(model_overrides or {}))
+                                     text_dim=encoder.hidden_size,
+                                     **{"behaviour_heads": heads, **(model_overrides or {})})
     texts = item_texts(dataset)
 
     def embed_items() -> torch.Tensor:  # the catalog as the model reads it, by the encoder as it is now (CPU)
@@ -383,100 +387,131 @@ def fit_behaviour_head(recommender: Recommender, split, config: TrainConfig, rng
     head learns from data what earlier views and carts of an item say, and how often users come back; without
     them "earlier views/carts of this item" would never be nonzero in training, and the head's response to
     them (and their SHAP values) would be noise. Data with no returns at all keeps the user's items set aside.
-    The epoch kept is the one that ranks the held-back validation users best: the measure that matters, not a
-    proxy.
+
+    Cross-fitted: the validation users fall into config.behaviour_heads folds, and head k is fitted on the
+    moments of the other folds and keeps the epoch that ranks fold k's validation items best (the measure that
+    matters, not a proxy). The model's head is the mean of the k heads. One head, fitted on 70% of the users
+    and stopped on the rest, followed the luck of that split: between training seeds its stopping epoch ranged
+    from 1 to 40, and which feature explained a price-driven view changed with it (README).
     """
     from model.evaluate import metrics_from_ranks, ranks_of_targets
     from model.serving import _before
 
     net = recommender.net
+    n_heads = net.config.behaviour_heads
     scorer = model_scorer(recommender, with_behaviour=False)
     position = recommender.dataset.item_position
     # Stage 1 has fitted its training moments closely, so its scores there are over-confident; the head
-    # learns from held-out moments instead (stacking): most validation users fit it, the rest check it.
-    valid = split.valid[split.valid["item_id"].isin(position)]
-    check_share = 0.3
-    is_check = rng.random(len(valid)) < check_share
-    fit, check = valid[~is_check], valid[is_check]
-    returns = returning_views(recommender.dataset.events, fit, split.test)
+    # learns from held-out moments instead (stacking).
+    valid = split.valid[split.valid["item_id"].isin(position)][["user_id", "item_id", "timestamp"]]
+    returns = returning_views(recommender.dataset.events, valid, split.test)
     returns = returns[returns["item_id"].isin(position)]
-    fit = pd.concat([fit[["user_id", "item_id", "timestamp"]], returns], ignore_index=True)
     # With returns in the data, every moment is "what the user views next": seen items compete at the new-item
     # moments too, and the head learns how often users come back (calibrated against new items). Without any
     # (reviews, ratings: one event per item), they would only teach the head that seen items never return, which
     # costs ranking (Amazon Scientific, test NDCG@10 0.0841/0.0855 against 0.0808/0.0778 in two refits each), and
     # the items are set aside there.
     set_seen_aside = returns.empty
-    users = list(fit["user_id"])
-    moments = [int(pd.Timestamp(t).value) for t in fit["timestamp"]]
-    targets = [position[i] for i in fit["item_id"]]
-    if not users or check.empty:
-        return {"examples": 0, "kept": False}
-    # Whole-catalog softmax, as the ranking is judged: every item competes with the target. The
-    # moments are capped so the feature tensor stays within a few hundred MB.
+    moments = pd.concat([valid.assign(first_touch=True), returns.assign(first_touch=False)], ignore_index=True)
+    # Whole-catalog softmax, as the ranking is judged: every item competes with the target. The moments are
+    # capped so the feature tensor stays within a few hundred MB.
     n_items = len(recommender.item_ids)
     cap = max(1, int(config.behaviour_budget_floats // (n_items * len(FEATURES))))
-    if len(users) > cap:
-        keep = np.sort(rng.choice(len(users), size=cap, replace=False))
-        users, moments, targets = [users[i] for i in keep], [moments[i] for i in keep], [targets[i] for i in keep]
-    features, offsets = [], []
+    if len(moments) > cap:
+        moments = moments.iloc[np.sort(rng.choice(len(moments), size=cap, replace=False))].reset_index(drop=True)
+    plan = cross_fit(valid["user_id"].to_numpy(), moments["user_id"].to_numpy(), moments["first_touch"].to_numpy(),
+                     n_heads, rng)
+    if not any(len(fit) and len(check) for fit, check in plan):  # too few users to fit on one and check on another
+        return {"examples": 0, "kept": False}
+    users = list(moments["user_id"])
+    times = [int(pd.Timestamp(t).value) for t in moments["timestamp"]]
+    features, offsets, seen = [], [], []
     for start in tqdm(range(0, len(users), 256), desc="behaviour features", disable=not progress, leave=False):
         chunk = slice(start, start + 256)
-        hist = [_before(recommender.histories[u], t) for u, t in zip(users[chunk], moments[chunk])]
-        scores = scorer(users[chunk], hist, moments[chunk]).astype(np.float32)  # (b, N)
-        for b, (user_id, moment) in enumerate(zip(users[chunk], moments[chunk])):
+        hist = [_before(recommender.histories[u], t) for u, t in zip(users[chunk], times[chunk])]
+        scores = scorer(users[chunk], hist, times[chunk]).astype(np.float32)  # (b, N)
+        for b, (user_id, moment) in enumerate(zip(users[chunk], times[chunk])):
             if set_seen_aside:
                 scores[b, hist[b].item_index] = -np.inf
             features.append(recommender.features.user_features(user_id, at=pd.Timestamp(moment, tz="UTC")))
         offsets.append(scores)
+        seen.extend(h.item_index for h in hist)
     device = recommender.device
     x = torch.as_tensor(np.stack(features), device=device)  # (E, N, F)
     offset = torch.as_tensor(np.concatenate(offsets), device=device)  # (E, N)
+    targets = np.array([position[i] for i in moments["item_id"]])
     labels = torch.as_tensor(targets, device=device)  # (E,)
     flat = x.flatten(0, 1)
     net.feature_mean.copy_(flat.mean(0))
     net.feature_std.copy_(flat.std(0).clamp(min=0.05))  # near-constant columns must not blow up
+    net.eval()  # dropout elsewhere stays off; the heads have none
 
-    # The validation sample, whole catalog: stage-1 scores and features computed once.
-    sample = check.head(1000)
-    sample_moments = [int(pd.Timestamp(t).value) for t in sample["timestamp"]]
-    sample_hist = [_before(recommender.histories[u], m) for u, m in zip(sample["user_id"], sample_moments)]
-    sample_base = scorer(list(sample["user_id"]), sample_hist, sample_moments)  # (V, N)
-    sample_features = torch.as_tensor(np.stack([
-        recommender.features.user_features(u, at=pd.Timestamp(m, tz="UTC"))
-        for u, m in zip(sample["user_id"], sample_moments)]), device=device)  # (V, N, F)
-    sample_targets = np.array([position[i] for i in sample["item_id"]])
-    sample_seen = [h.item_index for h in sample_hist]
+    def fit_one(fit: np.ndarray, check: np.ndarray) -> tuple[nn.Sequential, dict]:
+        """One head, fitted on the moments `fit`, keeping the epoch that ranks the moments `check` best."""
+        head = new_behaviour_head(len(FEATURES), net.config.feature_hidden).to(device)
+        check = check[:1000]
+        check_idx = torch.as_tensor(check, device=device)
 
-    def sample_ndcg() -> float:
-        with torch.no_grad():
-            scores = sample_base + net.behaviour_score(sample_features).cpu().numpy()
-        return metrics_from_ranks(ranks_of_targets(scores, sample_targets, sample_seen))["NDCG@10"]
+        def check_ndcg() -> float:
+            with torch.no_grad():
+                scores = offset[check_idx] + head(standard(x[check_idx])).squeeze(-1)
+            return metrics_from_ranks(ranks_of_targets(scores.cpu().numpy(), targets[check],
+                                                       [seen[i] for i in check]))["NDCG@10"]
 
-    head = net.behaviour_head
-    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-2, weight_decay=1e-4)
-    net.eval()  # dropout elsewhere stays off; the head has none
-    best_ndcg, best_state, best_epoch = sample_ndcg(), None, 0
-    stage1_ndcg = best_ndcg
-    for epoch in range(1, config.behaviour_epochs + 1):
-        order = torch.as_tensor(rng.permutation(len(x)), device=device)
-        for start in range(0, len(order), 32):  # small batches: a few thousand moments need many steps
-            idx = order[start : start + 32]
-            loss = nn.functional.cross_entropy(offset[idx] + net.behaviour_score(x[idx]), labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        ndcg = sample_ndcg()
-        if ndcg > best_ndcg:
-            best_ndcg, best_epoch = ndcg, epoch
-            best_state = {k: v.clone() for k, v in head.state_dict().items()}
-    if best_state is None:  # nothing beat stage 1 alone: the head stays neutral
-        nn.init.zeros_(head[-1].weight)
-        nn.init.zeros_(head[-1].bias)
+        optimizer = torch.optim.AdamW(head.parameters(), lr=1e-2, weight_decay=1e-4)
+        best_ndcg, best_state, best_epoch = check_ndcg(), None, 0
+        stage1_ndcg = best_ndcg
+        fit_idx = torch.as_tensor(fit, device=device)
+        for epoch in range(1, config.behaviour_epochs + 1):
+            order = fit_idx[torch.as_tensor(rng.permutation(len(fit)), device=device)]
+            for start in range(0, len(order), 32):  # small batches: a few thousand moments need many steps
+                idx = order[start : start + 32]
+                loss = nn.functional.cross_entropy(offset[idx] + head(standard(x[idx])).squeeze(-1), labels[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            ndcg = check_ndcg()
+            if ndcg > best_ndcg:
+                best_ndcg, best_epoch = ndcg, epoch
+                best_state = {k: v.clone() for k, v in head.state_dict().items()}
+        if best_state is None:  # nothing beat stage 1 alone: this head stays neutral
+            head = new_behaviour_head(len(FEATURES), net.config.feature_hidden).to(device)
+        else:
+            head.load_state_dict(best_state)
+        return head, {"fit": len(fit), "check": len(check), "check_ndcg_stage1": stage1_ndcg,
+                      "check_ndcg": best_ndcg, "best_epoch": best_epoch, "kept": best_state is not None}
+
+    def standard(features: torch.Tensor) -> torch.Tensor:
+        return (features - net.feature_mean) / net.feature_std
+
+    heads, folds = [], []
+    for k, (fit, check) in enumerate(plan):
+        if not len(fit) or not len(check):  # a fold without users to fit on or to check on stays neutral
+            heads.append(new_behaviour_head(len(FEATURES), net.config.feature_hidden).to(device))
+            folds.append({"fit": len(fit), "check": len(check), "kept": False})
+            continue
+        head, report = fit_one(fit, check)
+        heads.append(head)
+        folds.append(report)
+        log(f"behaviour head {k + 1}/{n_heads}: {report['fit']} moments x {n_items} items; held-back validation "
+            f"NDCG@10 {report['check_ndcg_stage1']:.4f} -> {report['check_ndcg']:.4f} (epoch {report['best_epoch']})")
+    net.set_behaviour_heads(heads)
+    return {"examples": len(x), "returns": len(returns), "heads": n_heads, "folds": folds,
+            "kept": any(f["kept"] for f in folds)}
+
+
+def cross_fit(valid_users: np.ndarray, moment_users: np.ndarray, first_touch: np.ndarray, n_heads: int,
+              rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Who fits and who checks each behaviour head: (fit, check) indices into the moments, one pair per head.
+
+    The validation users fall into n_heads folds of (nearly) equal size; head k fits on every moment of the users
+    outside fold k and is checked on the first touches of fold k's users, so no head is checked on a user it has
+    seen. One head: 30% of the users check it, the rest fit it.
+    """
+    if n_heads == 1:
+        fold = (rng.random(len(valid_users)) >= 0.3).astype(int)
     else:
-        head.load_state_dict(best_state)
-    log(f"behaviour head: {len(x)} moments x {x.shape[1]} items; held-back validation NDCG@10 "
-        f"{stage1_ndcg:.4f} -> {best_ndcg:.4f} (epoch {best_epoch})")
-    return {"examples": len(x), "returns": len(returns), "sample_users": len(sample),
-            "sample_ndcg_stage1": stage1_ndcg, "sample_ndcg": best_ndcg, "best_epoch": best_epoch,
-            "kept": best_state is not None}
+        fold = rng.permutation(len(valid_users)) % n_heads
+    moment_fold = pd.Series(fold, index=valid_users).reindex(moment_users).to_numpy()
+    return [(np.flatnonzero(moment_fold != k), np.flatnonzero((moment_fold == k) & first_touch))
+            for k in range(n_heads)]

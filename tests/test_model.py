@@ -34,6 +34,8 @@ def test_config_names_bad_values():
         RecommenderConfig.from_dict({"n_items": 5, "n_features": 3, "colour": "red"})
     with pytest.raises(ModelError, match="encoder_tuning 'half'"):
         RecommenderConfig(n_items=5, n_features=3, encoder_tuning="half")
+    with pytest.raises(ModelError, match="behaviour_heads 0 must be at least 1"):
+        RecommenderConfig(n_items=5, n_features=3, behaviour_heads=0)
 
 
 def test_checkpoint_describes_itself(tiny_model):
@@ -41,6 +43,10 @@ def test_checkpoint_describes_itself(tiny_model):
     assert config["format"] == "whyrec-checkpoint" and len(config["checkpoint_id"]) == 12
     assert config["model"]["dim"] == 16 and config["data"]["fingerprint"]
     assert (tiny_model / "metrics.json").exists() and (tiny_model / "encoder" / "model.safetensors").exists()
+    # Stage 2 is cross-fitted: five heads, each checked on its own fold of the validation users.
+    assert config["model"]["behaviour_heads"] == 5
+    folds = json.loads((tiny_model / "metrics.json").read_text())["behaviour"]["folds"]
+    assert len(folds) == 5 and all(f["fit"] > 0 and f["check"] > 0 for f in folds)
     assert not list(tiny_model.rglob("*.bin")) and not list(tiny_model.rglob("*.pt")) and not list(tiny_model.rglob("*.pkl"))
 
 
@@ -426,3 +432,51 @@ def test_stage_two_learns_returns_from_the_held_out_window_only():
     # u1's window is [day 2, day 5): the view of a again counts; the cart of b is no view; c is new there; the
     # view of a after the test moment and u2 (not a validation user) stay out.
     assert returns.to_dict("records") == [{"user_id": "u1", "item_id": "a", "timestamp": t + 3 * day}]
+
+
+def test_the_behaviour_head_is_the_mean_of_its_heads():
+    import copy
+
+    from model.recommender import RecommenderNet, new_behaviour_head
+
+    torch.manual_seed(0)
+    net = RecommenderNet(RecommenderConfig(n_items=3, n_features=4, feature_hidden=5, behaviour_heads=3), None)
+    heads = [new_behaviour_head(4, 5) for _ in range(3)]
+    for head in heads:  # they start neutral; give each an output of its own
+        torch.nn.init.normal_(head[-1].weight)
+        torch.nn.init.normal_(head[-1].bias)
+    net.set_behaviour_heads(heads)
+    net.feature_mean.normal_()
+    net.feature_std.uniform_(0.5, 2.0)
+    x = torch.randn(7, 4, dtype=torch.float64)
+    standard = (x - net.feature_mean.double()) / net.feature_std.double()
+    expected = torch.stack([copy.deepcopy(h).double()(standard).squeeze(-1) for h in heads]).mean(0)
+    # Exact up to the float32 rounding of the merged weights (the output layer divided by 3).
+    torch.testing.assert_close(net.behaviour_score(x), expected, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ModelError, match="2 behaviour heads given; the config has 3"):
+        net.set_behaviour_heads(heads[:2])
+
+
+@pytest.mark.parametrize("n_heads", [1, 5])
+def test_stage_two_checks_each_head_on_users_it_was_not_fitted_on(n_heads):
+    from model.train import cross_fit
+
+    rng = np.random.default_rng(0)
+    valid_users = np.array([f"u{i}" for i in range(103)])
+    moment_users = np.concatenate([valid_users, rng.choice(valid_users, 60)])  # first touches, then returns
+    first_touch = np.arange(len(moment_users)) < len(valid_users)
+    plan = cross_fit(valid_users, moment_users, first_touch, n_heads, rng)
+    assert len(plan) == n_heads
+    for fit, check in plan:
+        assert len(check) and first_touch[check].all()
+        assert not set(moment_users[fit]) & set(moment_users[check])  # no head is checked on a user it saw
+        assert len(fit) + np.isin(moment_users, moment_users[check]).sum() == len(moment_users)
+    checked = np.concatenate([check for _, check in plan])
+    if n_heads == 1:
+        assert 20 <= len(checked) <= 45  # ~30% of 103
+    else:  # every validation user checks exactly one head; the folds are as even as they can be
+        assert sorted(checked) == list(range(len(valid_users)))
+        assert max(len(c) for _, c in plan) - min(len(c) for _, c in plan) <= 1
+        fitted = np.bincount(np.concatenate([fit for fit, _ in plan]), minlength=len(moment_users))
+        assert (fitted == n_heads - 1).all()
+

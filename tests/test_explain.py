@@ -321,7 +321,7 @@ def test_integrated_gradients_split_the_lexical_channel_exactly(lexical_model):
     fixed_state(x, None, None, view.id_vector).sum().backward()
     words = net.encoder.word_embeddings
     base = text_baseline(view, view.item_input_ids, view.item_embeds, words, "template", None, view.item_template)
-    expected = ((view.item_embeds - base) * x.grad).sum(-1)[0].numpy()
+    expected = ((view.item_embeds - base) * x.grad).sum(-1)[0].detach().cpu().numpy()
     assert any(abs(v) > 1e-5 for v in part.values)  # the channel carries something to split
     np.testing.assert_allclose(part.values, expected[[d["position"] for d in part.details]], rtol=1e-4, atol=1e-8)
 

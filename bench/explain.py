@@ -72,6 +72,11 @@ def share(flags) -> float | None:
     return float(np.mean(flags)) if flags else None
 
 
+def signed(value: float | None) -> str:
+    """A drop as the summary prints it; none where SHAP gave no comparison on any item."""
+    return "none" if value is None else f"{value:+.4f}"
+
+
 def query_for(recommender, user_id: str) -> str:
     """A query a shopper might type: the first three words of the title of the user's latest item."""
     latest = int(recommender.histories[user_id].item_index[-1])
@@ -159,8 +164,10 @@ def run(model_dir: Path, n_pairs: int, n_full: int, n_sweep: int, n_agreement: i
         row.update({"spearman": result["spearman"], "shap_partition_seconds": result["seconds"],
                     "shap_deletion_top3_drop": result["deletion_top3_drop"], "shap_note": result["note"]})
         agreement.append(row)
+        shap_drop = (f"{result['deletion_top3_drop']:+.3f}" if result["deletion_top3_drop"] is not None
+                     else f"none ({result['note']})")  # e.g. a text its tokenizer does not give back
         print(f"  SHAP Partition ({MAX_EVALS} evals) {result['seconds']:.2f} s, top-3 drop "
-              f"{result['deletion_top3_drop']:+.3f} | IG {STEPS} steps {row['ig_seconds']:.2f} s, "
+              f"{shap_drop} | IG {STEPS} steps {row['ig_seconds']:.2f} s, "
               f"{row['ig_deletion_top3_drop']:+.3f} | IG {fast_steps} steps {row['ig_fast_seconds']:.2f} s, "
               f"{row['ig_fast_deletion_top3_drop']:+.3f}; Spearman {result['spearman']}", flush=True)
 
@@ -278,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{s['median_deletion_random3_drop']:+.4f} (top beats random on {s['share_top3_beats_random3']:.0%})")
     if s["shap_partition_seconds_median"] is not None:
         print(f"SHAP Partition ({MAX_EVALS} evals) median {s['shap_partition_seconds_median']:.2f} s, top-3 drop "
-              f"{s['shap_deletion_top3_drop_median']:+.4f}; IG {STEPS} steps {s['ig_seconds_median_same_items']:.2f} s "
+              f"{signed(s['shap_deletion_top3_drop_median'])}; "
+              f"IG {STEPS} steps {s['ig_seconds_median_same_items']:.2f} s "
               f"({s['speedup_ig_vs_shap_median']:.1f}x), {s['ig_deletion_top3_drop_median_same_items']:+.4f}; "
               f"IG {args.fast_steps} steps {s['ig_fast_seconds_median_same_items']:.2f} s "
               f"({s['speedup_ig_fast_vs_shap_median']:.1f}x), "

@@ -1,0 +1,26 @@
+"""The benchmark scripts run to the end on a tiny model, also where SHAP gives no second opinion."""
+
+import json
+
+
+def test_explain_bench_reports_an_item_shap_could_not_compare(tiny_model, tmp_path, monkeypatch):
+    import importlib
+
+    from bench import explain as bench_explain
+
+    faithfulness_module = importlib.import_module("explain.faithfulness")  # `explain.faithfulness` is the function
+
+    def no_comparison(recommender, view, part, max_evals):  # as for a text its tokenizer does not give back
+        return {"method": "shap_partition", "max_evals": max_evals, "ig_seconds": part.seconds, "spearman": None,
+                "shap_values": [], "shap_base_value": None, "seconds": 0.0, "deletion_top3_drop": None,
+                "aopc_comprehensiveness": None, "note": "the tokenizer does not give the model's tokens back"}
+
+    monkeypatch.setattr(faithfulness_module, "agreement_with_shap", no_comparison)
+    out = tmp_path / "explain.json"
+    assert bench_explain.main(["--model", str(tiny_model), "--pairs", "2", "--full", "0", "--sweep", "0",
+                               "--agreement", "2", "--fast-steps", "4", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [a["shap_deletion_top3_drop"] for a in result["agreement"]] == [None, None]
+    summary = result["summary"]
+    assert summary["shap_deletion_top3_drop_median"] is None and summary["share_ig_fast_at_least_shap"] is None
+    assert summary["ig_deletion_top3_drop_median_same_items"] is not None and len(result["rows"]) == 2

@@ -34,7 +34,7 @@ $(DEMO)/data/events.csv: data/synthetic.py | $(STAMP)
 $(DEMO)/.train-options: FORCE
 	@mkdir -p $(DEMO) && echo '$(DEMO_TRAIN)' | cmp -s - $@ || echo '$(DEMO_TRAIN)' > $@
 
-$(DEMO)/model/config.json: $(DEMO)/data/events.csv data/features.py $(DEMO)/.train-options | $(STAMP)
+$(DEMO)/model/config.json: $(DEMO)/data/events.csv data/features.py model/recommender.py model/train.py $(DEMO)/.train-options | $(STAMP)
 	$(PY) -m model train --data $(DEMO)/data --out $(DEMO)/model $(DEMO_TRAIN)
 
 demo: $(STAMP) $(DEMO)/data/events.csv $(DEMO)/model/config.json

@@ -446,17 +446,21 @@ def fit_behaviour_head(recommender: Recommender, split, config: TrainConfig, rng
     flat = x.flatten(0, 1)
     net.feature_mean.copy_(flat.mean(0))
     net.feature_std.copy_(flat.std(0).clamp(min=0.05))  # near-constant columns must not blow up
+    x.sub_(net.feature_mean).div_(net.feature_std)  # standardised once, in place: the heads read it every epoch
     net.eval()  # dropout elsewhere stays off; the heads have none
+
+    def neutral_head() -> nn.Sequential:
+        return new_behaviour_head(len(FEATURES), net.config.feature_hidden).to(device)
 
     def fit_one(fit: np.ndarray, check: np.ndarray) -> tuple[nn.Sequential, dict]:
         """One head, fitted on the moments `fit`, keeping the epoch that ranks the moments `check` best."""
-        head = new_behaviour_head(len(FEATURES), net.config.feature_hidden).to(device)
+        head = neutral_head()
         check = check[:1000]
         check_idx = torch.as_tensor(check, device=device)
 
         def check_ndcg() -> float:
             with torch.no_grad():
-                scores = offset[check_idx] + head(standard(x[check_idx])).squeeze(-1)
+                scores = offset[check_idx] + head(x[check_idx]).squeeze(-1)
             return metrics_from_ranks(ranks_of_targets(scores.cpu().numpy(), targets[check],
                                                        [seen[i] for i in check]))["NDCG@10"]
 
@@ -468,7 +472,7 @@ def fit_behaviour_head(recommender: Recommender, split, config: TrainConfig, rng
             order = fit_idx[torch.as_tensor(rng.permutation(len(fit)), device=device)]
             for start in range(0, len(order), 32):  # small batches: a few thousand moments need many steps
                 idx = order[start : start + 32]
-                loss = nn.functional.cross_entropy(offset[idx] + head(standard(x[idx])).squeeze(-1), labels[idx])
+                loss = nn.functional.cross_entropy(offset[idx] + head(x[idx]).squeeze(-1), labels[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -477,19 +481,16 @@ def fit_behaviour_head(recommender: Recommender, split, config: TrainConfig, rng
                 best_ndcg, best_epoch = ndcg, epoch
                 best_state = {k: v.clone() for k, v in head.state_dict().items()}
         if best_state is None:  # nothing beat stage 1 alone: this head stays neutral
-            head = new_behaviour_head(len(FEATURES), net.config.feature_hidden).to(device)
+            head = neutral_head()
         else:
             head.load_state_dict(best_state)
         return head, {"fit": len(fit), "check": len(check), "check_ndcg_stage1": stage1_ndcg,
                       "check_ndcg": best_ndcg, "best_epoch": best_epoch, "kept": best_state is not None}
 
-    def standard(features: torch.Tensor) -> torch.Tensor:
-        return (features - net.feature_mean) / net.feature_std
-
     heads, folds = [], []
     for k, (fit, check) in enumerate(plan):
         if not len(fit) or not len(check):  # a fold without users to fit on or to check on stays neutral
-            heads.append(new_behaviour_head(len(FEATURES), net.config.feature_hidden).to(device))
+            heads.append(neutral_head())
             folds.append({"fit": len(fit), "check": len(check), "kept": False})
             continue
         head, report = fit_one(fit, check)

@@ -72,9 +72,9 @@ def share(flags) -> float | None:
     return float(np.mean(flags)) if flags else None
 
 
-def signed(value: float | None) -> str:
-    """A drop as the summary prints it; none where SHAP gave no comparison on any item."""
-    return "none" if value is None else f"{value:+.4f}"
+def signed(value: float | None, places: int = 4) -> str:
+    """A score drop as printed; "none" where SHAP Partition gave no comparison."""
+    return "none" if value is None else f"{value:+.{places}f}"
 
 
 def query_for(recommender, user_id: str) -> str:
@@ -164,12 +164,11 @@ def run(model_dir: Path, n_pairs: int, n_full: int, n_sweep: int, n_agreement: i
         row.update({"spearman": result["spearman"], "shap_partition_seconds": result["seconds"],
                     "shap_deletion_top3_drop": result["deletion_top3_drop"], "shap_note": result["note"]})
         agreement.append(row)
-        shap_drop = (f"{result['deletion_top3_drop']:+.3f}" if result["deletion_top3_drop"] is not None
-                     else f"none ({result['note']})")  # e.g. a text its tokenizer does not give back
         print(f"  SHAP Partition ({MAX_EVALS} evals) {result['seconds']:.2f} s, top-3 drop "
-              f"{shap_drop} | IG {STEPS} steps {row['ig_seconds']:.2f} s, "
+              f"{signed(result['deletion_top3_drop'], 3)} | IG {STEPS} steps {row['ig_seconds']:.2f} s, "
               f"{row['ig_deletion_top3_drop']:+.3f} | IG {fast_steps} steps {row['ig_fast_seconds']:.2f} s, "
-              f"{row['ig_fast_deletion_top3_drop']:+.3f}; Spearman {result['spearman']}", flush=True)
+              f"{row['ig_fast_deletion_top3_drop']:+.3f}; Spearman {result['spearman']}"
+              + (f" ({result['note']})" if result["note"] else ""), flush=True)  # e.g. a text not given back
 
     def ratio(key: str) -> float | None:
         return median(a["shap_partition_seconds"] / a[key] for a in agreement if a[key] > 0)

@@ -10,6 +10,9 @@ removed; top_k are the k tokens with the largest IG values (most positive first)
     insertion_curve[k]       s(every token except top_k removed), k = 0..K
     deletion_top3_drop       score - s(the top 3 tokens with positive IG value, fewer if fewer are positive)
     deletion_random3_drop    the same drop for as many tokens drawn at random, averaged over random_draws draws
+    deletion_top3_words_drop the drop when the 3 whole words with the largest positive IG values (a word's pieces
+                             summed, as the word-level view shows them) lose every piece at once
+    deletion_random3_words_drop  the same for as many whole words drawn at random, averaged over the draws
     aopc_comprehensiveness   mean over k = 1..K of score - s(top_k)            (higher: the top tokens matter)
     aopc_sufficiency         mean over k = 1..K of score - s(all but top_k removed)  (lower: they suffice)
     *_random                 the same for random orders, averaged over the draws: the bar to clear
@@ -18,7 +21,7 @@ Agreement (on demand, agreement=True): SHAP's Partition explainer over the same 
 over the model's tokenizer masking a token by the same baseline token, gives a second opinion; `spearman` is
 the Spearman rank correlation of its token values with IG's (None when either side is constant or n < 3), and
 its own `deletion_top3_drop` and `aopc_comprehensiveness`, by the same removal as above, say whether the second
-opinion ranks the tokens more faithfully than IG does.
+opinion ranks the tokens more faithfully than IG does; `deletion_top3_words_drop` the same for whole words.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ def removal_curves(recommender, view, part: Attribution, score: float, *, k_max:
     """The deletion and insertion measures above for one item_tokens part of the score `view` reproduces."""
     kept = removable(part)
     positions = np.array([part.details[i]["position"] for i in kept], dtype=np.int64)
+    words = np.array([part.details[i]["word_index"] for i in kept], dtype=np.int64)
     ig_values = np.asarray(part.values, dtype=np.float64)[kept]
     kind = part.parameters["baseline"]
     n = len(positions)
@@ -96,13 +100,14 @@ def removal_curves(recommender, view, part: Attribution, score: float, *, k_max:
               "random_draws": random_draws, "seed": seed, "notes": []}
     if n == 0:
         result["notes"].append("the item has no text tokens: nothing to remove")
-        result.update(deletion_top3_drop=0.0, deletion_random3_drop=0.0, aopc_comprehensiveness=0.0,
+        result.update(deletion_top3_drop=0.0, deletion_random3_drop=0.0, deletion_top3_words_drop=0.0,
+                      deletion_random3_words_drop=0.0, aopc_comprehensiveness=0.0,
                       aopc_sufficiency=0.0, aopc_comprehensiveness_random=0.0, aopc_sufficiency_random=0.0,
                       curves={"deletion": [score], "insertion": [score], "deletion_random": [score],
                               "insertion_random": [score]})
         return result
     scorer = _RemovalScorer(recommender, view, kind, score)
-    result.update(_curves(scorer, positions, ig_values, min(k_max, n), random_draws, seed, result["notes"]))
+    result.update(_curves(scorer, positions, words, ig_values, min(k_max, n), random_draws, seed, result["notes"]))
     return result
 
 
@@ -164,8 +169,8 @@ class _RemovalScorer:
         return self.score + (values[1:] - values[0])
 
 
-def _curves(scorer: _RemovalScorer, positions: np.ndarray, ig_values: np.ndarray, k: int, draws: int, seed: int,
-            notes: list[str]) -> dict:
+def _curves(scorer: _RemovalScorer, positions: np.ndarray, words: np.ndarray, ig_values: np.ndarray, k: int,
+            draws: int, seed: int, notes: list[str]) -> dict:
     length = scorer.embeds.shape[1]
     rng = np.random.default_rng(seed)
     ranked = positions[np.argsort(-ig_values, kind="stable")]  # most positive first
@@ -173,6 +178,13 @@ def _curves(scorer: _RemovalScorer, positions: np.ndarray, ig_values: np.ndarray
     top = min(TOP, int((ig_values > 0).sum()))
     if top < TOP:
         notes.append(f"only {top} token(s) have a positive IG value; the top-3 drop removes {top}")
+    word_ids, word_of = np.unique(words, return_inverse=True)  # whole words: their pieces summed
+    word_values = np.bincount(word_of, weights=ig_values, minlength=len(word_ids))
+    top_words = np.argsort(-word_values, kind="stable")[: min(TOP, int((word_values > 0).sum()))]
+    word_rows = np.zeros((1 + draws, length), dtype=bool)  # IG's top words, then random ones as many
+    for row, chosen in zip(word_rows, [top_words] + [rng.permutation(len(word_ids))[: len(top_words)]
+                                                     for _ in range(draws)]):
+        row[positions[np.isin(word_of, chosen)]] = True
 
     def rows(order: np.ndarray) -> np.ndarray:  # (2 (k + 1) + 1, T): deletion of top_0..top_k, insertion, top-3
         out = np.zeros((2 * (k + 1) + 1, length), dtype=bool)
@@ -183,12 +195,15 @@ def _curves(scorer: _RemovalScorer, positions: np.ndarray, ig_values: np.ndarray
         out[-1, order[:top]] = True
         return out
 
-    scores = scorer.scores(np.concatenate([rows(order) for order in orders])).reshape(len(orders), -1)  # one batch
+    every = scorer.scores(np.concatenate([*(rows(order) for order in orders), word_rows]))  # one batch
+    scores, word_scores = every[: -len(word_rows)].reshape(len(orders), -1), every[-len(word_rows):]
     deletion, insertion = scores[:, : k + 1], scores[:, k + 1 : -1]  # (1 + draws, k + 1) each
     score = scorer.score
     return {
         "deletion_top3_drop": float(score - scores[0, -1]),
         "deletion_random3_drop": float(np.mean(score - scores[1:, -1])),
+        "deletion_top3_words_drop": float(score - word_scores[0]),
+        "deletion_random3_words_drop": float(np.mean(score - word_scores[1:])),
         "aopc_comprehensiveness": float(np.mean(score - deletion[0, 1:])),
         "aopc_sufficiency": float(np.mean(score - insertion[0, 1:])),
         "aopc_comprehensiveness_random": float(np.mean(score - deletion[1:, 1:])),
@@ -209,7 +224,7 @@ def agreement_with_shap(recommender, view, part: Attribution, max_evals: int = M
     encoder = recommender.net.encoder
     out = {"method": "shap_partition", "max_evals": max_evals, "ig_seconds": ig_seconds, "spearman": None,
            "shap_values": [], "shap_base_value": None, "seconds": 0.0, "deletion_top3_drop": None,
-           "aopc_comprehensiveness": None, "note": None}
+           "deletion_top3_words_drop": None, "aopc_comprehensiveness": None, "note": None}
     if len(positions) == 0:
         out["note"] = "no tokens to compare"
         return out
@@ -245,6 +260,7 @@ def agreement_with_shap(recommender, view, part: Attribution, max_evals: int = M
                                     details=tuple(part.details[i] for i in kept), method="shap_partition")
     shap_curves = removal_curves(recommender, view, shap_part, 0.0, random_draws=1)
     out.update(deletion_top3_drop=shap_curves["deletion_top3_drop"],
+               deletion_top3_words_drop=shap_curves["deletion_top3_words_drop"],
                aopc_comprehensiveness=shap_curves["aopc_comprehensiveness"])
     if len(positions) < 3 or np.ptp(shap_values) == 0 or np.ptp(ig_values) == 0:
         out["note"] = "too few or constant values for a rank correlation"

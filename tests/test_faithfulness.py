@@ -43,6 +43,20 @@ def test_removal_on_a_linear_score_takes_away_exactly_the_ig_values(linear_token
     assert result["aopc_sufficiency"] <= result["aopc_sufficiency_random"]
 
 
+def test_whole_words_lose_every_piece_and_take_away_their_summed_values(linear_tokens):
+    recommender, view, item, score = linear_tokens
+    kept = [(v, d) for v, d in zip(item.values, item.details) if not d["template"]]
+    words: dict[int, float] = {}
+    for value, detail in kept:
+        words[detail["word_index"]] = words.get(detail["word_index"], 0.0) + value
+    assert len(words) < len(kept)  # some word is in several pieces, so words and tokens differ
+    result = removal_curves(recommender, view, item, score, random_draws=8)
+    ranked = np.sort(list(words.values()))[::-1]
+    assert result["deletion_top3_words_drop"] == pytest.approx(ranked[ranked > 0][:3].sum(), abs=1e-5)
+    assert result["deletion_top3_words_drop"] >= result["deletion_random3_words_drop"]
+    assert result["deletion_random3_words_drop"] != pytest.approx(result["deletion_random3_drop"], abs=1e-6)
+
+
 def test_shap_partition_agrees_with_ig_on_a_linear_score(linear_tokens):
     recommender, view, item, _ = linear_tokens
     agreement = agreement_with_shap(recommender, view, item, max_evals=200)
@@ -54,6 +68,7 @@ def test_shap_partition_agrees_with_ig_on_a_linear_score(linear_tokens):
     # Same ranking, same removal: SHAP's own deletion drop is IG's.
     ig = removal_curves(recommender, view, item, 0.0, random_draws=1)
     assert agreement["deletion_top3_drop"] == pytest.approx(ig["deletion_top3_drop"], abs=1e-6)
+    assert agreement["deletion_top3_words_drop"] == pytest.approx(ig["deletion_top3_words_drop"], abs=1e-6)
 
 
 # ---- the tiny model ---------------------------------------------------------------------------------------------------
@@ -114,3 +129,4 @@ def test_an_item_without_tokens_measures_zero(linear_tokens):
     empty = replace(item, names=(), values=(), details=())
     result = removal_curves(recommender, view, empty, score)
     assert result["deletion_top3_drop"] == 0.0 and result["n_tokens"] == 0 and result["notes"]
+    assert result["deletion_top3_words_drop"] == 0.0

@@ -88,9 +88,11 @@ def explanation_panel(recommender, ranked, user_id, query) -> None:
     with st.spinner("Running the deletion test…"):
         checks = cached_faithfulness(recommender.checkpoint_id, result["explanation"], recommender)
     f1, f2, f3 = st.columns(3)
-    f1.metric("Drop, top-3 words removed", f"{checks['deletion_top3_drop']:+.3f}")
-    f2.metric("Drop, 3 random words removed", f"{checks['deletion_random3_drop']:+.3f}")
-    ratio = checks["deletion_top3_drop"] / checks["deletion_random3_drop"] if checks["deletion_random3_drop"] else None
+    # Whole words, as the shaded text shows them: every piece of a word goes at once.
+    top, random = checks["deletion_top3_words_drop"], checks["deletion_random3_words_drop"]
+    f1.metric("Drop, top-3 words removed", f"{top:+.3f}")
+    f2.metric("Drop, 3 random words removed", f"{random:+.3f}")
+    ratio = top / random if random else None
     f3.metric("Faithfulness ratio", f"{ratio:.1f}×" if ratio is not None and ratio > 0 else "n/a",
               help="How much more the score falls when the most-credited words go than when random ones go")
     with st.expander("How to read this"):

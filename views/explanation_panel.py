@@ -89,10 +89,10 @@ def explanation_panel(recommender, ranked, user_id, query) -> None:
         checks = cached_faithfulness(recommender.checkpoint_id, result["explanation"], recommender)
     f1, f2, f3 = st.columns(3)
     # Whole words, as the shaded text shows them: every piece of a word goes at once.
-    top, random = checks["deletion_top3_words_drop"], checks["deletion_random3_words_drop"]
+    top, by_chance = checks["deletion_top3_words_drop"], checks["deletion_random3_words_drop"]
     f1.metric("Drop, top-3 words removed", f"{top:+.3f}")
-    f2.metric("Drop, 3 random words removed", f"{random:+.3f}")
-    ratio = top / random if random else None
+    f2.metric("Drop, 3 random words removed", f"{by_chance:+.3f}")
+    ratio = top / by_chance if by_chance else None
     f3.metric("Faithfulness ratio", f"{ratio:.1f}×" if ratio is not None and ratio > 0 else "n/a",
               help="How much more the score falls when the most-credited words go than when random ones go")
     with st.expander("How to read this"):

@@ -212,8 +212,8 @@ def summary(explanation, measured: dict | None = None) -> str:
     if measured is not None:
         lines.append("faithfulness (item tokens removed to the baseline token):")
         lines.append(f"  top-3 drop {measured['deletion_top3_drop']:+.4f} vs random-3 drop "
-                     f"{measured['deletion_random3_drop']:+.4f}; whole words {measured['deletion_top3_words_drop']:+.4f} "
-                     f"vs {measured['deletion_random3_words_drop']:+.4f}")
+                     f"{measured['deletion_random3_drop']:+.4f}; whole words "
+                     f"{measured['deletion_top3_words_drop']:+.4f} vs {measured['deletion_random3_words_drop']:+.4f}")
         lines.append(f"  AOPC comprehensiveness {measured['aopc_comprehensiveness']:+.4f} (random "
                      f"{measured['aopc_comprehensiveness_random']:+.4f}), sufficiency "
                      f"{measured['aopc_sufficiency']:+.4f} (random {measured['aopc_sufficiency_random']:+.4f})")

@@ -1,5 +1,7 @@
 """The dashboard driven headless with Streamlit's AppTest: every page, the happy path and bad input."""
 
+import threading
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -112,3 +114,18 @@ def test_explanation_panel_shows_waterfall_words_and_features(app):
     labels = [m.label for m in app.metric]
     assert {"Score", "Completeness gap", "Drop, top-3 words removed"} <= set(labels)
     assert app.query_params["item"] in app.selectbox(key="explain_item").value  # the URL names the item
+
+
+def test_the_warm_up_is_waited_for_at_exit_even_when_a_daemon_thread_starts_it(tiny_model):
+    from model.checkpoint import load
+    from views.loaders import start_warm_up
+
+    recommender = load(tiny_model)
+    started = []
+    script = threading.Thread(target=lambda: started.append(start_warm_up(recommender)), daemon=True)  # as Streamlit's
+    script.start()
+    script.join()
+    (warm_up,) = started
+    assert not warm_up.daemon  # a daemon thread still in torch when the interpreter finalises aborts the process
+    warm_up.join(120)
+    assert not warm_up.is_alive()

@@ -40,8 +40,20 @@ def _load_recommender(model: str, data: str | None, stamp: float):
     # and a busy machine makes threads wait on each other (measured: 2 ms vs 240 ms per ranking under load).
     torch.set_num_threads(int(os.environ.get("WHYREC_THREADS", "1")))
     recommender = load(model, data=data)
-    threading.Thread(target=_warm_up, args=(recommender,), name="whyrec-warm-up", daemon=True).start()
+    start_warm_up(recommender)
     return recommender
+
+
+def start_warm_up(recommender) -> threading.Thread:
+    """Warm the explainers up in the background; the process waits for it at exit.
+
+    Not a daemon, though Streamlit's script thread that starts it is one (threads inherit that flag): a daemon
+    thread still inside torch when the interpreter finalises is killed in native code, and the process aborts
+    ("terminate called without an active exception") after everything else has finished.
+    """
+    thread = threading.Thread(target=_warm_up, args=(recommender,), name="whyrec-warm-up", daemon=False)
+    thread.start()
+    return thread
 
 
 def _warm_up(recommender) -> None:

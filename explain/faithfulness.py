@@ -92,7 +92,10 @@ def removal_curves(recommender, view, part: Attribution, score: float, *, k_max:
     """The deletion and insertion measures above for one item_tokens part of the score `view` reproduces."""
     kept = removable(part)
     positions = np.array([part.details[i]["position"] for i in kept], dtype=np.int64)
-    words = np.array([part.details[i]["word_index"] for i in kept], dtype=np.int64)
+    # The word-level view of the removable tokens: a word's pieces summed, as the dashboard shows words.
+    words = dataclasses.replace(part, names=tuple(part.names[i] for i in kept),
+                                values=tuple(part.values[i] for i in kept),
+                                details=tuple(part.details[i] for i in kept)).words()
     ig_values = np.asarray(part.values, dtype=np.float64)[kept]
     kind = part.parameters["baseline"]
     n = len(positions)
@@ -169,7 +172,7 @@ class _RemovalScorer:
         return self.score + (values[1:] - values[0])
 
 
-def _curves(scorer: _RemovalScorer, positions: np.ndarray, words: np.ndarray, ig_values: np.ndarray, k: int,
+def _curves(scorer: _RemovalScorer, positions: np.ndarray, words: Attribution, ig_values: np.ndarray, k: int,
             draws: int, seed: int, notes: list[str]) -> dict:
     length = scorer.embeds.shape[1]
     rng = np.random.default_rng(seed)
@@ -178,13 +181,13 @@ def _curves(scorer: _RemovalScorer, positions: np.ndarray, words: np.ndarray, ig
     top = min(TOP, int((ig_values > 0).sum()))
     if top < TOP:
         notes.append(f"only {top} token(s) have a positive IG value; the top-3 drop removes {top}")
-    word_ids, word_of = np.unique(words, return_inverse=True)  # whole words: their pieces summed
-    word_values = np.bincount(word_of, weights=ig_values, minlength=len(word_ids))
+    word_values = np.asarray(words.values, dtype=np.float64)
     top_words = np.argsort(-word_values, kind="stable")[: min(TOP, int((word_values > 0).sum()))]
     word_rows = np.zeros((1 + draws, length), dtype=bool)  # IG's top words, then random ones as many
-    for row, chosen in zip(word_rows, [top_words] + [rng.permutation(len(word_ids))[: len(top_words)]
+    for row, chosen in zip(word_rows, [top_words] + [rng.permutation(len(words))[: len(top_words)]
                                                      for _ in range(draws)]):
-        row[positions[np.isin(word_of, chosen)]] = True
+        for word in chosen:
+            row[words.details[word]["positions"]] = True
 
     def rows(order: np.ndarray) -> np.ndarray:  # (2 (k + 1) + 1, T): deletion of top_0..top_k, insertion, top-3
         out = np.zeros((2 * (k + 1) + 1, length), dtype=bool)

@@ -9,7 +9,9 @@ For N users drawn at random, one item drawn from their top 10:
     SHAP over the behaviour features; then the history drill-down (words of the top 3 history items) apart;
   * SHAP Partition (max_evals 500) against IG on the same item's tokens, on the first --agreement pairs (150:
     fewer cannot tell the two apart): seconds, Spearman agreement and each method's own deletion_top3_drop and
-    deletion_top3_words_drop (whole words), for IG at n_steps=50 and at --fast-steps, compared item by item.
+    deletion_top3_words_drop (whole words), for IG at n_steps=50 and at --fast-steps, compared item by item;
+    and, as the reference a forward pass per token sets, leave-one-out (each token's own removal effect,
+    explain.faithfulness.leave_one_out) by the same test.
 Writes bench/results/explain.json. The baseline each number compares with is measured in the same run.
 """
 
@@ -93,7 +95,7 @@ def additivity(explanation) -> float:
 def run(model_dir: Path, n_pairs: int, n_full: int, n_sweep: int, n_agreement: int, seed: int, device: str,
         fast_steps: int) -> dict:
     from explain import explain, faithfulness
-    from explain.faithfulness import agreement_with_shap, removal_curves
+    from explain.faithfulness import agreement_with_shap, leave_one_out, removal_curves
     from model.checkpoint import load
     from model.serving import score_view
 
@@ -167,24 +169,28 @@ def run(model_dir: Path, n_pairs: int, n_full: int, n_sweep: int, n_agreement: i
         row.update({"spearman": result["spearman"], "shap_partition_seconds": result["seconds"],
                     "shap_deletion_top3_drop": result["deletion_top3_drop"],
                     "shap_deletion_top3_words_drop": result["deletion_top3_words_drop"], "shap_note": result["note"]})
+        own = leave_one_out(recommender, view, part)  # the reference: each token's own removal, measured
+        row.update({"loo_seconds": own["seconds"], "loo_deletion_top3_drop": own["deletion_top3_drop"],
+                    "loo_deletion_top3_words_drop": own["deletion_top3_words_drop"]})
         agreement.append(row)
         print(f"  SHAP Partition ({MAX_EVALS} evals) {result['seconds']:.2f} s, top-3 drop "
               f"{signed(result['deletion_top3_drop'], 3)} | IG {STEPS} steps {row['ig_seconds']:.2f} s, "
               f"{row['ig_deletion_top3_drop']:+.3f} | IG {fast_steps} steps {row['ig_fast_seconds']:.2f} s, "
-              f"{row['ig_fast_deletion_top3_drop']:+.3f}; Spearman {result['spearman']}"
+              f"{row['ig_fast_deletion_top3_drop']:+.3f} | leave-one-out {row['loo_seconds']:.2f} s, "
+              f"{signed(row['loo_deletion_top3_drop'], 3)}; Spearman {result['spearman']}"
               + (f" ({result['note']})" if result["note"] else ""), flush=True)  # e.g. a text not given back
 
     def ratio(key: str) -> float | None:
         return median(a["shap_partition_seconds"] / a[key] for a in agreement if a[key] > 0)
 
-    def versus(unit: str) -> dict:
-        """IG (fast steps) against SHAP Partition item by item, removing top-3 `unit`s: "drop" tokens, "words_drop"."""
-        compared = [(a[f"ig_fast_deletion_top3_{unit}"], a[f"shap_deletion_top3_{unit}"]) for a in agreement
-                    if a[f"shap_deletion_top3_{unit}"] is not None]
-        return {"items": len(compared), "median_ig_fast": median(ig for ig, _ in compared),
-                "median_shap": median(s for _, s in compared), "mean_ig_fast": mean(ig for ig, _ in compared),
+    def versus(unit: str, method: str = "ig_fast") -> dict:
+        """`method` against SHAP Partition item by item, removing top-3 `unit`s: "drop" tokens, "words_drop"."""
+        compared = [(a[f"{method}_deletion_top3_{unit}"], a[f"shap_deletion_top3_{unit}"]) for a in agreement
+                    if a[f"shap_deletion_top3_{unit}"] is not None and a[f"{method}_deletion_top3_{unit}"] is not None]
+        return {"items": len(compared), f"median_{method}": median(m for m, _ in compared),
+                "median_shap": median(s for _, s in compared), f"mean_{method}": mean(m for m, _ in compared),
                 "mean_shap": mean(s for _, s in compared),
-                "share_ig_fast_at_least_shap": share(ig >= s for ig, s in compared),
+                f"share_{method}_at_least_shap": share(m >= s for m, s in compared),
                 "wilcoxon_p": paired_p(compared)}
 
     tokens, words = versus("drop"), versus("words_drop")
@@ -230,6 +236,10 @@ def run(model_dir: Path, n_pairs: int, n_full: int, n_sweep: int, n_agreement: i
             "mean_deletion_top3_drop_ig_fast_vs_shap": [tokens["mean_ig_fast"], tokens["mean_shap"]],
             "wilcoxon_p_ig_fast_vs_shap": tokens["wilcoxon_p"],
             "deletion_ig_fast_vs_shap": {"tokens": tokens, "words": words},
+            # The reference a forward pass per token sets: each token's own removal effect, ranked.
+            "leave_one_out_seconds_median": median(a["loo_seconds"] for a in agreement),
+            "speedup_leave_one_out_vs_shap_median": ratio("loo_seconds"),
+            "deletion_leave_one_out_vs_shap": {"tokens": versus("drop", "loo"), "words": versus("words_drop", "loo")},
             "median_spearman_ig_vs_shap": median(a["spearman"] for a in agreement if a["spearman"] is not None),
         },
         "n_steps_sweep": sweep,
@@ -309,6 +319,12 @@ def main(argv: list[str] | None = None) -> int:
                       f"{v['share_ig_fast_at_least_shap']:.0%}; median drop IG {signed(v['median_ig_fast'])}, SHAP "
                       f"{signed(v['median_shap'])}; mean IG {v['mean_ig_fast']:+.4f}, SHAP {v['mean_shap']:+.4f}; "
                       f"paired Wilcoxon p {v['wilcoxon_p']}")
+        for unit, v in s["deletion_leave_one_out_vs_shap"].items():
+            if v["items"]:
+                print(f"reference, leave-one-out ({s['leave_one_out_seconds_median']:.2f} s, "
+                      f"{s['speedup_leave_one_out_vs_shap_median']:.1f}x), top-3 {unit}: at least as much as SHAP "
+                      f"on {v['share_loo_at_least_shap']:.0%}; median drop {signed(v['median_loo'])} vs SHAP "
+                      f"{signed(v['median_shap'])}; paired Wilcoxon p {v['wilcoxon_p']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -22,6 +22,11 @@ over the model's tokenizer masking a token by the same baseline token, gives a s
 the Spearman rank correlation of its token values with IG's (None when either side is constant or n < 3), and
 its own `deletion_top3_drop` and `aopc_comprehensiveness`, by the same removal as above, say whether the second
 opinion ranks the tokens more faithfully than IG does; `deletion_top3_words_drop` the same for whole words.
+
+Leave-one-out (a reference for the bench): each removable token's own effect, score - s({token}), from one batch
+of removals (a forward pass per token, no gradients), ranked by the same deletion test. It measures exactly what
+removing one token from the full text does, where IG's values share out f(x) - f(baseline) along the path from
+the baseline.
 """
 
 from __future__ import annotations
@@ -215,6 +220,27 @@ def _curves(scorer: _RemovalScorer, positions: np.ndarray, words: Attribution, i
                    "deletion_random": deletion[1:].mean(0).tolist(),
                    "insertion_random": insertion[1:].mean(0).tolist()},
     }
+
+
+def leave_one_out(recommender, view, part: Attribution) -> dict:
+    """Each removable token's own effect, score - s({token}), and its top-3 drops by the deletion test above."""
+    kept = removable(part)
+    out = {"method": "leave_one_out", "values": [], "seconds": 0.0, "deletion_top3_drop": None,
+           "deletion_top3_words_drop": None}
+    if not kept:
+        return out
+    started = time.perf_counter()
+    scorer = _RemovalScorer(recommender, view, part.parameters["baseline"], 0.0)  # scores relative to the input's
+    removed = np.zeros((len(kept), scorer.embeds.shape[1]), dtype=bool)
+    removed[np.arange(len(kept)), [part.details[i]["position"] for i in kept]] = True
+    values = -scorer.scores(removed)
+    out.update(values=values.tolist(), seconds=time.perf_counter() - started)
+    own = dataclasses.replace(part, names=tuple(part.names[i] for i in kept), values=tuple(values),
+                              details=tuple(part.details[i] for i in kept), method="leave_one_out")
+    curves = removal_curves(recommender, view, own, 0.0, random_draws=1)
+    out.update(deletion_top3_drop=curves["deletion_top3_drop"],
+               deletion_top3_words_drop=curves["deletion_top3_words_drop"])
+    return out
 
 
 def agreement_with_shap(recommender, view, part: Attribution, max_evals: int = MAX_EVALS) -> dict:

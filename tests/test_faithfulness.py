@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from explain import ExplanationError, PathSettings, TokenAttributor, explain, explain_pair, faithfulness
-from explain.faithfulness import agreement_with_shap, removal_curves
+from explain.faithfulness import agreement_with_shap, leave_one_out, removal_curves
 from model.serving import score_view
 from tests.test_explain import linear_world  # noqa: F401  (a fixture shared with the explain tests)
 
@@ -71,6 +71,18 @@ def test_shap_partition_agrees_with_ig_on_a_linear_score(linear_tokens):
     assert agreement["deletion_top3_words_drop"] == pytest.approx(ig["deletion_top3_words_drop"], abs=1e-6)
 
 
+def test_leave_one_out_on_a_linear_score_is_each_tokens_own_ig_value(linear_tokens):
+    recommender, view, item, _ = linear_tokens
+    measured = leave_one_out(recommender, view, item)
+    # Additive score: removing a token alone takes away exactly its IG value; the template is kept.
+    words = [v for v, d in zip(item.values, item.details) if not d["template"]]
+    np.testing.assert_allclose(measured["values"], words, rtol=1e-4, atol=1e-5)
+    ig = removal_curves(recommender, view, item, 0.0, random_draws=1)
+    assert measured["deletion_top3_drop"] == pytest.approx(ig["deletion_top3_drop"], abs=1e-6)
+    assert measured["deletion_top3_words_drop"] == pytest.approx(ig["deletion_top3_words_drop"], abs=1e-6)
+    assert measured["seconds"] > 0
+
+
 # ---- the tiny model ---------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -106,6 +118,20 @@ def test_agreement_on_demand(recommender, explained):
     words = [d for d in explained.part("item_tokens").details if not d["template"]]
     assert agreement["method"] == "shap_partition" and len(agreement["shap_values"]) == len(words)
     assert -1.0 <= agreement["spearman"] <= 1.0 and agreement["seconds"] > 0
+
+
+def test_leave_one_out_values_are_the_drops_of_removing_each_token_alone(recommender, user, explained):
+    context = recommender.context(user, "wool sock")
+    view = score_view(recommender, context, int(recommender.item_positions([explained.item_id])[0]))
+    item = explained.part("item_tokens")
+    measured = leave_one_out(recommender, view, item)
+    kept = [i for i, d in enumerate(item.details) if not d["template"]]
+    own = replace(item, names=tuple(item.names[i] for i in kept), values=tuple(measured["values"]),
+                  details=tuple(item.details[i] for i in kept))
+    curves = removal_curves(recommender, view, own, explained.score, k_max=1, random_draws=1)
+    # The token leave-one-out values most, removed alone, takes away exactly that value.
+    assert explained.score - curves["curves"]["deletion"][1] == pytest.approx(max(measured["values"]), abs=1e-5)
+    assert np.ptp(measured["values"]) > 0
 
 
 def test_faithfulness_refuses_what_it_cannot_measure(recommender, user, explained):

@@ -92,15 +92,19 @@ def removable(part: Attribution) -> list[int]:
     return [i for i, d in enumerate(part.details) if not (keeps_template and d.get("template"))]
 
 
+def _removable_part(part: Attribution, kept: list[int], values, **changes) -> Attribution:
+    """`part` cut to its removable tokens `kept` (removable()), with `values` for them: IG's own or another method's."""
+    return dataclasses.replace(part, names=tuple(part.names[i] for i in kept), values=tuple(values),
+                               details=tuple(part.details[i] for i in kept), **changes)
+
+
 def removal_curves(recommender, view, part: Attribution, score: float, *, k_max: int = K_MAX,
                    random_draws: int = RANDOM_DRAWS, seed: int = 0) -> dict:
     """The deletion and insertion measures above for one item_tokens part of the score `view` reproduces."""
     kept = removable(part)
     positions = np.array([part.details[i]["position"] for i in kept], dtype=np.int64)
     # The word-level view of the removable tokens: a word's pieces summed, as the dashboard shows words.
-    words = dataclasses.replace(part, names=tuple(part.names[i] for i in kept),
-                                values=tuple(part.values[i] for i in kept),
-                                details=tuple(part.details[i] for i in kept)).words()
+    words = _removable_part(part, kept, [part.values[i] for i in kept]).words()
     ig_values = np.asarray(part.values, dtype=np.float64)[kept]
     kind = part.parameters["baseline"]
     n = len(positions)
@@ -235,8 +239,7 @@ def leave_one_out(recommender, view, part: Attribution) -> dict:
     removed[np.arange(len(kept)), [part.details[i]["position"] for i in kept]] = True
     values = -scorer.scores(removed)
     out.update(values=values.tolist(), seconds=time.perf_counter() - started)
-    own = dataclasses.replace(part, names=tuple(part.names[i] for i in kept), values=tuple(values),
-                              details=tuple(part.details[i] for i in kept), method="leave_one_out")
+    own = _removable_part(part, kept, values, method="leave_one_out")
     curves = removal_curves(recommender, view, own, 0.0, random_draws=1)
     out.update(deletion_top3_drop=curves["deletion_top3_drop"],
                deletion_top3_words_drop=curves["deletion_top3_words_drop"])
@@ -285,8 +288,7 @@ def agreement_with_shap(recommender, view, part: Attribution, max_evals: int = M
     out.update(shap_values=shap_values.tolist(), shap_base_value=float(np.asarray(result.base_values).reshape(-1)[0]),
                seconds=time.perf_counter() - started)
     # SHAP's own faithfulness, by the same deletion test as IG's: is the second opinion any better?
-    shap_part = dataclasses.replace(part, names=tuple(part.names[i] for i in kept), values=tuple(shap_values),
-                                    details=tuple(part.details[i] for i in kept), method="shap_partition")
+    shap_part = _removable_part(part, kept, shap_values, method="shap_partition")
     shap_curves = removal_curves(recommender, view, shap_part, 0.0, random_draws=1)
     out.update(deletion_top3_drop=shap_curves["deletion_top3_drop"],
                deletion_top3_words_drop=shap_curves["deletion_top3_words_drop"],

@@ -8,8 +8,9 @@ For N users drawn at random, one item drawn from their top 10:
     of the user's latest item), IG at n_steps=50 over item and query tokens, history units and ID jointly, and
     SHAP over the behaviour features; then the history drill-down (words of the top 3 history items) apart;
   * SHAP Partition (max_evals 500) against IG on the same item's tokens, on the first --agreement pairs (150:
-    fewer cannot tell the two apart): seconds, Spearman agreement and each method's own deletion_top3_drop and
-    deletion_top3_words_drop (whole words), for IG at n_steps=50 and at --fast-steps, compared item by item;
+    fewer cannot tell the two apart): seconds, Spearman agreement and each method's own deletion_top3_drop,
+    deletion_top3_words_drop (whole words) and aopc_comprehensiveness (the deletion curve to 10 tokens), for IG
+    at n_steps=50 and at --fast-steps, compared item by item;
     and, as the reference a forward pass per token sets, leave-one-out (each token's own removal effect,
     explain.faithfulness.leave_one_out) by the same test.
 Writes bench/results/explain.json. The baseline each number compares with is measured in the same run.
@@ -34,6 +35,11 @@ DEFAULT_MODELS = (ROOT / "demo" / "model", ROOT / "runs" / "bench" / "demo")  # 
 STEPS = 50
 SWEEP = (8, 16, 32, 50, 100)
 MAX_EVALS = 500
+# The deletion measures compared with SHAP Partition item by item (higher: the ranking is the more faithful):
+# unit -> (the row's measure, how it is printed).
+MEASURES = {"tokens": ("deletion_top3_drop", "top-3 tokens removed, drop"),
+            "words": ("deletion_top3_words_drop", "top-3 whole words removed, drop"),
+            "curve": ("aopc_comprehensiveness", "deletion curve, AOPC comprehensiveness over k = 1..10")}
 
 
 def relative_delta(explanation) -> float:
@@ -164,14 +170,17 @@ def run(model_dir: Path, n_pairs: int, n_full: int, n_sweep: int, n_agreement: i
             row.update({f"{label}_n_steps": n_steps, f"{label}_seconds": part.seconds,
                         f"{label}_relative_delta": relative_delta(explanation),
                         f"{label}_deletion_top3_drop": curves["deletion_top3_drop"],
-                        f"{label}_deletion_top3_words_drop": curves["deletion_top3_words_drop"]})
+                        f"{label}_deletion_top3_words_drop": curves["deletion_top3_words_drop"],
+                        f"{label}_aopc_comprehensiveness": curves["aopc_comprehensiveness"]})
         result = agreement_with_shap(recommender, view, part, MAX_EVALS)
         row.update({"spearman": result["spearman"], "shap_partition_seconds": result["seconds"],
                     "shap_deletion_top3_drop": result["deletion_top3_drop"],
-                    "shap_deletion_top3_words_drop": result["deletion_top3_words_drop"], "shap_note": result["note"]})
+                    "shap_deletion_top3_words_drop": result["deletion_top3_words_drop"],
+                    "shap_aopc_comprehensiveness": result["aopc_comprehensiveness"], "shap_note": result["note"]})
         own = leave_one_out(recommender, view, part)  # the reference: each token's own removal, measured
         row.update({"loo_seconds": own["seconds"], "loo_deletion_top3_drop": own["deletion_top3_drop"],
-                    "loo_deletion_top3_words_drop": own["deletion_top3_words_drop"]})
+                    "loo_deletion_top3_words_drop": own["deletion_top3_words_drop"],
+                    "loo_aopc_comprehensiveness": own["aopc_comprehensiveness"]})
         agreement.append(row)
         print(f"  SHAP Partition ({MAX_EVALS} evals) {result['seconds']:.2f} s, top-3 drop "
               f"{signed(result['deletion_top3_drop'], 3)} | IG {STEPS} steps {row['ig_seconds']:.2f} s, "
@@ -183,17 +192,17 @@ def run(model_dir: Path, n_pairs: int, n_full: int, n_sweep: int, n_agreement: i
     def ratio(key: str) -> float | None:
         return median(a["shap_partition_seconds"] / a[key] for a in agreement if a[key] > 0)
 
-    def versus(unit: str, method: str = "ig_fast") -> dict:
-        """`method` against SHAP Partition item by item, removing top-3 `unit`s: "drop" tokens, "words_drop"."""
-        compared = [(a[f"{method}_deletion_top3_{unit}"], a[f"shap_deletion_top3_{unit}"]) for a in agreement
-                    if a[f"shap_deletion_top3_{unit}"] is not None and a[f"{method}_deletion_top3_{unit}"] is not None]
+    def versus(measure: str, method: str = "ig_fast") -> dict:
+        """`method` against SHAP Partition item by item by a deletion `measure` (higher: its ranking is the better)."""
+        compared = [(a[f"{method}_{measure}"], a[f"shap_{measure}"]) for a in agreement
+                    if a[f"shap_{measure}"] is not None and a[f"{method}_{measure}"] is not None]
         return {"items": len(compared), f"median_{method}": median(m for m, _ in compared),
                 "median_shap": median(s for _, s in compared), f"mean_{method}": mean(m for m, _ in compared),
                 "mean_shap": mean(s for _, s in compared),
                 f"share_{method}_at_least_shap": share(m >= s for m, s in compared),
                 "wilcoxon_p": paired_p(compared)}
 
-    tokens, words = versus("drop"), versus("words_drop")
+    tokens = versus("deletion_top3_drop")
     return {
         "model": str(model_dir), "checkpoint_id": recommender.checkpoint_id, "items": len(recommender.item_ids),
         "device": str(recommender.device), "pairs": len(rows), "n_steps": STEPS, "fast_steps": fast_steps,
@@ -235,11 +244,11 @@ def run(model_dir: Path, n_pairs: int, n_full: int, n_sweep: int, n_agreement: i
             "share_ig_fast_at_least_shap": tokens["share_ig_fast_at_least_shap"],
             "mean_deletion_top3_drop_ig_fast_vs_shap": [tokens["mean_ig_fast"], tokens["mean_shap"]],
             "wilcoxon_p_ig_fast_vs_shap": tokens["wilcoxon_p"],
-            "deletion_ig_fast_vs_shap": {"tokens": tokens, "words": words},
+            "deletion_ig_fast_vs_shap": {unit: versus(measure) for unit, (measure, _) in MEASURES.items()},
             # The reference a forward pass per token sets: each token's own removal effect, ranked.
             "leave_one_out_seconds_median": median(a["loo_seconds"] for a in agreement),
             "speedup_leave_one_out_vs_shap_median": ratio("loo_seconds"),
-            "deletion_leave_one_out_vs_shap": {"tokens": versus("drop", "loo"), "words": versus("words_drop", "loo")},
+            "deletion_leave_one_out_vs_shap": {unit: versus(measure, "loo") for unit, (measure, _) in MEASURES.items()},
             "median_spearman_ig_vs_shap": median(a["spearman"] for a in agreement if a["spearman"] is not None),
         },
         "n_steps_sweep": sweep,
@@ -313,17 +322,17 @@ def main(argv: list[str] | None = None) -> int:
               f"({s['speedup_ig_fast_vs_shap_median']:.1f}x), "
               f"{s['ig_fast_deletion_top3_drop_median_same_items']:+.4f}, delta/moved "
               f"{s['ig_fast_median_relative_delta']:.1e}; Spearman median {s['median_spearman_ig_vs_shap']}")
-        for unit, v in s["deletion_ig_fast_vs_shap"].items():  # tokens, then whole words (every piece removed)
+        for unit, v in s["deletion_ig_fast_vs_shap"].items():  # top-3 tokens, top-3 whole words, the whole curve
             if v["items"]:
-                print(f"item by item, top-3 {unit}: IG {args.fast_steps} steps drops at least as much as SHAP on "
-                      f"{v['share_ig_fast_at_least_shap']:.0%}; median drop IG {signed(v['median_ig_fast'])}, SHAP "
+                print(f"item by item, {MEASURES[unit][1]}: IG {args.fast_steps} steps at least as high as SHAP on "
+                      f"{v['share_ig_fast_at_least_shap']:.0%}; median IG {signed(v['median_ig_fast'])}, SHAP "
                       f"{signed(v['median_shap'])}; mean IG {v['mean_ig_fast']:+.4f}, SHAP {v['mean_shap']:+.4f}; "
                       f"paired Wilcoxon p {v['wilcoxon_p']}")
         for unit, v in s["deletion_leave_one_out_vs_shap"].items():
             if v["items"]:
                 print(f"reference, leave-one-out ({s['leave_one_out_seconds_median']:.2f} s, "
-                      f"{s['speedup_leave_one_out_vs_shap_median']:.1f}x), top-3 {unit}: at least as much as SHAP "
-                      f"on {v['share_loo_at_least_shap']:.0%}; median drop {signed(v['median_loo'])} vs SHAP "
+                      f"{s['speedup_leave_one_out_vs_shap_median']:.1f}x), {MEASURES[unit][1]}: at least as high as "
+                      f"SHAP on {v['share_loo_at_least_shap']:.0%}; median {signed(v['median_loo'])} vs SHAP "
                       f"{signed(v['median_shap'])}; paired Wilcoxon p {v['wilcoxon_p']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")

@@ -227,10 +227,10 @@ def _curves(scorer: _RemovalScorer, positions: np.ndarray, words: Attribution, i
 
 
 def leave_one_out(recommender, view, part: Attribution) -> dict:
-    """Each removable token's own effect, score - s({token}), and its top-3 drops by the deletion test above."""
+    """Each removable token's own effect, score - s({token}), and its top-3 drops and AOPC by the deletion test."""
     kept = removable(part)
     out = {"method": "leave_one_out", "values": [], "seconds": 0.0, "deletion_top3_drop": None,
-           "deletion_top3_words_drop": None}
+           "deletion_top3_words_drop": None, "aopc_comprehensiveness": None}
     if not kept:
         return out
     started = time.perf_counter()
@@ -242,7 +242,8 @@ def leave_one_out(recommender, view, part: Attribution) -> dict:
     own = _removable_part(part, kept, values, method="leave_one_out")
     curves = removal_curves(recommender, view, own, 0.0, random_draws=1)
     out.update(deletion_top3_drop=curves["deletion_top3_drop"],
-               deletion_top3_words_drop=curves["deletion_top3_words_drop"])
+               deletion_top3_words_drop=curves["deletion_top3_words_drop"],
+               aopc_comprehensiveness=curves["aopc_comprehensiveness"])
     return out
 
 

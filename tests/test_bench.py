@@ -25,11 +25,12 @@ def test_explain_bench_reports_an_item_shap_could_not_compare(tiny_model, tmp_pa
     summary = result["summary"]
     assert summary["shap_deletion_top3_drop_median"] is None and summary["share_ig_fast_at_least_shap"] is None
     assert summary["ig_deletion_top3_drop_median_same_items"] is not None and len(result["rows"]) == 2
-    for unit in ("tokens", "words"):
+    for unit in ("tokens", "words", "curve"):
         versus = summary["deletion_ig_fast_vs_shap"][unit]
         assert versus["items"] == 0 and versus["median_shap"] is None and versus["wilcoxon_p"] is None
         assert versus["median_ig_fast"] is None  # compared on the items SHAP could compare, and there are none
         assert summary["deletion_leave_one_out_vs_shap"][unit]["items"] == 0
     # The leave-one-out reference needs no SHAP: measured on every item all the same.
     assert all(a["loo_deletion_top3_drop"] is not None and a["loo_seconds"] > 0 for a in result["agreement"])
+    assert all(a["loo_aopc_comprehensiveness"] is not None for a in result["agreement"])
     assert summary["leave_one_out_seconds_median"] > 0

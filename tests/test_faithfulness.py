@@ -132,6 +132,9 @@ def test_leave_one_out_values_are_the_drops_of_removing_each_token_alone(recomme
     # The token leave-one-out values most, removed alone, takes away exactly that value.
     assert explained.score - curves["curves"]["deletion"][1] == pytest.approx(max(measured["values"]), abs=1e-5)
     assert np.ptp(measured["values"]) > 0
+    # Its deletion curve, ranked by those values, is the one the deletion test draws for them from the score.
+    whole = removal_curves(recommender, view, own, explained.score, random_draws=1)
+    assert measured["aopc_comprehensiveness"] == pytest.approx(whole["aopc_comprehensiveness"], abs=1e-5)
 
 
 def test_faithfulness_refuses_what_it_cannot_measure(recommender, user, explained):

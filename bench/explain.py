@@ -202,7 +202,8 @@ def run(model_dir: Path, n_pairs: int, n_full: int, n_sweep: int, n_agreement: i
                 f"share_{method}_at_least_shap": share(m >= s for m, s in compared),
                 "wilcoxon_p": paired_p(compared)}
 
-    tokens = versus("deletion_top3_drop")
+    deletion = {unit: versus(measure) for unit, (measure, _) in MEASURES.items()}
+    tokens = deletion["tokens"]
     return {
         "model": str(model_dir), "checkpoint_id": recommender.checkpoint_id, "items": len(recommender.item_ids),
         "device": str(recommender.device), "pairs": len(rows), "n_steps": STEPS, "fast_steps": fast_steps,
@@ -244,7 +245,7 @@ def run(model_dir: Path, n_pairs: int, n_full: int, n_sweep: int, n_agreement: i
             "share_ig_fast_at_least_shap": tokens["share_ig_fast_at_least_shap"],
             "mean_deletion_top3_drop_ig_fast_vs_shap": [tokens["mean_ig_fast"], tokens["mean_shap"]],
             "wilcoxon_p_ig_fast_vs_shap": tokens["wilcoxon_p"],
-            "deletion_ig_fast_vs_shap": {unit: versus(measure) for unit, (measure, _) in MEASURES.items()},
+            "deletion_ig_fast_vs_shap": deletion,
             # The reference a forward pass per token sets: each token's own removal effect, ranked.
             "leave_one_out_seconds_median": median(a["loo_seconds"] for a in agreement),
             "speedup_leave_one_out_vs_shap_median": ratio("loo_seconds"),

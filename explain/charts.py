@@ -57,21 +57,36 @@ def waterfall(explanation: Explanation) -> go.Figure:
         increasing={"marker": {"color": RAISES}}, decreasing={"marker": {"color": LOWERS}},
         totals={"marker": {"color": "#4d4d4d"}},
     ))
-    figure.update_yaxes(title_text="score", gridcolor="#eeeeee")
+    figure.update_yaxes(title_text="score", gridcolor="#eeeeee", automargin=True)
+    figure.update_xaxes(automargin=True)  # the margins fit the labels where the page does not (a report)
     title = "How the margin builds up" if explanation.is_pair else "How the score builds up"
     return _layout(figure, title, 340)
 
 
-def _bars(names, values, hover, title: str, axis: str) -> go.Figure:
+def _bars(names, values, hover, title: str, axis: str, notes=None) -> go.Figure:
+    """Horizontal bars, one per name, largest first as given; each value printed in a column on the right.
+
+    `notes`, when given, a grey second line under each name. The values stand in an axis of their own rather
+    than on the bars: a short bar's number, pushed outside it, would be cut off by the names beside it. Rows are
+    placed by number, so two names alike after clipping stay two rows.
+    """
+    labels = [escape(_clip(n, 48 if notes is None else 40)) for n in names]
+    if notes is not None:
+        labels = [f"{label}<br><span style='color:#777777'>{escape(note)}</span>" for label, note in zip(labels, notes)]
+    values, rows = [float(v) for v in values], list(range(len(labels)))
     figure = go.Figure(go.Bar(
-        x=list(values), y=[escape(_clip(n, 48)) for n in names], orientation="h",
-        marker={"color": [RAISES if v >= 0 else LOWERS for v in values]},
-        text=[f"{v:+.3f}" for v in values], textposition="auto", hovertext=[escape(h) for h in hover],
-        hoverinfo="text",
+        x=values, y=rows, orientation="h", marker={"color": [RAISES if v >= 0 else LOWERS for v in values]},
+        hovertext=[escape(h) for h in hover], hoverinfo="text",
     ))
-    figure.update_yaxes(autorange="reversed", automargin=True)
+    # An invisible point per row on the right-hand axis, so that it is drawn with the values as its labels.
+    figure.add_trace(go.Scatter(x=[0.0] * len(rows), y=rows, yaxis="y2", mode="markers", marker={"opacity": 0},
+                                hoverinfo="skip"))
+    row_axis = {"tickmode": "array", "tickvals": rows, "autorange": "reversed", "automargin": True, "zeroline": False}
+    figure.update_layout(yaxis={**row_axis, "ticktext": labels},
+                         yaxis2={**row_axis, "ticktext": [f"{v:+.3f}" for v in values], "overlaying": "y",
+                                 "side": "right", "matches": "y", "showgrid": False})
     figure.update_xaxes(title_text=axis, nticks=5, tickformat=".2f", automargin=True)
-    return _layout(figure, title, 70 + 28 * max(3, len(names)))
+    return _layout(figure, title, 70 + (28 if notes is None else 40) * max(3, len(names)))
 
 
 def history_bars(explanation: Explanation, top: int = 8) -> go.Figure | None:
@@ -80,9 +95,12 @@ def history_bars(explanation: Explanation, top: int = 8) -> go.Figure | None:
     if part is None or not len(part):
         return None
     entries = part.top(top)
-    names = [f"{d.get('title', n)} · {d.get('event', '')}, {d.get('age_days', 0):.0f} d ago" for n, _, d in entries]
-    return _bars(names, [v for _, v, _ in entries], [d.get("title", n) for n, _, d in entries],
-                 "Past interactions that mattered", "contribution to the score")
+    # The title on the first line, the event and its age always whole on the second: a long title would push
+    # them out of a one-line label, and the plot would be left too narrow for its axis title.
+    notes = [f"{d.get('event', '')}, {d.get('age_days', 0):.0f} d ago" for _, _, d in entries]
+    return _bars([d.get("title", n) for n, _, d in entries], [v for _, v, _ in entries],
+                 [f"{d.get('title', n)} · {note}" for (n, _, d), note in zip(entries, notes)],
+                 "Past interactions that mattered", "contribution to the score", notes)
 
 
 def behaviour_bars(explanation: Explanation) -> go.Figure | None:

@@ -1,5 +1,6 @@
 """Exported reports: JSON in rank order that round-trips, self-contained escaped HTML, PDF text, atomic writes, batch, CLI."""
 
+import html
 import json
 import re
 import shutil
@@ -198,6 +199,23 @@ def test_html_escapes_every_title_and_never_lets_one_become_a_tag(hostile, hosti
     for item in hostile.recommend(user_id=None, query="<b>wool</b> sock", k=2):
         assert item.title.startswith(EVIL)
 
+
+def test_history_chart_keeps_each_event_and_age_whole_under_an_escaped_title(hostile, user):
+    from explain import explain
+    from explain.charts import history_bars
+
+    item = hostile.recommend(user_id=user, k=1)[0]
+    explanation = explain(hostile, item.item_id, user_id=user, n_steps=STEPS, drill_down=0)
+    figure = history_bars(explanation)
+    labels, values = list(figure.layout.yaxis.ticktext), list(figure.layout.yaxis2.ticktext)
+    entries = explanation.part("history").top(8)
+    assert len(labels) == len(entries) > 0 and list(figure.data[0].y) == list(range(len(entries)))
+    assert values == [f"{value:+.3f}" for _, value, _ in entries]  # each value in the right-hand column
+    for label, (_, _, detail) in zip(labels, entries):
+        title, note = label.split("<br>")
+        assert detail["title"].startswith(EVIL) and len(detail["title"]) > 40  # long enough to be clipped
+        assert title == html.escape(detail["title"][:39] + "…") and "<img" not in label
+        assert note == f"<span style='color:#777777'>{detail['event']}, {detail['age_days']:.0f} d ago</span>"
 
 @pytest.mark.browser
 @pytest.mark.skipif(CHROMIUM is None, reason="system Chromium is not installed (.ci/run installs it)")

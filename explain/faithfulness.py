@@ -247,6 +247,24 @@ def leave_one_out(recommender, view, part: Attribution) -> dict:
     return out
 
 
+def shap_tokens(part: Attribution, agreement: dict | None) -> Attribution | None:
+    """SHAP Partition's token values from `agreement_with_shap` as a token part beside IG's `part`, for display.
+
+    The same tokens as `part`; those a removal may not take (the template, under a baseline that keeps it) get 0,
+    as they do under IG. None when SHAP gave no values. Its completeness gap is agreement["shap_completeness_gap"]:
+    base value + these values - the output SHAP explained.
+    """
+    if not agreement or not agreement.get("shap_values"):
+        return None
+    values = np.zeros(len(part))
+    values[removable(part)] = agreement["shap_values"]
+    parameters = {"baseline": part.parameters["baseline"], "max_evals": agreement["max_evals"]}
+    return dataclasses.replace(part, values=tuple(values), base_value=agreement["shap_base_value"],
+                               method="shap_partition", completeness_gap=agreement["shap_completeness_gap"],
+                               seconds=agreement["seconds"],
+                               parameters=parameters)
+
+
 def agreement_with_shap(recommender, view, part: Attribution, max_evals: int = MAX_EVALS) -> dict:
     """SHAP Partition values of the same tokens (Text masker, the baseline token as mask) and their rank agreement."""
     shap = import_shap()
@@ -256,7 +274,8 @@ def agreement_with_shap(recommender, view, part: Attribution, max_evals: int = M
     kind, ig_seconds = part.parameters["baseline"], part.seconds
     encoder = recommender.net.encoder
     out = {"method": "shap_partition", "max_evals": max_evals, "ig_seconds": ig_seconds, "spearman": None,
-           "shap_values": [], "shap_base_value": None, "seconds": 0.0, "deletion_top3_drop": None,
+           "shap_values": [], "shap_base_value": None, "shap_completeness_gap": None, "seconds": 0.0,
+           "deletion_top3_drop": None,
            "deletion_top3_words_drop": None, "aopc_comprehensiveness": None, "note": None}
     if len(positions) == 0:
         out["note"] = "no tokens to compare"
@@ -286,8 +305,12 @@ def agreement_with_shap(recommender, view, part: Attribution, max_evals: int = M
     with PATH_THREADS:  # the same CPU threads as the IG run it is compared with
         result = shap.explainers.Partition(score, masker)([text], max_evals=max_evals, silent=True)
     shap_values = np.asarray(result.values[0], dtype=np.float64)[positions]
-    out.update(shap_values=shap_values.tolist(), shap_base_value=float(np.asarray(result.base_values).reshape(-1)[0]),
-               seconds=time.perf_counter() - started)
+    base_value = float(np.asarray(result.base_values).reshape(-1)[0])
+    out.update(shap_values=shap_values.tolist(), shap_base_value=base_value, seconds=time.perf_counter() - started)
+    # Partition shares out f(input) - f(every token masked) over every position, [CLS]/[SEP] and the template
+    # included, though they never move: what the compared tokens' values leave out is their shortfall, as IG's
+    # convergence delta is IG's. f is the view's output with every other input held (the score less behaviour).
+    out["shap_completeness_gap"] = float(base_value + shap_values.sum() - score(original[None])[0])
     # SHAP's own faithfulness, by the same deletion test as IG's: is the second opinion any better?
     shap_part = _removable_part(part, kept, shap_values, method="shap_partition")
     shap_curves = removal_curves(recommender, view, shap_part, 0.0, random_draws=1)

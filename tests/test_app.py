@@ -116,6 +116,28 @@ def test_explanation_panel_shows_waterfall_words_and_features(app):
     assert app.query_params["item"] in app.selectbox(key="explain_item").value  # the URL names the item
 
 
+def test_second_opinion_puts_shap_partition_beside_ig_under_the_same_deletion_test(app, tiny_model):
+    from explain import explain, faithfulness
+    from model.checkpoint import load
+
+    app.run()
+    item = app.selectbox(key="explain_item").value
+    app.toggle(key=f"second_{item}").set_value(True).run()
+    assert not app.exception and not app.error
+    assert {"Rank agreement (Spearman)", "SHAP Partition took", "Integrated Gradients took"} <= {
+        m.label for m in app.metric}
+    table = next(t.value for t in app.dataframe if "SHAP Partition" in t.value.columns)
+    # The same figures as the API gives for this explanation (50 steps, the panel's default).
+    recommender = load(tiny_model)
+    explanation = explain(recommender, item, user_id=app.query_params["user"], n_steps=50, drill_down=0)
+    measured = faithfulness(recommender, explanation, agreement=True)
+    keys = ["deletion_top3_words_drop", "deletion_top3_drop", "aopc_comprehensiveness"]
+    assert list(table["Integrated Gradients"]) == pytest.approx([measured[k] for k in keys], abs=1e-6)
+    assert list(table["SHAP Partition"]) == pytest.approx([measured["agreement"][k] for k in keys], abs=1e-6)
+    shown = [h for h in app.get("html") if "whyrec-tokens" in str(h.proto)]
+    assert len(shown) >= 2  # IG's shaded words, then SHAP Partition's
+
+
 def test_the_warm_up_is_waited_for_at_exit_even_when_a_daemon_thread_starts_it(tiny_model):
     from model.checkpoint import load
     from views.loaders import start_warm_up

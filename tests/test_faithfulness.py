@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from explain import ExplanationError, PathSettings, TokenAttributor, explain, explain_pair, faithfulness
-from explain.faithfulness import agreement_with_shap, leave_one_out, removal_curves
+from explain.faithfulness import agreement_with_shap, leave_one_out, removal_curves, shap_tokens
 from model.serving import score_view
 from tests.test_explain import linear_world  # noqa: F401  (a fixture shared with the explain tests)
 
@@ -112,12 +112,27 @@ def test_faithfulness_numbers_are_what_they_say(recommender, user, explained):
     assert result["agreement"] is None
 
 
-def test_agreement_on_demand(recommender, explained):
+def test_agreement_on_demand(recommender, user, explained):
     result = faithfulness(recommender, explained, k_max=3, random_draws=2, agreement=True, max_evals=100)
     agreement = result["agreement"]
     words = [d for d in explained.part("item_tokens").details if not d["template"]]
     assert agreement["method"] == "shap_partition" and len(agreement["shap_values"]) == len(words)
     assert -1.0 <= agreement["spearman"] <= 1.0 and agreement["seconds"] > 0
+    # As a token part beside IG's: the same tokens, the template at 0 as under IG, SHAP's values on the rest,
+    # and as its gap the shortfall of those values from its base value (every word masked) to what SHAP explained:
+    # the view's output with every other input held (the score less its behaviour part).
+    context = recommender.context(user, "wool sock")
+    view = score_view(recommender, context, int(recommender.item_positions([explained.item_id])[0]))
+    with torch.no_grad():
+        explained_output = float(view.forward(view.item_embeds, view.query_embeds, view.history_vectors,
+                                              view.id_vector)[0])
+    item = explained.part("item_tokens")
+    shown = shap_tokens(item, agreement)
+    assert shown.names == item.names and shown.method == "shap_partition"
+    assert [v for v, d in zip(shown.values, shown.details) if d["template"]] == [0.0] * (len(item) - len(words))
+    assert [v for v, d in zip(shown.values, shown.details) if not d["template"]] == agreement["shap_values"]
+    assert shown.base_value + shown.total - shown.completeness_gap == pytest.approx(explained_output, abs=1e-4)
+    assert shap_tokens(item, {**agreement, "shap_values": []}) is None
 
 
 def test_leave_one_out_values_are_the_drops_of_removing_each_token_alone(recommender, user, explained):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 
+import pandas as pd
 import streamlit as st
 
 from data.errors import WhyRecError
 from explain import Explanation, explain, faithfulness
 from explain.charts import behaviour_bars, history_bars, history_token_sections, legend_html, token_html, waterfall
+from explain.faithfulness import MAX_EVALS, shap_tokens
 from views.text import md_escape
 
 STEP_CHOICES = (8, 16, 32, 50, 100, 200)
@@ -43,6 +45,12 @@ def cached_explanation(checkpoint_id: str, item_id: str, user_id, query, n_steps
 def cached_faithfulness(checkpoint_id: str, explanation_json: dict, _recommender) -> dict:
     """Deletion and insertion checks of one explanation (computed after the charts are on screen)."""
     return faithfulness(_recommender, Explanation.from_dict(explanation_json))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def cached_agreement(checkpoint_id: str, explanation_json: dict, _recommender) -> dict:
+    """SHAP Partition's second opinion on the item's words, with its own deletion test (on request: seconds)."""
+    return faithfulness(_recommender, Explanation.from_dict(explanation_json), agreement=True)["agreement"]
 
 
 @st.fragment
@@ -95,8 +103,51 @@ def explanation_panel(recommender, ranked, user_id, query) -> None:
     ratio = top / by_chance if by_chance else None
     f3.metric("Faithfulness ratio", f"{ratio:.1f}×" if ratio is not None and ratio > 0 else "n/a",
               help="How much more the score falls when the most-credited words go than when random ones go")
+    with st.expander("Second opinion: SHAP Partition over the same words (computed on request)"):
+        if st.toggle("Compute", key=f"second_{item_id}",
+                     help=f"SHAP's Partition explainer, {MAX_EVALS} model calls: several times the explanation's time"):
+            second_opinion(recommender, result["explanation"], checks)
     with st.expander("How to read this"):
         st.markdown(HOW_TO_READ)
+
+
+def second_opinion(recommender, explanation_json: dict, checks: dict) -> None:
+    """SHAP Partition's credit for the item's words beside IG's, both judged by the same deletion test."""
+    try:
+        with st.spinner("Running SHAP Partition…"):
+            agreement = cached_agreement(recommender.checkpoint_id, explanation_json, recommender)
+    except WhyRecError as exc:
+        st.error(str(exc))
+        return
+    part = Explanation.from_dict(explanation_json).part("item_tokens")
+    shap_part = shap_tokens(part, agreement)
+    if shap_part is None:
+        st.info(md_escape(agreement["note"] or "SHAP Partition gave no values for these words."))
+        return
+    a, b, c = st.columns(3)
+    rho = agreement["spearman"]
+    a.metric("Rank agreement (Spearman)", "n/a" if rho is None else f"{rho:+.2f}",
+             help="How alike the two rankings of the item's words are: +1 the same order, 0 unrelated"
+                  + (f" ({agreement['note']})" if agreement["note"] else ""))
+    b.metric("SHAP Partition took", f"{agreement['seconds']:.2f} s", help=f"{agreement['max_evals']} model calls")
+    c.metric("Integrated Gradients took", f"{part.seconds:.2f} s",
+             help="One run over every input of the score: item and query words, history and item ID")
+    measures = (("Top-3 words removed: drop", "deletion_top3_words_drop"),
+                ("Top-3 tokens removed: drop", "deletion_top3_drop"),
+                ("Deletion curve, 1 to 10 tokens: mean drop (AOPC)", "aopc_comprehensiveness"))
+    st.dataframe(pd.DataFrame({"Deletion test": [label for label, _ in measures],
+                               "Integrated Gradients": [checks[key] for _, key in measures],
+                               "SHAP Partition": [agreement[key] for _, key in measures]}),
+                 hide_index=True, width="stretch",
+                 column_config={name: st.column_config.NumberColumn(format="%+.3f")
+                                for name in ("Integrated Gradients", "SHAP Partition")})
+    st.markdown("**SHAP Partition's credit for the item's words**")
+    st.html(token_html(shap_part))
+    st.caption("Both rankings are judged by the same removal of words: the larger drop belongs to the ranking that "
+               "better foresees what taking words away does. SHAP Partition measures such removals directly, at "
+               "many model calls; Integrated Gradients' credits are the ones that add up with the other parts to "
+               f"the score above. SHAP's values leave {-shap_part.completeness_gap:+.3f} of what they explain on "
+               "tokens that never move ([CLS], [SEP], the field labels).")
 
 
 def explanation_body(recommender, explanation: Explanation, seconds: float, n_steps: int,

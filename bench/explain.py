@@ -176,7 +176,8 @@ def run(model_dir: Path, n_pairs: int, n_full: int, n_sweep: int, n_agreement: i
         row.update({"spearman": result["spearman"], "shap_partition_seconds": result["seconds"],
                     "shap_deletion_top3_drop": result["deletion_top3_drop"],
                     "shap_deletion_top3_words_drop": result["deletion_top3_words_drop"],
-                    "shap_aopc_comprehensiveness": result["aopc_comprehensiveness"], "shap_note": result["note"]})
+                    "shap_aopc_comprehensiveness": result["aopc_comprehensiveness"],
+                    "shap_completeness_gap": result["shap_completeness_gap"], "shap_note": result["note"]})
         own = leave_one_out(recommender, view, part)  # the reference: each token's own removal, measured
         row.update({"loo_seconds": own["seconds"], "loo_deletion_top3_drop": own["deletion_top3_drop"],
                     "loo_deletion_top3_words_drop": own["deletion_top3_words_drop"],
@@ -236,6 +237,8 @@ def run(model_dir: Path, n_pairs: int, n_full: int, n_sweep: int, n_agreement: i
             "ig_fast_seconds_median_same_items": median(a["ig_fast_seconds"] for a in agreement),
             "speedup_ig_vs_shap_median": ratio("ig_seconds"),
             "speedup_ig_fast_vs_shap_median": ratio("ig_fast_seconds"),
+            "shap_completeness_gap_abs_median": median(abs(a["shap_completeness_gap"]) for a in agreement
+                                                       if a["shap_completeness_gap"] is not None),
             "shap_deletion_top3_drop_median": median(a["shap_deletion_top3_drop"] for a in agreement
                                                      if a["shap_deletion_top3_drop"] is not None),
             "ig_deletion_top3_drop_median_same_items": median(a["ig_deletion_top3_drop"] for a in agreement),
@@ -322,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
               f"IG {args.fast_steps} steps {s['ig_fast_seconds_median_same_items']:.2f} s "
               f"({s['speedup_ig_fast_vs_shap_median']:.1f}x), "
               f"{s['ig_fast_deletion_top3_drop_median_same_items']:+.4f}, delta/moved "
-              f"{s['ig_fast_median_relative_delta']:.1e}; Spearman median {s['median_spearman_ig_vs_shap']}")
+              f"{s['ig_fast_median_relative_delta']:.1e}; Spearman median {s['median_spearman_ig_vs_shap']}; SHAP's "
+              f"values left on tokens that never move, median |gap| {s['shap_completeness_gap_abs_median']}")
         for unit, v in s["deletion_ig_fast_vs_shap"].items():  # top-3 tokens, top-3 whole words, the whole curve
             if v["items"]:
                 print(f"item by item, {MEASURES[unit][1]}: IG {args.fast_steps} steps at least as high as SHAP on "

@@ -12,7 +12,8 @@ def test_explain_bench_reports_an_item_shap_could_not_compare(tiny_model, tmp_pa
 
     def no_comparison(recommender, view, part, max_evals):  # as for a text its tokenizer does not give back
         return {"method": "shap_partition", "max_evals": max_evals, "ig_seconds": part.seconds, "spearman": None,
-                "shap_values": [], "shap_base_value": None, "seconds": 0.0, "deletion_top3_drop": None,
+                "shap_values": [], "shap_base_value": None, "shap_completeness_gap": None, "seconds": 0.0,
+                "deletion_top3_drop": None,
                 "deletion_top3_words_drop": None, "aopc_comprehensiveness": None,
                 "note": "the tokenizer does not give the model's tokens back"}
 
@@ -24,6 +25,7 @@ def test_explain_bench_reports_an_item_shap_could_not_compare(tiny_model, tmp_pa
     assert [a["shap_deletion_top3_drop"] for a in result["agreement"]] == [None, None]
     summary = result["summary"]
     assert summary["shap_deletion_top3_drop_median"] is None and summary["share_ig_fast_at_least_shap"] is None
+    assert summary["shap_completeness_gap_abs_median"] is None
     assert summary["ig_deletion_top3_drop_median_same_items"] is not None and len(result["rows"]) == 2
     for unit in ("tokens", "words", "curve"):
         versus = summary["deletion_ig_fast_vs_shap"][unit]

@@ -147,7 +147,7 @@ def second_opinion(recommender, explanation_json: dict, checks: dict) -> None:
                "better foresees what taking words away does. SHAP Partition measures such removals directly, at "
                "many model calls; Integrated Gradients' credits are the ones that add up with the other parts to "
                f"the score above. SHAP's values leave {-shap_part.completeness_gap:+.3f} of what they explain on "
-               "tokens that never move ([CLS], [SEP], the field labels).")
+               "tokens that never move ([CLS], [SEP], the field labels the baseline keeps).")
 
 
 def explanation_body(recommender, explanation: Explanation, seconds: float, n_steps: int,

@@ -261,8 +261,7 @@ def shap_tokens(part: Attribution, agreement: dict | None) -> Attribution | None
     parameters = {"baseline": part.parameters["baseline"], "max_evals": agreement["max_evals"]}
     return dataclasses.replace(part, values=tuple(values), base_value=agreement["shap_base_value"],
                                method="shap_partition", completeness_gap=agreement["shap_completeness_gap"],
-                               seconds=agreement["seconds"],
-                               parameters=parameters)
+                               seconds=agreement["seconds"], parameters=parameters)
 
 
 def agreement_with_shap(recommender, view, part: Attribution, max_evals: int = MAX_EVALS) -> dict:
@@ -275,8 +274,7 @@ def agreement_with_shap(recommender, view, part: Attribution, max_evals: int = M
     encoder = recommender.net.encoder
     out = {"method": "shap_partition", "max_evals": max_evals, "ig_seconds": ig_seconds, "spearman": None,
            "shap_values": [], "shap_base_value": None, "shap_completeness_gap": None, "seconds": 0.0,
-           "deletion_top3_drop": None,
-           "deletion_top3_words_drop": None, "aopc_comprehensiveness": None, "note": None}
+           "deletion_top3_drop": None, "deletion_top3_words_drop": None, "aopc_comprehensiveness": None, "note": None}
     if len(positions) == 0:
         out["note"] = "no tokens to compare"
         return out

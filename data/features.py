@@ -275,6 +275,40 @@ class FeatureStore:
         out[:, _USER_COLUMNS] = self._user_stats(trail.before(t_ns), own.before(t_ns), t_ns, items)
         return out
 
+    def user_trail(self, user_id: str | None, at, history: pd.DataFrame | None = None):
+        """The user's events strictly before `at` in time order: (item positions, times in ns, event codes).
+
+        `history` replaces the user's own events, as in user_features. The order is the one `user_features_kept`
+        reads its masks in.
+        """
+        trail = self._trail_from_frame(history) if history is not None else self._stored_trail(user_id)
+        seen = trail.before(self._moment(at, trail))
+        return seen.item, seen.time, seen.kind
+
+    def user_features_kept(self, user_id: str | None, at, item_index: np.ndarray, keep: np.ndarray,
+                           history: pd.DataFrame | None = None) -> np.ndarray:
+        """(M, len(item_index), F) float32: the features as if the user had only the events `keep[m]` of
+        `user_trail(user_id, at, history)` ((M, n_events) bool), every other user's events as they are.
+
+        The removal question ("what if these events had not happened?") for many subsets at once: the item columns
+        are computed once, the user columns once per subset, with no data frame in between.
+        """
+        items = self._item_selection(item_index)
+        trail = self._trail_from_frame(history) if history is not None else self._stored_trail(user_id)
+        own = self._stored_trail(user_id) if user_id is not None and str(user_id) in self._user_row else _EMPTY_TRAIL
+        t_ns = self._moment(at, trail)
+        seen, own = trail.before(t_ns), own.before(t_ns)
+        keep = np.asarray(keep, dtype=bool)
+        if keep.ndim != 2 or keep.shape[1] != len(seen.item):
+            raise DataError(f"keep masks of shape {keep.shape}; the user has {len(seen.item)} events before the "
+                            "moment", field="keep")
+        out = np.empty((len(keep), len(items), len(FEATURES)), dtype=np.float32)  # (M, n, F)
+        out[:, :, _ITEM_COLUMNS] = self._item_stats(items, np.int64(t_ns))
+        for m, kept in enumerate(keep):
+            subset = _Trail(seen.item[kept], seen.time[kept], seen.kind[kept])
+            out[m][:, _USER_COLUMNS] = self._user_stats(subset, own, t_ns, items)
+        return out
+
     def pair_features(self, user_ids, item_ids_or_index, ats) -> np.ndarray:
         """(N, F) float32 for training examples: row n is (user_ids[n], item n, ats[n]).
 

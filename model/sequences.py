@@ -65,6 +65,17 @@ def history_from_events(user_id: str, events: pd.DataFrame, item_position: dict[
     return built.get(user_id) or empty_history(user_id)
 
 
+_STRENGTH_BY_KIND = np.array([EVENT_STRENGTH[kind] for kind in EVENT_TYPES], dtype=np.int64)
+
+
+def history_from_trail(user_id: str, items: np.ndarray, times: np.ndarray, kinds: np.ndarray) -> UserHistory:
+    """One user's history from event arrays: catalog positions, ns times and EVENT_TYPES indices (no data frame)."""
+    if len(items) == 0:
+        return empty_history(user_id)
+    return _history_of(user_id, np.asarray(items, dtype=np.int64), np.asarray(times, dtype=np.int64),
+                       _STRENGTH_BY_KIND[np.asarray(kinds, dtype=np.int64)])
+
+
 def empty_history(user_id: str) -> UserHistory:
     empty = np.zeros(0, dtype=np.int64)
     return UserHistory(user_id, empty, empty, empty, empty)
@@ -78,16 +89,89 @@ def _history_of(user_id: str, items: np.ndarray, times: np.ndarray, strengths: n
     unit_items, first_pos = unit_items[unit_order], first_pos[unit_order]
     first_touch = times[first_pos]
     next_touch = np.append(first_touch[1:], np.iinfo(np.int64).max)
-    unit_of = {item: u for u, item in enumerate(unit_items)}
-    unit_of_event = np.fromiter((unit_of[i] for i in items), dtype=np.int64, count=len(items))
-    # An event counts for its unit only if it happened before the next unit's first touch.
-    visible = times < next_touch[unit_of_event]
-    best = np.zeros(len(unit_items), dtype=np.int64)
-    np.maximum.at(best, unit_of_event[visible], strengths[visible].astype(np.int64))
+    unit_of_event = np.argsort(unit_order)[np.searchsorted(np.sort(unit_items), items)]
     last = np.zeros(len(unit_items), dtype=np.int64)
     np.maximum.at(last, unit_of_event, times)
-    codes = np.array([_CODE_BY_STRENGTH[max(int(s), 1)] for s in best], dtype=np.int64)
-    return UserHistory(user_id, unit_items.astype(np.int64), codes, first_touch, last)
+    best = _Strongest(unit_of_event, times, strengths).before(np.arange(len(unit_items)), next_touch)
+    return UserHistory(user_id, unit_items.astype(np.int64), _CODE_OF_STRENGTH[best], first_touch, last)
+
+
+# A unit's event code from the strength of its strongest event (0: none seen yet, read as a view).
+_CODE_OF_STRENGTH = np.array([_CODE_BY_STRENGTH[max(s, 1)] for s in range(max(EVENT_STRENGTH.values()) + 1)])
+
+
+class _Strongest:
+    """The strongest event on a unit before a moment, for many (unit, moment) questions at once.
+
+    An event counts for its unit only if it happened before the next unit's first touch: the code a unit carries
+    therefore depends on which unit comes next, and so on which other units a history keeps.
+    """
+
+    def __init__(self, unit_of_event: np.ndarray, times: np.ndarray, strengths: np.ndarray) -> None:
+        self.moments = np.unique(times)
+        self.base = np.int64(len(self.moments) + 1)
+        keys = unit_of_event.astype(np.int64) * self.base + np.searchsorted(self.moments, times)
+        order = np.argsort(keys, kind="stable")
+        self.keys, self.unit = keys[order], unit_of_event[order].astype(np.int64)
+        # A running maximum that starts again at each unit: strengths are below 8, so unit * 8 + strength rises
+        # at every new unit whatever came before it.
+        lifted = self.unit * 8 + strengths[order].astype(np.int64)
+        self.running = np.maximum.accumulate(lifted) - self.unit * 8 if len(lifted) else lifted
+
+    def before(self, units: np.ndarray, moments_ns: np.ndarray) -> np.ndarray:
+        """(K,) strength of the strongest event of each unit strictly before its moment; 0 where none."""
+        units = np.asarray(units, dtype=np.int64)
+        at = units * self.base + np.searchsorted(self.moments, moments_ns, side="left")
+        last = np.searchsorted(self.keys, at, side="left") - 1
+        found = (last >= 0) & (self.unit[np.maximum(last, 0)] == units)
+        return np.where(found, self.running[np.maximum(last, 0)], 0)
+
+
+class SubsetHistories:
+    """One user's history with any subsets of its units (distinct items) taken away, for many subsets at once.
+
+    What a history rebuilt from the kept items' events alone would be (history_from_trail), without rebuilding it:
+    the units keep their first and last touches, the time gaps close up over the removed units, and each kept
+    unit's event code is its strongest event before the next kept unit's first touch.
+    """
+
+    def __init__(self, history: UserHistory, items: np.ndarray, times: np.ndarray, kinds: np.ndarray) -> None:
+        self.history = history
+        unit_of = {int(item): u for u, item in enumerate(history.item_index)}
+        unit_of_event = np.fromiter((unit_of[int(i)] for i in items), dtype=np.int64, count=len(items))
+        self._strongest = _Strongest(unit_of_event, np.asarray(times, dtype=np.int64),
+                                     _STRENGTH_BY_KIND[np.asarray(kinds, dtype=np.int64)])
+
+    def tensors(self, kept: np.ndarray, moment_ns: int, max_history: int) -> dict:
+        """(M, U) bool units kept -> the (M, T) tensors serving_tensors gives for the rebuilt histories."""
+        kept = np.asarray(kept, dtype=bool)
+        M, U = kept.shape
+        count = kept.sum(1)
+        T = max(1, min(max_history, int(count.max(initial=0))))
+        order = np.cumsum(kept, 1) - 1  # (M, U) place of each kept unit among the kept ones
+        start = count - np.minimum(count, T)  # the last T kept units are read
+        window = kept & (order >= start[:, None])
+        rows, units = np.nonzero(window)
+        columns = (order - start[:, None])[rows, units]
+        # The next kept unit after each kept one (U: none), whose first touch ends what counts for it.
+        upto = np.where(kept, np.arange(U), U)
+        following = np.minimum.accumulate(upto[:, ::-1], axis=1)[:, ::-1]
+        following = np.concatenate([following[:, 1:], np.full((M, 1), U)], axis=1)[rows, units]
+        first_touch = np.append(self.history.first_touch, np.iinfo(np.int64).max)
+        strength = self._strongest.before(units, first_touch[following])
+        out = {name: np.zeros((M, T), dtype=np.int64) for name in ("event_codes", "gap_codes", "now_codes")}
+        items = np.full((M, T), -1, dtype=np.int64)
+        items[rows, columns] = self.history.item_index[units]
+        out["event_codes"][rows, columns] = _CODE_OF_STRENGTH[strength]
+        touched = np.zeros((M, T), dtype=np.int64)
+        touched[rows, columns] = self.history.first_touch[units]
+        previous = np.where(columns > 0, touched[rows, np.maximum(columns - 1, 0)], touched[rows, columns])
+        gaps = (touched[rows, columns] - previous) / NS_PER_MINUTE
+        out["gap_codes"][rows, columns] = gap_bucket(torch.as_tensor(gaps, dtype=torch.float32)).numpy()
+        now = (moment_ns - touched[rows, columns]) / NS_PER_MINUTE
+        out["now_codes"][rows, columns] = gap_bucket(torch.as_tensor(now, dtype=torch.float32)).numpy()
+        tensors = {name: torch.as_tensor(value) for name, value in out.items()}
+        return {"items": torch.as_tensor(items), **tensors, "lengths": torch.as_tensor(np.minimum(count, T))}
 
 
 def _gaps(first_touch: np.ndarray) -> np.ndarray:

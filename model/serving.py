@@ -207,7 +207,7 @@ class Recommender:
         `overrides` is False (the data's own values, as a what-if explanation compares against)."""
         if context.user_id is None and history is None:
             features = self.features.user_features(None, at=pd.Timestamp(context.moment_ns, tz="UTC"),
-                                                   item_index=item_index, history=_empty_events())
+                                                   item_index=item_index, history=empty_events())
         else:
             features = self.features.user_features(context.user_id, at=pd.Timestamp(context.moment_ns, tz="UTC"),
                                                    item_index=item_index, history=history)
@@ -284,7 +284,8 @@ def template_positions(offsets, spans) -> tuple[int, ...]:
                  if end > start and any(lo <= start and end <= hi for lo, hi in spans))
 
 
-def _empty_events() -> pd.DataFrame:
+def empty_events() -> pd.DataFrame:
+    """No events, in the contract's columns: a history with every past interaction removed."""
     return pd.DataFrame({"user_id": pd.Series(dtype=object), "item_id": pd.Series(dtype=object),
                          "timestamp": pd.Series(dtype="datetime64[ns, UTC]"),
                          "event": pd.Categorical([], categories=["view", "cart", "purchase", "rating"]),
@@ -306,7 +307,8 @@ class ScoreView:
 
     score = forward(item_embeds, query_embeds, history_vectors, id_vector) + bias + behaviour(features)
     forward covers every input an attribution method walks along; `bias` and the behaviour part do not
-    depend on them. Tensors carry a leading batch dimension of 1 (Captum expands it along its path).
+    depend on them. forward(..., kept=w) gives w * that + (1 - w) * the same without the history. Tensors carry
+    a leading batch dimension of 1 (Captum expands it along its path).
     """
 
     item_position: int
@@ -381,22 +383,27 @@ def score_view(recommender: Recommender, context: Context, item_position: int,
     features = recommender.behaviour_features(context, np.array([item_position]), history=history)[0]
     item_mask = item_batch["attention_mask"]
 
-    def forward(item_embeds_in, query_embeds_in=None, history_in=None, id_in=None) -> torch.Tensor:
+    def forward(item_embeds_in, query_embeds_in=None, history_in=None, id_in=None, kept: float = 1.0) -> torch.Tensor:
         batch = item_embeds_in.shape[0]
         text_embedding = net.item_text_embedding(item_mask.expand(batch, -1), inputs_embeds=item_embeds_in)
         item_vector = net.item_text_vectors(text_embedding)  # (B, D)
         if id_in is not None:
             item_vector = item_vector + id_in
         item_vector = net.normalised_item_vector(item_vector)
-        context_vector = torch.zeros_like(item_vector)
-        if history_in is not None:
-            expand = {k: v.expand(batch, *v.shape[1:]) for k, v in codes.items() if k != "items"}
-            states = net.user_states(history_in, expand["event_codes"], expand["gap_codes"], expand["now_codes"])
-            context_vector = context_vector + net.last_state(states, expand["lengths"])
+        query_vector = torch.zeros_like(item_vector)
         if query_embeds_in is not None:
             query_embedding = encoder(attention_mask=query_mask.expand(batch, -1), inputs_embeds=query_embeds_in)
-            context_vector = context_vector + net.query_vector(query_embedding)
-        return (net.scaled_context(context_vector) * item_vector).sum(-1)  # (B,)
+            query_vector = net.query_vector(query_embedding)
+        if history_in is None:
+            return (net.scaled_context(query_vector) * item_vector).sum(-1)  # (B,)
+        expand = {k: v.expand(batch, *v.shape[1:]) for k, v in codes.items() if k != "items"}
+        states = net.user_states(history_in, expand["event_codes"], expand["gap_codes"], expand["now_codes"])
+        with_history = (net.scaled_context(net.last_state(states, expand["lengths"]) + query_vector)
+                        * item_vector).sum(-1)
+        if kept == 1.0:
+            return with_history
+        # A mix of the score with the history and without it, from one pass through the encoder (explain.tokens).
+        return kept * with_history + (1.0 - kept) * (net.scaled_context(query_vector) * item_vector).sum(-1)
 
     return ScoreView(
         item_position=item_position, item_input_ids=item_batch["input_ids"], item_embeds=item_embeds,

@@ -199,16 +199,20 @@ def summary(explanation, measured: dict | None = None) -> str:
     query = e.part("query_tokens")
     if len(query):
         lines += _section("top query words", [(name, value, "") for name, value, _ in query.words().top(TOP)])
-    lines += _section("top history items", [
-        (d["title"] or d["item_id"], value, f"{d['event']}, {d['age_days']:.1f} days before")
-        for _, value, d in e.part("history").top(TOP)])
+    history = e.part("history")
+    lines += _section("top past items", [
+        (d["title"] or d["item_id"], value, f"{d['event']}, {d['age_days']:.1f} days before; removing it "
+                                            f"{-d['removal_effect']:+.4f}" if "removal_effect" in d else "")
+        for _, value, d in history.top(len(history)) if not d.get("shared")][:TOP])
+    lines += [f"  {name:<40}{value:+9.4f}  beyond the past items one by one"
+              for name, value, d in zip(history.names, history.values, history.details) if d.get("shared")]
     drill = e.part("history_tokens")
     if drill is not None and len(drill):
         lines += _section("top words in those history items", [
             (name, value, f"in {d['title'][:40]!r}") for name, value, d in drill.words().top(TOP)])
     lines += _section("top behaviour features", [
         (name, value, f"value {_feature_values(d)} {d['unit']} (typical {d['background_mean']:.3g})")
-        for name, value, d in e.part("behaviour").top(TOP)])
+        for name, value, d in e.features().top(TOP)])
     if measured is not None:
         lines.append("faithfulness (item tokens removed to the baseline token):")
         lines.append(f"  top-3 drop {measured['deletion_top3_drop']:+.4f} vs random-3 drop "
@@ -217,6 +221,13 @@ def summary(explanation, measured: dict | None = None) -> str:
         lines.append(f"  AOPC comprehensiveness {measured['aopc_comprehensiveness']:+.4f} (random "
                      f"{measured['aopc_comprehensiveness_random']:+.4f}), sufficiency "
                      f"{measured['aopc_sufficiency']:+.4f} (random {measured['aopc_sufficiency_random']:+.4f})")
+        if measured.get("history_players"):
+            lines.append("faithfulness (past items removed, every event on them):")
+            lines.append(f"  top-3 credited drop {measured['history_top3_drop']:+.4f} vs random-3 "
+                         f"{measured['history_random3_drop']:+.4f}, most recent 3 "
+                         f"{measured['history_recent3_drop']:+.4f}, leave-one-out top 3 "
+                         f"{measured['history_loo3_drop']:+.4f}")
+            lines += [f"  note: {note}" for note in measured["history_notes"]]
         agreement = measured.get("agreement")
         if agreement:
             rho = "n/a" if agreement["spearman"] is None else f"{agreement['spearman']:+.3f}"

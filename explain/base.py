@@ -1,14 +1,24 @@
 """The result types every explainer returns: one `Attribution` per part of a score, one `Explanation` per score.
 
 The rule that holds them together: base_value + the sum of the values of every part that is `in_total` equals
-the score, up to `completeness_gap`. The in-total parts are the top-level ones (TOP_LEVEL_KINDS); a drill-down
-("history_tokens": the words inside the most important history items) re-explains part of one of them and is
-left out of the sum.
+the score, up to `completeness_gap`. The in-total parts are the top-level ones (TOP_LEVEL_KINDS):
 
-JSON schema (`Explanation.to_dict`, `schema_version` 1); every float is a JSON number, never NaN:
+    score = base_value + item_tokens + query_tokens + history + collaborative + behaviour
+
+    history        past interactions: each past item's Shapley value in the game of removing it (every event on
+                   it, and the user state and history-derived behaviour features rebuilt; explain.history)
+    item_tokens, query_tokens, collaborative
+                   the item's and the query's words and the item's ID vector (Integrated Gradients; the item bias
+                   as an exact term of collaborative)
+    behaviour      the item's own behaviour features (SHAP, with the history removed)
+
+A drill-down re-explains part of one of them and is left out of the sum: "history_tokens" (the words inside the
+most important past items) and "behaviour_full" (SHAP over every behaviour feature as the history sets it).
+
+JSON schema (`Explanation.to_dict`, `schema_version` 2); every float is a JSON number, never NaN:
 
     {
-      "schema": "whyrec-explanation", "schema_version": 1,
+      "schema": "whyrec-explanation", "schema_version": 2,
       "item_id": str, "item_title": str,
       "versus_item_id": str | null, "versus_item_title": str | null,  # a pair: the score is score(A) - score(B)
       "user_id": str | null, "query": str | null,
@@ -20,15 +30,17 @@ JSON schema (`Explanation.to_dict`, `schema_version` 1); every float is a JSON n
       "total": float,             # derived: the sum of the in-total parts' values
       "completeness_gap": float,  # derived: base_value + total - score
       "parts": [{
-          "kind": "item_tokens" | "query_tokens" | "history" | "collaborative" | "behaviour" | "history_tokens",
-          "in_total": bool,       # derived from kind: false only for the drill-down "history_tokens"
+          "kind": "item_tokens" | "query_tokens" | "history" | "collaborative" | "behaviour" | "history_tokens"
+                  | "behaviour_full",
+          "in_total": bool,       # derived from kind: false for the drill-downs
           "names": [str], "values": [float],
           "details": [object],    # one per name: token position, span, word and "template" (a field label or
-                                  # separator of the item text), history item, feature unit, value and
-                                  # background_mean (a pair adds value_b: B's value; sides: which items), ...
+                                  # separator of the item text); past item id, title, events, age and measured
+                                  # removal_effect; feature unit, value and background_mean (a pair adds value_b:
+                                  # B's value; sides: which items), ...
           "base_value": float,    # the output this part's run starts from; shared by the parts of one run
-          "method": str,          # "integrated_gradients", "shap_exact"
-          "parameters": object,   # n_steps, baseline, internal_batch_size, background size, run, ...
+          "method": str,          # "integrated_gradients", "shapley_removal", "shap_exact"
+          "parameters": object,   # n_steps, baseline, internal_batch_size, background size, players, run, ...
           "completeness_gap": float,  # the run's sum of attributions - (f(input) - f(baseline)); shared per run
           "seconds": float
       }],
@@ -38,7 +50,9 @@ JSON schema (`Explanation.to_dict`, `schema_version` 1); every float is a JSON n
     }
 
 Derived fields are written for readers and recomputed on load. Loading rejects another schema, another
-version and unknown keys, so a reader never guesses.
+version and unknown keys, so a reader never guesses. Version 1 (before the history part was the removal game:
+its history values were IG over the user state's inputs, its behaviour part SHAP with the history) is refused
+with a message that says so: its parts do not mean what version 2's do.
 """
 
 from __future__ import annotations
@@ -52,9 +66,9 @@ import numpy as np
 from explain.errors import ExplanationError
 
 SCHEMA = "whyrec-explanation"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TOP_LEVEL_KINDS = ("item_tokens", "query_tokens", "history", "collaborative", "behaviour")  # they add up
-DRILL_DOWN_KINDS = ("history_tokens",)  # re-explains part of "history": outside the sum
+DRILL_DOWN_KINDS = ("history_tokens", "behaviour_full")  # re-explain part of a top-level part: outside the sum
 KINDS = TOP_LEVEL_KINDS + DRILL_DOWN_KINDS
 TOKEN_KINDS = ("item_tokens", "query_tokens", "history_tokens")
 
@@ -231,6 +245,11 @@ class Explanation:
             raise ExplanationError(f"attribution kind '{kind}' is not one of {', '.join(KINDS)}")
         return next((part for part in self.parts if part.kind == kind), None)
 
+    def features(self) -> Attribution | None:
+        """The behaviour features as an analyst reads them: SHAP over every feature as the history sets them (the
+        "behaviour_full" drill-down), or the in-total "behaviour" part where there is no drill-down."""
+        return self.part("behaviour_full") or self.part("behaviour")
+
     def to_dict(self) -> dict:
         out = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION}
         for f in fields(self):
@@ -245,6 +264,11 @@ class Explanation:
             raise ExplanationError(f"an explanation is a JSON object, not {type(data).__name__}")
         if data.get("schema") != SCHEMA:
             raise ExplanationError(f"schema is {data.get('schema')!r}, expected {SCHEMA!r}")
+        if data.get("schema_version") == 1:
+            raise ExplanationError("this explanation is schema_version 1, from an earlier WhyRec: its history part "
+                                   "was Integrated Gradients over the user state, not the past items' removal "
+                                   "effects, and its parts do not add up the way version 2's do; explain the "
+                                   "item again to get version 2")
         if data.get("schema_version") != SCHEMA_VERSION:
             raise ExplanationError(f"schema_version {data.get('schema_version')!r}; this WhyRec reads "
                                    f"version {SCHEMA_VERSION}")

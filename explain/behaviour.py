@@ -106,18 +106,21 @@ class BehaviourAttributor:
         self.seed = seed
         self.background = background
 
-    def attribute(self, recommender, context, view, history=None) -> tuple[Attribution, ...]:
-        """`history`: the edited history a what-if context was built with (None: the user's own)."""
+    def attribute(self, recommender, context, view, history=None, features=None) -> tuple[Attribution, ...]:
+        """`history`: the edited history a what-if context was built with (None: the user's own); `features`: the
+        features to explain instead of the view's (explain() passes the item's features with the history removed,
+        and the empty history as `history`, so the background is read the same way)."""
         started = time.perf_counter()
-        if len(view.features) != len(FEATURES):
-            raise ExplanationError(f"the view has {len(view.features)} behaviour features; data.features defines "
+        features = view.features if features is None else features
+        if len(features) != len(FEATURES):
+            raise ExplanationError(f"the view has {len(features)} behaviour features; data.features defines "
                                    f"{len(FEATURES)}")
         if self.background == "context":
             rows = context_background(recommender, context, self.background_size, self.seed, history)
         else:
             rows = background(recommender, self.background_size, self.seed)
         score = behaviour_function(recommender)
-        features = np.asarray(view.features, dtype=np.float64)[None]  # (1, F)
+        features = np.asarray(features, dtype=np.float64)[None]  # (1, F)
         values, bases = exact_shap(score, rows, features)
         values, base = values[0], float(bases[0])
         gap = base + math.fsum(values) - float(score(features)[0])

@@ -7,6 +7,7 @@ Every string that comes from data passes through `escape` before it reaches HTML
 from __future__ import annotations
 
 import html
+import math
 
 import plotly.graph_objects as go
 
@@ -19,10 +20,11 @@ NEUTRAL = "#9e9e9e"
 PART_LABELS = {
     "item_tokens": "Item words",
     "query_tokens": "Query words",
-    "history": "History",
+    "history": "Past interactions",
     "collaborative": "Item memory (ID, bias)",
-    "behaviour": "Behaviour features",
+    "behaviour": "Item's own behaviour",
     "history_tokens": "Words in history items",
+    "behaviour_full": "Behaviour features",
 }
 PUNCTUATION = set(".,;:!?)]}%'\"")
 
@@ -90,22 +92,34 @@ def _bars(names, values, hover, title: str, axis: str, notes=None) -> go.Figure:
 
 
 def history_bars(explanation: Explanation, top: int = 8) -> go.Figure | None:
-    """The history items that moved the score most, with their event and age."""
+    """The past items that moved the score most, with their event, age and measured removal effect.
+
+    The entry of what the history does as a whole (no single past item's) is left out of the bars and named in
+    the title with its value, so the bars compare past items with each other."""
     part = explanation.part("history")
     if part is None or not len(part):
         return None
-    entries = part.top(top)
+    items = [i for i, d in enumerate(part.details) if not d.get("shared")]
+    shared = math.fsum(v for v, d in zip(part.values, part.details) if d.get("shared"))
+    items = sorted(items, key=lambda i: -abs(part.values[i]))[:top]
+    if not items:
+        return None
+    entries = [(part.names[i], part.values[i], part.details[i]) for i in items]
     # The title on the first line, the event and its age always whole on the second: a long title would push
     # them out of a one-line label, and the plot would be left too narrow for its axis title.
     notes = [f"{d.get('event', '')}, {d.get('age_days', 0):.0f} d ago" for _, _, d in entries]
-    return _bars([d.get("title", n) for n, _, d in entries], [v for _, v, _ in entries],
-                 [f"{d.get('title', n)} · {note}" for (n, _, d), note in zip(entries, notes)],
-                 "Past interactions that mattered", "contribution to the score", notes)
+    hover = [f"{d.get('title', n)} · {note} · removing it: {-d['removal_effect']:+.3f}"
+             if "removal_effect" in d else f"{d.get('title', n)} · {note}" for (n, _, d), note in zip(entries, notes)]
+    title = "Past interactions that mattered"
+    if any(d.get("shared") for d in part.details):
+        title += f" (the history as a whole: {shared:+.2f} more)"
+    return _bars([d.get("title", n) for n, _, d in entries], [v for _, v, _ in entries], hover, title,
+                 "contribution to the score", notes)
 
 
 def behaviour_bars(explanation: Explanation) -> go.Figure | None:
-    """SHAP values of the behaviour features, each named with the user's actual value and its unit."""
-    part = explanation.part("behaviour")
+    """SHAP values of the behaviour features as the history sets them, each named with its actual value and unit."""
+    part = explanation.features()
     if part is None or not len(part):
         return None
     entries = part.top(len(part))

@@ -2,15 +2,32 @@
 
 score = base_value + item_tokens + query_tokens + history + collaborative + behaviour   (+ completeness_gap)
 
-base_value = forward(baseline) + E[behaviour]: the context-item part of the score (ScoreView.forward) at the
-joint IG baseline (item and query text as [PAD] with [CLS]/[SEP] kept, no history, no ID vector) plus the
-behaviour head's mean over the SHAP background. The item bias is not in it: it sits in the collaborative part
-as its own exact term. `score` is the model's own score (Recommender.score_parts); the difference
-base_value + total - score is the completeness gap: IG's convergence delta, plus float rounding and any
-disagreement between the differentiable view and the served score (flagged "view_mismatch" beyond rounding).
+base_value = forward(baseline; no history) + E[behaviour | no history]: the context-item part of the score
+(ScoreView.forward) with the item and query text at the IG baseline, no ID vector and no history, plus the
+behaviour head's mean over the SHAP background read with the history removed. Then
+
+    history       what removing the user's past items does (every event on them, and everything computed from
+                  them: the user state and the history-derived behaviour features), split over the past items by
+                  their Shapley values in that removal game (explain.history);
+    item_tokens, query_tokens, collaborative
+                  the words and the ID vector, by Integrated Gradients with the history kept and removed, half
+                  each (explain.tokens): history and words share the dot product as two players of one game;
+    behaviour     the item's own behaviour features: SHAP over the features with the history removed (the item's
+                  popularity, conversion and age; the user's features read "no history" for every item alike, so
+                  they get exactly 0: what the history adds through them is in the history part).
+
+Two drill-downs re-explain part of that and stay out of the sum: history_tokens (the words inside the top past
+items) and behaviour_full (SHAP over every feature as the history sets it, against the same context's other
+items: which features the score reads, affinities and recency included; what the history adds through them is
+counted in the past items).
+
+The item bias is not in the base value: it sits in the collaborative part as its own exact term. `score` is the
+model's own score (Recommender.score_parts); base_value + total - score is the completeness gap: IG's
+convergence delta, plus float rounding and any disagreement between the differentiable view and the served score
+(flagged "view_mismatch" beyond rounding).
 
 A pair (A above B?) explains score(A) - score(B) with the same parts, part by part A's minus B's: entries
-that name the same thing subtract (query tokens, history units, behaviour features, the ID vector and bias
+that name the same thing subtract (query tokens, past items, behaviour features, the ID vector and bias
 terms, history words); each item's own tokens stay separate, named "A: ..." and "B: ..." (B's negated).
 The base values subtract too: the behaviour mean cancels exactly and the IG baselines differ only in the
 items' [PAD] texts, so the pair's base value is near 0 and exactly 0 when both items have as many tokens.
@@ -18,6 +35,7 @@ items' [PAD] texts, so the pair's base value is near 0 and exactly 0 when both i
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -29,8 +47,9 @@ from explain.base import Attribution, Explanation
 from explain.behaviour import BehaviourAttributor
 from explain.errors import ExplanationError
 from explain.gradients import DEFAULT_BASELINE, TOKENIZING, PathSettings
-from explain.history import DRILL_DOWN_UNITS, HistoryTokenAttributor
+from explain.history import DRILL_DOWN_UNITS, HistoryAttributor, HistoryTokenAttributor
 from explain.tokens import TokenAttributor, joint_change
+from model.serving import empty_events
 
 # The flags an explanation may carry, and what each means.
 FLAGS = {
@@ -140,12 +159,22 @@ def _side(recommender, context, item_id, history, settings: PathSettings) -> _Si
     score = float(sum(value[0] for value in served.values()))
     timing["view"] = time.perf_counter() - clock
 
-    item_tokens, query_tokens, history_part, collaborative = TokenAttributor(settings).attribute(
-        recommender, context, view)
+    item_tokens, query_tokens, collaborative = TokenAttributor(settings).attribute(recommender, context, view)
     timing["integrated_gradients"] = item_tokens.seconds
-    (behaviour,) = BehaviourAttributor().attribute(recommender, context, view, history=history)
-    timing["shap"] = behaviour.seconds
-    parts = {p.kind: p for p in (item_tokens, query_tokens, history_part, collaborative, behaviour)}
+    try:
+        (history_part,) = HistoryAttributor(settings.baseline).attribute(recommender, context, view, history)
+    except WhyRecError as exc:
+        raise ExplanationError(f"cannot remove the past items of this context: {exc}") from exc
+    timing["history"] = history_part.seconds
+    # The item's own behaviour: its features with the history removed (what the history adds is the history's).
+    no_history = empty_events()
+    own = recommender.behaviour_features(context, np.array([position]), history=no_history)[0]
+    (behaviour,) = BehaviourAttributor().attribute(recommender, context, view, history=no_history, features=own)
+    # And every feature as the history sets it, as a drill-down: the view an analyst reads features in.
+    (full,) = BehaviourAttributor().attribute(recommender, context, view, history=history)
+    timing["shap"] = behaviour.seconds + full.seconds
+    parts = {p.kind: p for p in (item_tokens, query_tokens, history_part, collaborative, behaviour,
+                                 dataclasses.replace(full, kind="behaviour_full"))}
     side = _Side(str(item_id), str(recommender.items.iloc[position].title), context, view, score, parts,
                  timing=timing)
     _flag(recommender, side)
@@ -182,8 +211,8 @@ def _flag(recommender, side: _Side) -> None:
         flag("large_completeness_gap", f"IG's convergence delta is {joint.completeness_gap:+.4g} against "
                                        f"{moved:.4g} explained; raise n_steps (now {joint.parameters['n_steps']})")
     # What the view scores: the base value plus every part, less what each run over-claims.
-    view_score = _base_value(side) + sum(p.total for p in parts.values()) - joint.completeness_gap \
-        - behaviour.completeness_gap
+    view_score = _base_value(side) + sum(p.total for p in parts.values() if p.in_total) \
+        - joint.completeness_gap - behaviour.completeness_gap - parts["history"].completeness_gap
     if abs(view_score - side.score) > VIEW_TOLERANCE * max(1.0, abs(side.score)):
         flag("view_mismatch", f"the differentiable view scores {view_score:.6g}, the model {side.score:.6g}: the "
                               "difference is in the completeness gap")
@@ -198,12 +227,13 @@ def _base_value(side: _Side) -> float:
 def _drill(recommender, sides: list[_Side], settings: PathSettings, top: int) -> None:
     """Open the top history units to their words; for a pair, the units where A and B differ most, for both."""
     history = [side.parts["history"] for side in sides]
-    if top == 0 or len(history[0]) == 0:
+    if top == 0 or len(sides[0].view.history_index) == 0:
         return
     margin: dict[int, float] = {}
     for sign, part in zip((1.0, -1.0), history):
         for value, detail in zip(part.values, part.details):
-            margin[detail["unit"]] = margin.get(detail["unit"], 0.0) + sign * value
+            if detail.get("unit") is not None:  # a past item the user state reads as a unit
+                margin[detail["unit"]] = margin.get(detail["unit"], 0.0) + sign * value
     units = sorted(margin, key=lambda u: -abs(margin[u]))[:top]
     attributor = HistoryTokenAttributor(settings, top=top)
     for side in sides:
@@ -231,7 +261,7 @@ def _entry_key(kind: str, name: str, detail: dict):
     if kind in ("item_tokens", "query_tokens", "history_tokens"):
         return detail.get("item_id"), detail["position"]
     if kind == "history":
-        return detail["item_id"]
+        return detail.get("item_id") or name  # the group of the oldest items has no single id
     return name
 
 
@@ -249,7 +279,8 @@ def _contrast(a: Attribution, b: Attribution) -> Attribution:
             entry = merged.setdefault(key, {"name": name, "value": 0.0, "detail": detail, "sides": []})
             entry["value"] += sign * value
             entry["sides"].append(side)
-            if part.kind == "behaviour" and side == "B":  # the feature's value for each item: "value" is A's
+            # The feature's value for each item: "value" is A's.
+            if part.kind in ("behaviour", "behaviour_full") and side == "B":
                 entry["detail"] = {**entry["detail"], "value_b": detail.get("value")}
     names = [entry["name"] for entry in merged.values()]
     values = [entry["value"] for entry in merged.values()]

@@ -23,6 +23,19 @@ the Spearman rank correlation of its token values with IG's (None when either si
 its own `deletion_top3_drop` and `aopc_comprehensiveness`, by the same removal as above, say whether the second
 opinion ranks the tokens more faithfully than IG does; `deletion_top3_words_drop` the same for whole words.
 
+History (the past interactions): removing a past item takes away every event on it, and the user state and the
+history-derived behaviour features are rebuilt (model.removal), as the What-if page does. d(S) = score - the score
+without the past items in S; the credited items are those with the largest positive history values.
+
+    history_top3_drop, history_top1_drop       d(the 3 / the 1 most credited past items)
+    history_random3_drop                       d(3 past items drawn at random), averaged over random_draws draws
+    history_recent3_drop, history_recent1_drop d(the 3 / the 1 most recently touched past items)
+    history_loo3_drop, history_loo1_drop       d(the 3 / the 1 past items whose removal alone lowers the score
+                                               most: leave-one-out, the reference)
+    history_*_top10                            whether the item is still in the user's top 10 once they are
+                                               removed (the share of the draws for random3); None for an
+                                               explanation at a past moment
+
 Leave-one-out (a reference for the bench): each removable token's own effect, score - s({token}), from one batch
 of removals (a forward pass per token, no gradients), ranked by the same deletion test. It measures exactly what
 removing one token from the full text does, where IG's values share out f(x) - f(baseline) along the path from
@@ -82,8 +95,85 @@ def faithfulness(recommender, explanation: Explanation, *, history: pd.DataFrame
     result = removal_curves(recommender, view, part, explanation.score, k_max=k_max, random_draws=random_draws,
                             seed=seed)
     result["agreement"] = agreement_with_shap(recommender, view, part, max_evals) if agreement else None
+    result.update(history_faithfulness(recommender, explanation, history=history, at=at, random_draws=random_draws,
+                                       seed=seed))
     result["seconds"] = time.perf_counter() - started
     return result
+
+
+HISTORY_KEYS = ("top3", "top1", "random3", "recent3", "recent1", "loo3", "loo1")
+RANKED = 10  # "still in the top 10"
+
+
+def history_faithfulness(recommender, explanation: Explanation, *, history: pd.DataFrame | None = None, at=None,
+                         random_draws: int = RANDOM_DRAWS, seed: int = 0) -> dict:
+    """The history measures above for one explanation: its credited past items against random, recent and
+    leave-one-out ones, each removed as What-if removes them."""
+    from explain.explanations import explained_context
+    from model.removal import HistoryRemoval
+
+    context = explained_context(recommender, explanation.user_id, explanation.query, history, at=at)
+    try:
+        position = int(recommender.item_positions([explanation.item_id])[0])
+        game = HistoryRemoval(recommender, context, position, history)
+    except WhyRecError as exc:
+        raise ExplanationError(f"cannot rebuild the explained score: {exc}") from exc
+    part = explanation.part("history")
+    index = {tuple(player.item_ids): p for p, player in enumerate(game.players)}
+    values = np.zeros(len(game))
+    for value, detail in zip(part.values if part is not None else (), part.details if part is not None else ()):
+        if detail.get("shared"):  # what the history does beyond its items: no past item to remove
+            continue
+        p = index.get(tuple(detail.get("items") or [detail.get("item_id")]))
+        if p is None:
+            raise ExplanationError(f"past item {detail.get('item_id')!r} of the explanation is not in the history "
+                                   "now; explain again")
+        values[p] = value
+    events = None
+    if at is None and (history is not None or context.user_id is not None):
+        events = history if history is not None else recommender.dataset.user_events(context.user_id)
+    return history_measures(recommender, game, values, events=events, random_draws=random_draws, seed=seed)
+
+
+def history_measures(recommender, game, values: np.ndarray, *, events: pd.DataFrame | None = None,
+                     random_draws: int = RANDOM_DRAWS, seed: int = 0) -> dict:
+    """The history measures for any values over `game`'s players (model.removal.HistoryRemoval), so the bench
+    can hold other attributions to the same test. `events`: the user's events, for the top-10 check (None: none)."""
+    n = len(game)
+    out = {"history_players": n, "history_removal_effects": [], "history_notes": []}
+    if n == 0:
+        out.update({f"history_{key}_drop": 0.0 for key in HISTORY_KEYS})
+        out.update({f"history_{key}_top10": None for key in ("top3", "random3", "recent3", "loo3")})
+        out["history_notes"].append("no past interactions: nothing to remove")
+        return out
+    rng = np.random.default_rng(seed)
+    effects = game.removal_drops([[p] for p in range(n)])  # leave-one-out, one batch
+    credited = [int(p) for p in np.argsort(-np.asarray(values), kind="stable") if values[p] > 0]
+    if len(credited) < TOP:
+        out["history_notes"].append(f"only {len(credited)} past item(s) are credited with a positive value")
+    recent = sorted(range(n), key=lambda p: -game.players[p].last_touch_ns)
+    loo = [int(p) for p in np.argsort(-effects, kind="stable")]
+    draws = [list(rng.choice(n, min(TOP, n), replace=False)) for _ in range(random_draws)]
+    sets = {"top3": credited[:TOP], "top1": credited[:1], "recent3": recent[:TOP], "recent1": recent[:1],
+            "loo3": loo[:TOP], "loo1": loo[:1]}
+    drops = game.removal_drops([*sets.values(), *draws])
+    out.update({f"history_{key}_drop": float(drop) for key, drop in zip(sets, drops)})
+    out["history_random3_drop"] = float(np.mean(drops[len(sets):]))
+    out["history_removal_effects"] = effects.tolist()
+    for key, chosen in (("top3", [sets["top3"]]), ("recent3", [sets["recent3"]]), ("loo3", [sets["loo3"]]),
+                        ("random3", draws)):
+        kept = None if events is None else [_still_ranked(recommender, game, events, players) for players in chosen]
+        out[f"history_{key}_top10"] = None if kept is None else (kept[0] if key != "random3" else float(np.mean(kept)))
+    return out
+
+
+def _still_ranked(recommender, game, events: pd.DataFrame, players) -> bool:
+    """Whether the item is still in the top RANKED once every event on these past items is removed."""
+    removed = {item for p in players for item in game.players[p].item_ids}
+    edited = events[~events["item_id"].astype(str).isin(removed)]
+    ranked = recommender.recommend(user_id=game.context.user_id, query=game.context.query,
+                                   k=min(RANKED, len(recommender.item_ids)), history=edited)
+    return any(row.item_id == recommender.item_ids[game.item_position] for row in ranked)
 
 
 def removable(part: Attribution) -> list[int]:

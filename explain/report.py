@@ -12,10 +12,11 @@ headless Chromium: the charts become vector drawings and the text stays text. Th
 else the one kaleido would use (its own download, then PATH and the usual install places); nothing is
 downloaded.
 
-JSON schema (`Report.to_dict`, `schema_version` 1):
+JSON schema (`Report.to_dict`, `schema_version` 2: its explanations are explain.base's version 2; a version-1
+report is refused with a message that says why):
 
     {
-      "schema": "whyrec-report", "schema_version": 1,
+      "schema": "whyrec-report", "schema_version": 2,
       "user_id": str | null, "query": str | null, "mode": "user" | "query" | "user+query" | "popularity",
       "notes": [str],                 # what the ranking had to assume (no history, a cut query, ...)
       "provenance": {
@@ -63,7 +64,7 @@ from explain.report_page import page
 
 FORMATS = ("html", "pdf", "json")
 SCHEMA = "whyrec-report"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # What a reader needs to repeat the numbers: the stack that computed them.
 PACKAGES = ("torch", "transformers", "tokenizers", "captum", "shap", "numpy", "pandas", "plotly", "kaleido")
 PDF_TIMEOUT_S = 180  # a report of 50 items prints in well under a minute; past this the browser is stuck
@@ -119,6 +120,9 @@ class Report:
             raise ReportError(f"a report is a JSON object, not {type(data).__name__}")
         if data.get("schema") != SCHEMA:
             raise ReportError(f"schema is {data.get('schema')!r}, expected {SCHEMA!r}")
+        if data.get("schema_version") == 1:
+            raise ReportError("this report is schema_version 1, from an earlier WhyRec whose history part was "
+                              "Integrated Gradients over the user state; export it again to get version 2")
         if data.get("schema_version") != SCHEMA_VERSION:
             raise ReportError(f"report schema_version {data.get('schema_version')!r}; this WhyRec reads "
                               f"version {SCHEMA_VERSION}")

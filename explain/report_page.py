@@ -186,7 +186,7 @@ def _parts_table(e: Explanation) -> str:
 
 
 def _behaviour_table(e: Explanation) -> str:
-    part = e.part("behaviour")
+    part = e.features()
     rows = []
     for name, value, detail in part.top(len(part)):
         rows.append(f"<tr><td>{escape(name)}</td><td class='num'>{_number(detail.get('value'))}</td>"
@@ -214,7 +214,7 @@ def _glossary(report: Report) -> str:
     """What each behaviour feature means, once for the whole report (the explanations carry it in their details)."""
     meanings = {}
     for item in report.items:
-        part = item.explanation.part("behaviour")
+        part = item.explanation.features()
         for name, detail in zip(part.names, part.details) if part is not None else ():
             meanings.setdefault(name, detail)
     if not meanings:

@@ -29,7 +29,6 @@ from explain import (
 )
 from explain.__main__ import main
 from explain.gradients import integrate, text_baseline, token_entries
-from explain.tokens import joint_change
 from model.sequences import UserHistory
 from model.serving import Recommender, ScoreView, score_view, template_positions
 
@@ -139,9 +138,10 @@ def linear_world(tiny_encoder):
     weights = {"item": torch.randn(1, item_ids.shape[1], hidden), "query": torch.randn(1, query_ids.shape[1], hidden),
                "history": torch.randn(1, 2, dim), "id": torch.randn(1, dim)}
 
-    def forward(item, query=None, history=None, id_vector=None):
+    def forward(item, query=None, history=None, id_vector=None, kept=1.0):
         out = (item * weights["item"]).sum((1, 2)) + (query * weights["query"]).sum((1, 2))
-        return out + (history * weights["history"]).sum((1, 2)) + (id_vector * weights["id"]).sum(1)
+        out = out + (id_vector * weights["id"]).sum(1)
+        return out if history is None else out + kept * (history * weights["history"]).sum((1, 2))  # None: none
 
     view = ScoreView(
         item_position=0, item_input_ids=item_ids, item_embeds=item_embeds, item_mask=torch.ones_like(item_ids),
@@ -166,8 +166,7 @@ def linear_world(tiny_encoder):
 
 def test_token_attributor_on_a_linear_view_matches_closed_form(linear_world):
     recommender, context, view, weights = linear_world
-    item, query, history, collaborative = TokenAttributor(PathSettings(n_steps=3)).attribute(recommender, context,
-                                                                                             view)
+    item, query, collaborative = TokenAttributor(PathSettings(n_steps=3)).attribute(recommender, context, view)
     words = recommender.net.encoder.word_embeddings
     padded = view.pad_baseline(view.item_input_ids, view.item_embeds, words)
     expected_pad = ((view.item_embeds - padded) * weights["item"]).sum(-1)[0].detach().numpy()
@@ -184,12 +183,10 @@ def test_token_attributor_on_a_linear_view_matches_closed_form(linear_world):
     plain = TokenAttributor(PathSettings(n_steps=3, baseline="pad")).attribute(recommender, context, view)[0]
     np.testing.assert_allclose(plain.values, expected_pad[positions], rtol=1e-5, atol=1e-6)
     assert len(query) == view.query_input_ids.shape[1] - 2
-    expected_units = (view.history_vectors * weights["history"]).sum(-1)[0].numpy()  # baseline: zeros
-    by_item = {d["item_id"]: v for v, d in zip(history.values, history.details)}
-    assert by_item == pytest.approx({"i1": expected_units[0], "i2": expected_units[1]}, rel=1e-5)
-    assert [abs(v) for v in history.values] == sorted((abs(v) for v in history.values), reverse=True)
-    assert [d["event"] for d in sorted(history.details, key=lambda d: d["unit"])] == ["view", "purchase"]
-    assert sorted(d["age_days"] for d in history.details) == [5.0, 10.0]
+    # In a linear world the history adds nothing to what the words add: both runs (history kept, removed) agree,
+    # and their halves make the whole.
+    assert item.parameters["runs"] == ["history kept", "history removed"]
+    assert item.parameters["weights"] == [0.5, 0.5]
     assert collaborative.names == ("item ID vector", "item bias")
     assert collaborative.values[0] == pytest.approx(float((view.id_vector * weights["id"]).sum()), rel=1e-5)
     assert collaborative.values[1] == view.bias
@@ -199,7 +196,7 @@ def test_token_attributor_on_a_linear_view_matches_closed_form(linear_world):
 def forward_at_baseline(view, words):
     item = text_baseline(view, view.item_input_ids, view.item_embeds, words, "template", None, view.item_template)
     query = view.pad_baseline(view.query_input_ids, view.query_embeds, words)
-    return view.forward(item, query, torch.zeros_like(view.history_vectors), torch.zeros_like(view.id_vector))[0]
+    return view.forward(item, query, None, torch.zeros_like(view.id_vector))[0]  # no history, no ID
 
 
 def test_behaviour_attributor_on_a_linear_head_matches_closed_form(linear_world):
@@ -348,11 +345,12 @@ def test_parts_add_up_to_the_models_score(recommender, user, top_items, explaine
     assert explained.completeness_gap == pytest.approx(explained.base_value + explained.total - explained.score)
     in_total = {p.kind for p in explained.parts if p.in_total}
     assert in_total == {"item_tokens", "query_tokens", "history", "collaborative", "behaviour"}
-    assert not explained.part("history_tokens").in_total
-    # The joint run's parts share one base value and one delta; the explanation's base adds SHAP's.
-    joint = [explained.part(k) for k in ("item_tokens", "query_tokens", "history", "collaborative")]
+    assert not explained.part("history_tokens").in_total and not explained.part("behaviour_full").in_total
+    # The token runs' parts share one base value and one delta; the explanation's base adds SHAP's.
+    joint = [explained.part(k) for k in ("item_tokens", "query_tokens", "collaborative")]
     assert len({(p.base_value, p.completeness_gap) for p in joint}) == 1
     assert explained.base_value == explained.part("item_tokens").base_value + explained.part("behaviour").base_value
+    assert abs(explained.part("history").completeness_gap) <= 1e-9  # the shared entry closes the history's sum
 
 
 @pytest.mark.parametrize("case", ["user", "query", "user+query", "zero baseline", "pad baseline", "riemann"])
@@ -392,22 +390,25 @@ def test_shap_is_additive_on_the_behaviour_head(recommender, explained):
 def test_history_part_names_the_items_and_drills_into_the_top_three(recommender, user, explained):
     history = explained.part("history")
     units = recommender.histories[user]
-    assert len(history) == min(len(units), recommender.config.max_history)
-    assert {d["item_id"] for d in history.details} == set(recommender.item_ids[units.item_index[-len(history):]])
-    assert all(d["event"] in ("view", "cart", "purchase", "rating") and d["age_days"] >= 0 for d in history.details)
-    assert [abs(v) for v in history.values] == sorted((abs(v) for v in history.values), reverse=True)
+    assert len(units) <= recommender.config.max_history  # the tiny shop's users: one entry per past item
+    items, shared = history.details[:-1], history.details[-1]
+    assert shared["shared"] and shared["item_id"] is None and history.names[-1] == "the history as a whole"
+    assert {d["item_id"] for d in items} == set(recommender.item_ids[units.item_index])
+    assert all(d["event"] in ("view", "cart", "purchase", "rating") and d["age_days"] >= 0 for d in items)
+    assert [abs(v) for v in history.values[:-1]] == sorted((abs(v) for v in history.values[:-1]), reverse=True)
     drill = explained.part("history_tokens")
-    assert {d["item_id"] for d in drill.details} == {d["item_id"] for d in history.details[:3]}
-    assert drill.parameters["units"] == [d["unit"] for d in history.details[:3]]
+    assert {d["item_id"] for d in drill.details} == {d["item_id"] for d in items[:3]}
+    assert drill.parameters["units"] == [d["unit"] for d in items[:3]]
 
 
 def test_the_drill_down_starts_from_the_same_score(explained):
-    # At its input the drill-down's forward is the joint run's: both end at forward(input) of the score view.
-    drill, joint = explained.part("history_tokens"), explained.part("item_tokens")
+    # At its input the drill-down's forward is the score view's: the score less the item bias and the behaviour
+    # head's output (which the behaviour_full drill-down adds up to, SHAP being exact).
+    drill, features = explained.part("history_tokens"), explained.part("behaviour_full")
     drill_end = drill.base_value + drill.total - drill.completeness_gap
-    joint_end = joint.base_value + joint_change({p.kind: p for p in explained.parts})
-    assert drill_end == pytest.approx(joint_end, abs=1e-4)
-    assert drill.base_value != pytest.approx(joint_end, abs=1e-6)  # blanking the items' words moves the score
+    dot = explained.score - explained.part("collaborative").values[1] - (features.base_value + features.total)
+    assert drill_end == pytest.approx(dot, abs=1e-4)
+    assert drill.base_value != pytest.approx(dot, abs=1e-6)  # blanking the items' words moves the score
 
 
 def test_words_merge_pieces_and_keep_the_total(explained):
@@ -448,7 +449,7 @@ def test_explain_at_a_moment_reads_only_the_events_before_it(recommender, user):
     item = recommender.recommend(user_id=user, k=1)[0].item_id
     explanation = explain(recommender, item, user_id=user, n_steps=16, drill_down=0, at=at.isoformat())
     assert pd.Timestamp(explanation.moment) == at
-    assert {d["item_id"] for d in explanation.part("history").details} <= set(before["item_id"])
+    assert {d["item_id"] for d in explanation.part("history").details} - {None} <= set(before["item_id"])
     context = recommender.context(user, at=at)
     position = recommender.item_positions([item])
     assert explanation.score == pytest.approx(sum(recommender.score_parts(context, position).values())[0], abs=1e-9)
@@ -483,13 +484,14 @@ def test_json_round_trip_is_exact(explained):
     assert again == explained
     assert again.to_json() == text
     data = json.loads(text)
-    assert data["schema_version"] == 1 and data["schema"] == "whyrec-explanation"
+    assert data["schema_version"] == 2 and data["schema"] == "whyrec-explanation"
     assert {p["kind"]: p["in_total"] for p in data["parts"]}["history_tokens"] is False
     assert data["completeness_gap"] == explained.completeness_gap
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    (lambda d: d.update(schema_version=2), "schema_version 2"),
+    (lambda d: d.update(schema_version=3), "schema_version 3"),
+    (lambda d: d.update(schema_version=1), "schema_version 1, from an earlier WhyRec.*explain the item again"),
     (lambda d: d.update(colour="red"), "unknown explanation keys: colour"),
     (lambda d: d["parts"][0].update(in_total=False), "in_total False contradicts"),
     (lambda d: d["parts"][0].update(values=[1.0]), "must be as many"),
@@ -673,8 +675,13 @@ def test_a_history_longer_than_the_model_reads_is_flagged(recommender, user, top
     what_if = pd.DataFrame({"item_id": items, "event": "view",
                             "timestamp": pd.date_range("2024-01-01", periods=n, freq="h", tz="UTC")})
     e = explain(recommender, top_items[0], user_id=user, history=what_if, n_steps=4, drill_down=0)
-    assert "history_truncated" in e.flags and len(e.part("history")) == recommender.config.max_history
-    assert {d["item_id"] for d in e.part("history").details} == set(items[-recommender.config.max_history:])
+    # The oldest past items are one entry; with the shared entry, as many entries as the model reads units, plus one.
+    history = e.part("history")
+    assert "history_truncated" in e.flags and len(history) == recommender.config.max_history + 1
+    earlier = next(d for d in history.details if d["title"] == "earlier items")
+    assert earlier["items"] == items[:n - recommender.config.max_history + 1] and earlier["unit"] is None
+    singles = {d["item_id"] for d in history.details} - {None}
+    assert singles == set(items[n - recommender.config.max_history + 1:])
     assert abs(e.completeness_gap) <= abs(e.part("item_tokens").completeness_gap) + 1e-4
 
 
@@ -700,7 +707,8 @@ def test_cli_prints_a_summary_and_writes_json(tiny_model, recommender, user, top
                  "--json", str(out)])
     printed = capsys.readouterr().out
     assert code == 0
-    for heading in ("score", "top item words", "top history items", "top behaviour features", "top-3 drop"):
+    for heading in ("score", "top item words", "top past items", "the history as a whole", "top behaviour features",
+                    "top-3 drop", "top-3 credited drop"):
         assert heading in printed
     assert Explanation.from_json(out.read_text()).item_id == top_items[0]
     code = main(["pair", "--model", str(tiny_model), "--a", top_items[0], "--b", top_items[1], "--query", "mug",

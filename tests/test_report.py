@@ -61,7 +61,7 @@ def hostile_html(hostile, user):
 
 def test_json_lists_the_ranked_items_with_explanations_that_round_trip(recommender, user, report):
     data = json.loads(report.to_json())
-    assert data["schema_version"] == 1 and data["user_id"] == user and data["query"] is None
+    assert data["schema_version"] == 2 and data["user_id"] == user and data["query"] is None
     ranked = recommender.recommend(user_id=user, k=K)
     assert [item["item_id"] for item in data["items"]] == [r.item_id for r in ranked]
     assert [item["rank"] for item in data["items"]] == [1, 2, 3]
@@ -71,6 +71,9 @@ def test_json_lists_the_ranked_items_with_explanations_that_round_trip(recommend
         assert explanation.item_id == item["item_id"] and explanation.user_id == user
         assert explanation.to_dict() == item["explanation"]
     assert Report.from_json(report.to_json()).to_dict() == data
+    older = {**data, "schema_version": 1}  # a report from before the history part was the removal game
+    with pytest.raises(ReportError, match=r"schema_version 1.*export it again"):
+        Report.from_json(json.dumps(older))
 
 
 def test_each_items_parts_add_up_to_the_score_shown(report):
@@ -208,7 +211,8 @@ def test_history_chart_keeps_each_event_and_age_whole_under_an_escaped_title(hos
     explanation = explain(hostile, item.item_id, user_id=user, n_steps=STEPS, drill_down=0)
     figure = history_bars(explanation)
     labels, values = list(figure.layout.yaxis.ticktext), list(figure.layout.yaxis2.ticktext)
-    entries = explanation.part("history").top(8)
+    part = explanation.part("history")
+    entries = [entry for entry in part.top(len(part)) if not entry[2].get("shared")][:8]  # the past items
     assert len(labels) == len(entries) > 0 and list(figure.data[0].y) == list(range(len(entries)))
     assert values == [f"{value:+.3f}" for _, value, _ in entries]  # each value in the right-hand column
     for label, (_, _, detail) in zip(labels, entries):

@@ -87,8 +87,10 @@ def test_the_explanation_reads_the_overrides_and_adds_up(recommender, ranges, us
     explanation = explain(recommender, top.item_id, user_id=user, n_steps=16, drill_down=0,
                           feature_overrides={name: value})
     assert explanation.score == pytest.approx(top.score, rel=1e-6)
-    behaviour = explanation.part("behaviour")
+    behaviour = explanation.features()  # every feature as the history sets them: the served behaviour part
     assert behaviour.total == pytest.approx(top.parts["behaviour"] - behaviour.base_value, abs=1e-5)
+    own = explanation.part("behaviour")  # in the sum: the features with the history removed, the override kept
+    assert own.details[FEATURE_NAMES.index(name)]["value"] == pytest.approx(value)
     assert behaviour.details[FEATURE_NAMES.index(name)]["value"] == pytest.approx(value)
     assert abs(explanation.completeness_gap) < 0.05 * max(1.0, abs(explanation.score))
     assert any("set by hand" in note for note in explanation.notes)

@@ -318,3 +318,37 @@ def test_recommend_opens_compare_and_report_on_its_own_list(app, recommender):
     app.button(key="rec_to_report").click().run()
     assert not app.exception, app.exception
     assert (app.selectbox(key="rep_user").value, app.slider(key="rep_k").value) == (users[5], 7)
+
+
+# ---- the explanation panel's past items against What-if -----------------------------------------------------------
+
+def test_a_credited_past_item_opens_what_if_without_it_and_the_scores_agree(app, recommender):
+    from explain import explain
+
+    at = open_page(app, "views/recommend.py")
+    user = at.query_params["user"]
+    item = at.query_params["item"]
+    buttons = [b for b in at.button if str(b.key).startswith(f"whatif_{item}_")]
+    assert buttons, "no past item to open in What-if"
+    removed = str(buttons[0].key).removeprefix(f"whatif_{item}_")
+    explanation = explain(recommender, item, user_id=user, drill_down=0)
+    effect = next(d["removal_effect"] for d in explanation.part("history").details if d.get("item_id") == removed)
+    buttons[0].click().run()
+    assert not at.exception, at.exception
+    assert at.multiselect(key="wi_remove").value == [removed]
+    (metric,) = [m for m in at.metric if "the item you came from" in m.label]
+    # What-if's change of the item's score is the panel's "removing it alone", computed the What-if way.
+    assert float(str(metric.delta).split()[0]) == pytest.approx(-effect, abs=2e-3)
+    before = recommender.score(user, None, [item])[0]
+    after = recommender.score(user, None, [item], history=edited_history(recommender, user, remove=[removed]))[0]
+    assert float(metric.value) == pytest.approx(after, abs=2e-3) and after - before == pytest.approx(-effect, abs=1e-5)
+
+
+@pytest.mark.parametrize(("top", "by_chance", "shown"), [
+    (0.6, 0.2, "3.0×"), (-0.3, -0.25, "no drop: removing them did not lower the score"),
+    (0.0, 0.1, "no drop: removing them did not lower the score"), (0.4, -0.1, "only the credited ones lower it"),
+])
+def test_the_faithfulness_ratio_never_reads_a_rise_as_faithful(top, by_chance, shown):
+    from views.explanation_panel import faithfulness_ratio
+
+    assert faithfulness_ratio(top, by_chance) == shown

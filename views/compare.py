@@ -82,7 +82,7 @@ def history_rows(explanation: Explanation) -> pd.DataFrame:
 
 def behaviour_rows(explanation: Explanation, values: np.ndarray) -> pd.DataFrame:
     """Each behaviour feature's SHAP difference, with its value for A and for B (values: (2, F))."""
-    part = explanation.part("behaviour")
+    part = explanation.features()
     if part is None or not len(part):
         return pd.DataFrame(columns=["feature", "unit", "A", "B", "margin", "favours"])
     by_label = dict(zip(part.names, part.values))

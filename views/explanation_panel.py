@@ -11,6 +11,7 @@ from data.errors import WhyRecError
 from explain import Explanation, explain, faithfulness
 from explain.charts import behaviour_bars, history_bars, history_token_sections, legend_html, token_html, waterfall
 from explain.faithfulness import MAX_EVALS, shap_tokens
+from views.state import forget
 from views.text import md_escape
 
 STEP_CHOICES = (8, 16, 32, 50, 100, 200)
@@ -25,9 +26,18 @@ popularity...).
 **Colours**: orange raises the score, purple lowers it; a stronger colour is a larger effect. Hover a word or
 a bar for its exact value.
 
+**Past interactions** are credited by what removing them does: every event on a past item taken away, and the
+user state and the behaviour features computed from the history rebuilt, as the What-if page does. An item's
+value averages its removal alone and together with up to two other past items; *the history as a whole* is what
+the history does beyond its items one by one (a user state changes little when one item of several goes, a lot
+when all go). Beside each item, what removing it alone does to the score, and a button that opens What-if
+without it.
+
 **Can I trust it?** *Completeness gap* is how far the parts miss the score (Integrated Gradients' convergence
 delta; smaller is better, more steps shrink it). *Deletion test*: removing the 3 words credited most should
 lower the score far more than removing 3 random words; if it does, the word credits are faithful to the model.
+The same for past interactions: removing the 3 credited most against 3 random, the 3 most recent, and the 3
+whose removal alone lowers the score most (leave-one-out: about the most any 3 can do).
 """
 
 
@@ -78,6 +88,7 @@ def explanation_panel(recommender, ranked, user_id, query) -> None:
         return
     explanation = Explanation.from_dict(result["explanation"])
     has_history = explanation_body(recommender, explanation, result["seconds"], n_steps)
+    past_items(recommender, explanation, user_id, query)
 
     if has_history:
         with st.expander("Words inside the top history items (a drill-down, computed on request)"):
@@ -100,15 +111,78 @@ def explanation_panel(recommender, ranked, user_id, query) -> None:
     top, by_chance = checks["deletion_top3_words_drop"], checks["deletion_random3_words_drop"]
     f1.metric("Drop, top-3 words removed", f"{top:+.3f}")
     f2.metric("Drop, 3 random words removed", f"{by_chance:+.3f}")
-    ratio = top / by_chance if by_chance else None
-    f3.metric("Faithfulness ratio", f"{ratio:.1f}×" if ratio is not None and ratio > 0 else "n/a",
+    f3.metric("Faithfulness ratio", faithfulness_ratio(top, by_chance),
               help="How much more the score falls when the most-credited words go than when random ones go")
+    if checks.get("history_players"):
+        h1, h2, h3, h4 = st.columns(4)
+        h1.metric("Drop, top-3 past items removed", f"{checks['history_top3_drop']:+.3f}",
+                  help=_kept_help(checks, "top3"))
+        h2.metric("Drop, 3 random past items", f"{checks['history_random3_drop']:+.3f}",
+                  help=_kept_help(checks, "random3"))
+        h3.metric("Drop, 3 most recent", f"{checks['history_recent3_drop']:+.3f}", help=_kept_help(checks, "recent3"))
+        h4.metric("Drop, leave-one-out top 3", f"{checks['history_loo3_drop']:+.3f}",
+                  help="The 3 past items whose removal alone lowers the score most: about the most any 3 can do. "
+                       + _kept_help(checks, "loo3"))
     with st.expander("Second opinion: SHAP Partition over the same words (computed on request)"):
         if st.toggle("Compute", key=f"second_{item_id}",
                      help=f"SHAP's Partition explainer, {MAX_EVALS} model calls: several times the explanation's time"):
             second_opinion(recommender, result["explanation"], checks)
     with st.expander("How to read this"):
         st.markdown(HOW_TO_READ)
+
+
+def faithfulness_ratio(top: float, by_chance: float) -> str:
+    """How much more the score falls when the credited words go than random ones, in words where a ratio would lie."""
+    if top <= 0:
+        return "no drop: removing them did not lower the score"
+    if by_chance <= 0:
+        return "only the credited ones lower it"
+    return f"{top / by_chance:.1f}×"
+
+
+def _kept_help(checks: dict, key: str) -> str:
+    kept = checks.get(f"history_{key}_top10")
+    if kept is None:
+        return "Every event on those past items removed; the history and its features rebuilt."
+    if isinstance(kept, bool):
+        return f"Afterwards the item is {'still' if kept else 'no longer'} in the top 10."
+    return f"Afterwards the item is still in the top 10 in {kept:.0%} of the draws."
+
+
+def past_items(recommender, explanation: Explanation, user_id, query, top: int = 5) -> None:
+    """The past items credited most, each with what removing it does and a way into What-if without it."""
+    part = explanation.part("history")
+    entries = [i for i in sorted(range(len(part)), key=lambda i: -abs(part.values[i]))
+               if not part.details[i].get("shared")][:top] if part is not None else []
+    if not entries:
+        return
+    st.markdown("**Past interactions, checked by removing them**")
+    header = st.columns([5, 2, 2, 2])
+    for column, label in zip(header, ("Past item", "Credit", "Removing it alone", "")):
+        column.caption(label)
+    for i in entries:
+        detail = part.details[i]
+        row = st.columns([5, 2, 2, 2], vertical_alignment="center")
+        row[0].markdown(f"{md_escape(_clip(detail['title'], 60))}  \n"
+                        f":gray[{md_escape(detail['event'])}, {detail['age_days']:.0f} d ago]")
+        row[1].markdown(f"{part.values[i]:+.3f}")
+        row[2].markdown(f"{-detail['removal_effect']:+.3f}")
+        if user_id is not None and detail.get("item_id") and row[3].button(
+                "What-if without it", key=f"whatif_{explanation.item_id}_{detail['item_id']}",
+                icon=":material/tune:", help="Open What-if with every event on this past item removed"):
+            open_whatif(user_id, query, detail["item_id"], explanation.item_id)
+
+
+def open_whatif(user_id: str, query, removed_item: str, item_id: str) -> None:
+    """What-if for this user with one past item removed: it reads the link afresh, not an earlier visit's edits."""
+    st.session_state.pop("wi_added", None)
+    forget("wi_saved")
+    link = {"user": user_id, "remove": removed_item, "query": query or None, "item": item_id}
+    st.switch_page("views/whatif.py", query_params={key: value for key, value in link.items() if value})
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def second_opinion(recommender, explanation_json: dict, checks: dict) -> None:
@@ -189,6 +263,6 @@ def explanation_body(recommender, explanation: Explanation, seconds: float, n_st
 
 def behaviour_compared_with(explanation) -> str:
     """What the behaviour values are measured against, in words."""
-    background = explanation.part("behaviour").parameters.get("background", "a summarised background")
+    background = explanation.features().parameters.get("background", "a summarised background")
     return (f"Each feature's value is measured against {background}: what this item has that a typical one "
             "does not.")

@@ -106,6 +106,9 @@ if "wi_added" not in st.session_state:  # the page's first visit this session: s
                             wi_query=linked.query, **{f"wi_value_{n}": v for n, v in linked.values.items()})
     if linked.k is not None:
         st.session_state.wi_k = linked.k
+    # An item the link came to check (the explanation panel's "What-if without it"): its score is shown first.
+    focus = st.query_params.get("item")
+    st.session_state.wi_focus = focus if focus in set(map(str, recommender.item_ids)) else None
     link_problems += linked.problems
 else:
     restore("wi_saved")
@@ -193,6 +196,18 @@ try:
 except WhyRecError as exc:
     st.error(f"This what-if cannot be ranked: {md_escape(exc)}")
     st.stop()
+
+focus = st.session_state.get("wi_focus")
+if focus is not None:
+    try:
+        before, after = (float(recommender.score(user_id, query, [focus], **edits)[0])
+                         for edits in ({}, {"history": history, "feature_overrides": overrides or None}))
+    except WhyRecError as exc:
+        st.error(f"The item from the link cannot be scored: {md_escape(exc)}")
+    else:
+        st.metric(f"Score of “{md_escape(titles.get(focus, focus))}”, the item you came from", f"{after:.3f}",
+                  delta=f"{after - before:+.3f} against the real history", delta_color="normal",
+                  help="The explanation panel's \"removing it alone\" is this change, for one past item removed")
 
 if history is not None and history.empty:
     st.warning("You removed the whole history: the model now sees this user as a new visitor (cold start). "

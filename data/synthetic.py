@@ -250,9 +250,11 @@ def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_eve
       "end": {...}} with the weight of each favourite on 1 January and on 30 April (linear in between)}}.
     - "event_causes": one row [user_id, item_id, timestamp_iso, event, cause, token] per event of
       `dataset.events`, in the same order. cause is one of CAUSES; token is the brand, attribute word or
-      category name the taste fired on, else null. Exact duplicate events are planted as dirt and set aside by
-      `make_dataset`; they have no row. Each row carries its own key (user, item, timestamp, event), which is
-      unique among the kept events, so `event_causes(dataset)` joins on the key and survives any re-ordering.
+      category name the taste fired on, the id of the past item a "recency" view returns to (an abandoned cart
+      or a recent view: the same item, seen before), else null (a return to the last visit's shelf too). Exact
+      duplicate events are planted as dirt and set aside by `make_dataset`; they have no row. Each row carries
+      its own key (user, item, timestamp, event), which is unique among the kept events, so `event_causes(dataset)`
+      joins on the key and survives any re-ordering.
     - "vocabulary": {"brands": {brand: {"category", "tier"}}, "attributes": {category: [words]}}.
     - "dirt": what was planted for the quality report: "duplicate_events" (keys), "items_without_price",
       "bot_users".
@@ -304,7 +306,8 @@ def event_causes(dataset: Dataset) -> pd.DataFrame:
     """The planted cause of each event of `dataset.events`, row for row.
 
     Columns: user_id, item_id, timestamp, event (as in `dataset.events`), cause (one of CAUSES) and token (the
-    brand, attribute word or category name the cause fired on, None for price, recency, popularity and noise).
+    brand, attribute word or category name the cause fired on, the past item's id for a recency return to an item,
+    None for price, a return to a shelf, popularity and noise).
     Rows are matched on the event key, so a re-ordered or reloaded dataset gets its causes all the same.
     """
     truth = dataset.ground_truth
@@ -583,10 +586,13 @@ def _choose_item(cause, shopper, catalog, history, drift, u_taste, u_item) -> tu
         return shopper.at_price_point.draw(u_item), cause, None
     if cause == "recency":
         # Back to an abandoned cart, to something seen lately, or to the shelf of the last visit.
+        # A return names the past item it returns to (its id as the token); a return to a shelf names none.
         if history.abandoned and u_taste < 0.35:
-            return history.abandoned[int(u_item * len(history.abandoned))], cause, None
+            item = history.abandoned[int(u_item * len(history.abandoned))]
+            return item, cause, str(catalog.items["item_id"].iat[item])
         if history.last_views and u_taste < 0.75:
-            return history.last_views[int(u_item * len(history.last_views))], cause, None
+            item = history.last_views[int(u_item * len(history.last_views))]
+            return item, cause, str(catalog.items["item_id"].iat[item])
         if history.last_category is not None:
             return catalog.by_category[history.last_category].draw(u_item), cause, None
     if cause == "popularity":

@@ -214,8 +214,14 @@ def test_causes_line_up_with_the_events(shop):
             assert row.token in title_words(row.title) and row.token in users[row.user_id]["attributes"]
         elif row.cause == "category":
             assert row.token == row.category and row.token in users[row.user_id]["categories"]
+        elif row.cause == "recency" and row.token is not None:  # a return names the past item: the same item
+            assert row.token == row.item_id, row
         else:
             assert row.token is None, row
+    returns = causes[(causes["cause"] == "recency") & causes["token"].notna() & (causes["event"] == "view")]
+    assert len(returns) > 0
+    seen_before = shop.events.reset_index(drop=True).groupby(["user_id", "item_id"]).cumcount() > 0
+    assert seen_before[returns.index].all()  # every named return comes back to an item the user touched before
     purchase_causes = causes.loc[causes["event"] == "purchase", "cause"]
     assert 0.65 <= purchase_causes.isin(TASTE_CAUSES).mean() <= 0.85
     views = causes.loc[causes["event"] == "view", "cause"].value_counts(normalize=True)

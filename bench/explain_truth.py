@@ -58,7 +58,7 @@ def top_terms(explanation, n: int = 3) -> tuple[list[str], int]:
 
 def top_features(explanation) -> tuple[str | None, str | None]:
     """The top SHAP feature by |value| (as SHAP's plots rank them), and the one that raised the score most."""
-    behaviour = explanation.part("behaviour")
+    behaviour = explanation.features()
     if behaviour is None or not len(behaviour):
         return None, None
     raised = behaviour.details[int(np.argmax(behaviour.values))]["feature"] if max(behaviour.values) > 0 else None

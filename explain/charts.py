@@ -37,6 +37,16 @@ def _clip(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def age_label(days: float) -> str:
+    """An age in days (model.sequences.age_days, from the moment scored) as a person reads it: "just now" within
+    the hour, then hours, then days."""
+    if days < 1 / 24:
+        return "just now"
+    if days < 1:
+        return f"{days * 24:.0f} h ago"
+    return f"{days:.0f} d ago"
+
+
 def _layout(figure: go.Figure, title: str, height: int) -> go.Figure:
     figure.update_layout(title={"text": escape(title), "x": 0, "font": {"size": 15}}, height=height,
                          margin={"l": 10, "r": 10, "t": 40, "b": 10}, plot_bgcolor="white",
@@ -97,7 +107,7 @@ def history_bars(explanation: Explanation, top: int = 8) -> go.Figure | None:
     entries = part.top(top)
     # The title on the first line, the event and its age always whole on the second: a long title would push
     # them out of a one-line label, and the plot would be left too narrow for its axis title.
-    notes = [f"{d.get('event', '')}, {d.get('age_days', 0):.0f} d ago" for _, _, d in entries]
+    notes = [f"{d.get('event', '')}, {age_label(d.get('age_days', 0.0))}" for _, _, d in entries]
     return _bars([d.get("title", n) for n, _, d in entries], [v for _, v, _ in entries],
                  [f"{d.get('title', n)} · {note}" for (n, _, d), note in zip(entries, notes)],
                  "Past interactions that mattered", "contribution to the score", notes)

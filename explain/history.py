@@ -19,9 +19,8 @@ from data.schema import EVENT_TYPES
 from explain.base import Attribution
 from explain.errors import ExplanationError
 from explain.gradients import TOKENIZING, PathSettings, device_of, integrate, text_baseline, token_entries
-from model.sequences import NS_PER_MINUTE
+from model.sequences import age_days
 
-NS_PER_DAY = NS_PER_MINUTE * 60 * 24
 DRILL_DOWN_UNITS = 3  # history items opened to their words: the ones a person reads first
 
 
@@ -46,7 +45,7 @@ def history_units(recommender, context, view) -> list[dict]:
             "item_id": str(row.item_id),
             "title": str(row.title),
             "event": EVENT_TYPES[code - 1] if code > 0 else "unknown",
-            "age_days": round(float((context.moment_ns - int(history.first_touch[offset + t])) / NS_PER_DAY), 6),
+            "age_days": round(age_days(context.moment_ns, int(history.first_touch[offset + t])), 6),
         })
     return units
 

@@ -151,3 +151,54 @@ def test_the_warm_up_is_waited_for_at_exit_even_when_a_daemon_thread_starts_it(t
     assert not warm_up.daemon  # a daemon thread still in torch when the interpreter finalises aborts the process
     warm_up.join(120)
     assert not warm_up.is_alive()
+
+
+# ---- ages: one clock, the moment scored ------------------------------------------------------------------------
+
+def a_user_idle_before_the_end(recommender, days: float = 2.0) -> str:
+    """A user whose last event is at least `days` before the data's last moment."""
+    from model.sequences import age_days
+
+    moment = recommender.serving_moment()
+    return next(u for u in recommender.user_ids
+                if len(recommender.histories[u]) >= 3 and age_days(moment, recommender.histories[u].end) >= days)
+
+
+def test_profile_ages_count_from_the_moment_scored(app, recommender):
+    from explain.charts import age_label
+    from model.sequences import age_days
+
+    user = a_user_idle_before_the_end(recommender)
+    moment = recommender.context(user).moment_ns  # the moment the list and its explanations are scored at
+    history = recommender.histories[user]
+    expected = [age_label(age_days(moment, t)) for t in history.last_touch[::-1][:8]]
+    app.query_params["user"] = user
+    app.run()
+    assert not app.exception and not app.error
+    card = next(t.value for t in app.dataframe if "age" in t.value.columns)
+    assert list(card["age"]) == expected
+    assert "just now" not in expected  # measured from the user's own last event, the first row would say so
+    # The explanation's history ages read the same clock.
+    explained = recommender.histories[user].first_touch
+    chart = next(str(c.proto) for c in app.get("plotly_chart") if "Past interactions" in str(c.proto))
+    assert any(age_label(age_days(moment, t)) in chart for t in explained)
+
+
+def test_whatif_history_ages_count_from_the_moment_scored(app, recommender):
+    from explain.charts import age_label
+    from model.sequences import age_days
+
+    user = a_user_idle_before_the_end(recommender)
+    moment = recommender.context(user).moment_ns
+    app.query_params["user"] = user
+    app.run()
+    app.switch_page("views/whatif.py").run()
+    assert not app.exception
+    events = recommender.dataset.user_events(user)
+    last = events.groupby("item_id")["timestamp"].max()
+    labels = app.multiselect(key="wi_remove").options
+    assert len(labels) == len(last)
+    for item_id, when in last.items():
+        title = recommender.dataset.item(item_id).title
+        assert any(label.startswith(title) and label.endswith(", " + age_label(age_days(moment, when.value)))
+                   for label in labels), (title, labels)

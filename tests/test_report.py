@@ -202,7 +202,7 @@ def test_html_escapes_every_title_and_never_lets_one_become_a_tag(hostile, hosti
 
 def test_history_chart_keeps_each_event_and_age_whole_under_an_escaped_title(hostile, user):
     from explain import explain
-    from explain.charts import history_bars
+    from explain.charts import age_label, history_bars
 
     item = hostile.recommend(user_id=user, k=1)[0]
     explanation = explain(hostile, item.item_id, user_id=user, n_steps=STEPS, drill_down=0)
@@ -215,7 +215,7 @@ def test_history_chart_keeps_each_event_and_age_whole_under_an_escaped_title(hos
         title, note = label.split("<br>")
         assert detail["title"].startswith(EVIL) and len(detail["title"]) > 40  # long enough to be clipped
         assert title == html.escape(detail["title"][:39] + "…") and "<img" not in label
-        assert note == f"<span style='color:#777777'>{detail['event']}, {detail['age_days']:.0f} d ago</span>"
+        assert note == f"<span style='color:#777777'>{detail['event']}, {age_label(detail['age_days'])}</span>"
 
 @pytest.mark.browser
 @pytest.mark.skipif(CHROMIUM is None, reason="system Chromium is not installed (.ci/run installs it)")

@@ -13,6 +13,8 @@ import streamlit as st
 from data.errors import WhyRecError
 from data.schema import EVENT_TYPES
 from explain import Explanation, explain
+from explain.charts import age_label
+from model.sequences import age_days
 from model.whatif import edited_history, feature_ranges, rank_changes
 from views.explanation_panel import STEP_CHOICES, explanation_body
 from views.loaders import recommender_or_error
@@ -126,12 +128,13 @@ if link_problems:
 
 units = history_units(recommender, user_id)
 titles = dict(zip(recommender.items["item_id"].astype(str), recommender.items["title"].astype(str)))
-now = recommender.dataset.events["timestamp"].max()
+moment = recommender.serving_moment(user_id)
 history_column, features_column = st.columns(2, gap="large")
 
 with history_column, st.container(border=True):
     st.markdown("**History**")
-    unit_labels = {row.item_id: f"{row.title} · {event_label(row.event)}, {max(0, (now - row.last).days)} d ago"
+    unit_labels = {row.item_id: f"{row.title} · {event_label(row.event)}, "
+                                f"{age_label(age_days(moment, pd.Timestamp(row.last).value))}"
                    for row in units.itertuples()}
     st.multiselect("Remove from the history", list(unit_labels), format_func=unit_labels.get, key="wi_remove",
                    placeholder="Past items to forget (every event on them)",

@@ -202,3 +202,53 @@ def test_whatif_history_ages_count_from_the_moment_scored(app, recommender):
         title = recommender.dataset.item(item_id).title
         assert any(label.startswith(title) and label.endswith(", " + age_label(age_days(moment, when.value)))
                    for label in labels), (title, labels)
+
+
+# ---- a catalog smaller than the pages' usual k ---------------------------------------------------------------
+
+SMALL_CATALOG = 5
+
+
+@pytest.fixture(scope="module")
+def small_catalog(tmp_path_factory, tiny_encoder, tiny_shop):
+    """The tiny shop cut to its five busiest items, and a tiny model trained on it."""
+    from data.schema import make_dataset
+    from model.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("small-catalog")
+    keep = tiny_shop.events["item_id"].value_counts().index[:SMALL_CATALOG]
+    shop = make_dataset(tiny_shop.items[tiny_shop.items["item_id"].isin(keep)],
+                        tiny_shop.events[tiny_shop.events["item_id"].isin(keep)], source="small", format="table")
+    write_tables(shop, root / "data")
+    train(shop, root / "model", model_overrides={"dim": 16, "max_item_tokens": 24, "max_query_tokens": 16},
+          base_model=str(tiny_encoder), train_config=TrainConfig(epochs=1, batch_size=16, behaviour_epochs=1),
+          progress=False, log=lambda *_: None)
+    return root
+
+
+@pytest.fixture()
+def small_app(monkeypatch, small_catalog):
+    monkeypatch.setenv("WHYREC_MODEL", str(small_catalog / "model"))
+    monkeypatch.setenv("WHYREC_DATA", str(small_catalog / "data"))
+    return AppTest.from_file(APP, default_timeout=180)
+
+
+def test_recommend_on_a_catalog_of_five_items_offers_at_most_five(small_app):
+    small_app.run()
+    assert not small_app.exception
+    assert not small_app.error, [e.value for e in small_app.error]
+    slider = small_app.slider(key="rec_k")
+    assert slider.max == SMALL_CATALOG and slider.value == SMALL_CATALOG and slider.min >= 1
+    assert 0 < len(ranked_table(small_app)) <= SMALL_CATALOG
+
+
+@pytest.mark.parametrize(("page", "key"), [("views/whatif.py", "wi_k"), ("views/report.py", "rep_k"),
+                                           ("views/insights.py", "ins_k")])
+def test_every_k_on_a_small_catalog_fits_it_even_from_a_link(small_app, page, key):
+    small_app.run()
+    small_app.query_params.update({"k": "20", "users": "10", "pairs": "10", "steps": "8"})
+    small_app.switch_page(page).run()
+    assert not small_app.exception, small_app.exception
+    assert not small_app.error, [e.value for e in small_app.error]
+    slider = small_app.slider(key=key)
+    assert slider.max <= SMALL_CATALOG and slider.value <= SMALL_CATALOG

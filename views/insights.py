@@ -23,6 +23,7 @@ from explain.insights import (
     read_evaluation,
 )
 from views.loaders import model_dir, recommender_or_error
+from views.pickers import top_k_slider
 from views.quality import dataset_counts, quality_findings
 
 STEP_CHOICES = (8, 16, 32, 50)
@@ -153,8 +154,9 @@ def importance_section(recommender) -> None:
     left, right = st.columns(2)
     n_users = left.slider("Users sampled", 10, 500, step=10, key="ins_users",
                           help="A seeded sample of users with a history; the same settings give the same sample")
-    k = right.slider("Their top items", 1, 20, key="ins_k",
-                     help="Each sampled user's top-k recommendations are the rows explained")
+    with right:
+        k = top_k_slider("Their top items", "ins_k", len(recommender.item_ids), low=1, high=20, default=DEFAULT_K,
+                         help="Each sampled user's top-k recommendations are the rows explained")
     settings_to_url(users=n_users, k=k)
     try:
         importance = cached_importance(recommender.checkpoint_id, recommender.dataset.meta.fingerprint, n_users, k,

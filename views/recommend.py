@@ -8,6 +8,7 @@ import streamlit as st
 from data.errors import WhyRecError
 from views.explanation_panel import explanation_panel
 from views.loaders import recommender_or_error
+from views.pickers import top_k_slider
 from views.profile import profile_card
 from views.state import audience_from_url, forget
 from views.text import md_escape
@@ -73,7 +74,7 @@ with left:
         if not query or not query.strip():
             st.info("Type a query to see matching products.")
             st.stop()
-    k = st.slider("How many items", 5, 50, 10, key="rec_k")
+    k = top_k_slider("How many items", "rec_k", len(recommender.item_ids), low=5, high=50, default=10)
 if user_id is not None:
     with right, st.container(border=True):
         profile_card(recommender, user_id)

@@ -9,6 +9,7 @@ from data.errors import WhyRecError
 from explain.charts import PART_LABELS
 from explain.report import build_report, report_file_name
 from views.loaders import recommender_or_error
+from views.pickers import top_k_slider
 from views.state import audience_from_url
 from views.text import md_escape
 
@@ -65,13 +66,12 @@ if recommender is None:
 
 params = st.query_params
 user_ids = [str(u) for u in recommender.user_ids]
-max_k = min(50, len(recommender.item_ids))
 
 # The URL carries who the report is for, so a link from the Recommend page opens the same report.
 if "report_initialised" not in st.session_state:
     st.session_state.report_initialised = True
     st.session_state.rep_bad_user = audience_from_url("rep", params, user_ids)
-    st.session_state.rep_k = min(_whole(params.get("k"), 10), max_k)
+    st.session_state.rep_k = _whole(params.get("k"), 10)
     steps = _whole(params.get("steps"), 50)
     st.session_state.rep_steps = steps if steps in STEP_CHOICES else 50
 
@@ -92,7 +92,7 @@ with left:
         if st.checkbox("Personalise for a user", key="rep_personalise"):
             user_id = st.selectbox("User", user_ids, key="rep_user")
 with right:
-    k = st.slider("Items in the report", 1, max_k, key="rep_k")
+    k = top_k_slider("Items in the report", "rep_k", len(recommender.item_ids), low=1, high=50, default=10)
     n_steps = st.select_slider("IG steps", STEP_CHOICES, key="rep_steps",
                                help="Integrated Gradients path steps per item: more is more precise and slower")
 

@@ -25,6 +25,7 @@ PART_LABELS = {
     "history_tokens": "Words in history items",
 }
 PUNCTUATION = set(".,;:!?)]}%'\"")
+X_TICKS = 3  # the most value labels a bar chart's x axis shows (see _bars)
 
 
 def escape(text) -> str:
@@ -95,7 +96,10 @@ def _bars(names, values, hover, title: str, axis: str, notes=None) -> go.Figure:
     figure.update_layout(yaxis={**row_axis, "ticktext": labels},
                          yaxis2={**row_axis, "ticktext": [f"{v:+.3f}" for v in values], "overlaying": "y",
                                  "side": "right", "matches": "y", "showgrid": False})
-    figure.update_xaxes(title_text=axis, nticks=5, tickformat=".2f", automargin=True)
+    # Half a page wide, the names and the values column leave the plot itself ~100 px at 1440 px: five ".2f" labels
+    # ran into one another ("0.000.100.200.30"). At most three, without trailing zeros, keep apart; the exact
+    # values are in the column on the right.
+    figure.update_xaxes(title_text=axis, nticks=X_TICKS, tickformat="~g", tickfont={"size": 11}, automargin=True)
     return _layout(figure, title, 70 + (28 if notes is None else 40) * max(3, len(names)))
 
 

@@ -20,6 +20,7 @@ from explain.report import (
     build_report,
     export_batch,
     report_file_name,
+    to_html,
     write_report,
 )
 from model.checkpoint import load
@@ -54,7 +55,7 @@ def hostile(tmp_path_factory, tiny_model, tiny_shop):
 
 @pytest.fixture(scope="module")
 def hostile_html(hostile, user):
-    return build_report(hostile, user_id=user, query="<b>wool</b> sock", k=2, n_steps=STEPS).to_html()
+    return to_html(build_report(hostile, user_id=user, query="<b>wool</b> sock", k=2, n_steps=STEPS))
 
 
 # ---- building and JSON ------------------------------------------------------------------------------------------
@@ -101,7 +102,7 @@ def test_progress_is_reported_after_each_item(report, calls):
 def test_a_query_report_has_the_query_words(recommender):
     report = build_report(recommender, query="warm wool sock", k=2, n_steps=STEPS)
     assert report.mode == "query" and report.user_id is None and len(report.items) == 2
-    page = report.to_html()
+    page = to_html(report)
     assert page.count("The query's words") == 2 and "No history" in page
 
 

@@ -7,7 +7,7 @@ import streamlit as st
 
 from data.errors import WhyRecError
 from explain.charts import PART_LABELS
-from explain.report import build_report, report_file_name
+from explain.report import build_report, report_file_name, to_html, to_pdf
 from views.loaders import recommender_or_error
 from views.pickers import top_k_slider
 from views.state import audience_from_url
@@ -41,11 +41,11 @@ def build(recommender, user_id, query, k: int, n_steps: int) -> dict:
         bar.progress(done / max(total, 1) * 0.9, text=f"Explained {done} of {total}: {md_escape(label)}")
 
     report = build_report(recommender, user_id=user_id, query=query, k=k, n_steps=n_steps, progress=progress)
-    files = {"html": report.to_html().encode("utf-8"), "json": report.to_json().encode("utf-8")}
+    files = {"html": to_html(report).encode("utf-8"), "json": report.to_json().encode("utf-8")}
     bar.progress(0.95, text="Printing the PDF…")
     pdf_error = None
     try:
-        files["pdf"] = report.to_pdf()
+        files["pdf"] = to_pdf(report)
     except WhyRecError as exc:
         pdf_error = str(exc)
     bar.empty()

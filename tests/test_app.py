@@ -252,3 +252,38 @@ def test_every_k_on_a_small_catalog_fits_it_even_from_a_link(small_app, page, ke
     assert not small_app.error, [e.value for e in small_app.error]
     slider = small_app.slider(key=key)
     assert slider.max <= SMALL_CATALOG and slider.value <= SMALL_CATALOG
+
+
+# ---- one "user or query" picker on the Recommend, Compare and Report pages ----------------------------------------
+
+PICKER_PAGES = [("views/recommend.py", "rec"), ("views/compare.py", "cmp"), ("views/report.py", "rep")]
+
+
+def open_with_link(app, page: str, **link) -> AppTest:
+    app.query_params.update(link)
+    app.run()
+    if page != "views/recommend.py":
+        app.switch_page(page)
+        app.query_params.clear()
+        app.query_params.update(link)
+        app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+@pytest.mark.parametrize(("page", "prefix"), PICKER_PAGES)
+def test_every_picker_names_an_unknown_user_in_the_link_alike(app, page, prefix):
+    at = open_with_link(app, page, user="no-such-user")
+    first_user = at.selectbox(key=f"{prefix}_user").options[0]
+    assert at.radio(key=f"{prefix}_mode").value == "User"
+    assert at.selectbox(key=f"{prefix}_user").value == first_user
+    assert [e.value for e in at.error if "Unknown user in the link" in e.value] == [
+        f"Unknown user in the link: `no\\-such\\-user`. Showing user `{first_user}` instead; pick another below."]
+
+
+@pytest.mark.parametrize(("page", "prefix"), PICKER_PAGES)
+def test_every_picker_opens_a_query_from_the_link(app, page, prefix):
+    at = open_with_link(app, page, query="wool sock")
+    assert at.radio(key=f"{prefix}_mode").value == "Query"
+    assert at.text_input(key=f"{prefix}_query").value == "wool sock"
+    assert not at.error

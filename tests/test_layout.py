@@ -151,3 +151,8 @@ def test_the_circle_finder_sees_one_hidden_in_a_function(tmp_path):
     graph = import_graph(tmp_path)
     assert graph["data.io"] == {"data.adapters.amazon"} and graph["data.schema"] == {"data.io"}
     assert import_cycles(graph) == [["data.adapters.amazon", "data.io", "data.adapters.amazon"]]
+
+
+def test_the_user_or_query_chooser_is_written_once():
+    drawn_in = [p.name for p in _modules("views") if '["User", "Query"]' in p.read_text()]
+    assert drawn_in == ["pickers.py"]  # Recommend, Compare and Report call views.pickers.audience_picker

@@ -150,6 +150,15 @@ def test_words_by_category_count_items_and_shares(words):
 def test_words_progress_counts_pairs(words):
     _, calls = words
     assert [(d, t) for d, t, _ in calls] == [(i, 6) for i in range(1, 7)]
+    assert [label for _, _, label in calls] == [f"explained {i} / 6 users' top items" for i in range(1, 7)]
+
+
+def test_importance_progress_says_how_many_users_are_done(recommender):
+    calls = []
+    behaviour_importance(recommender, n_users=4, k=2, progress=lambda *call: calls.append(call))
+    labels = [label for _, _, label in calls]
+    assert labels[:4] == [f"ranked {i} / 4 users" for i in range(1, 5)]  # a bar reads "ranked 3 / 4 users"
+    assert labels[4:-1] == [f"SHAP values for {i} / 4 users" for i in range(1, 5)]
 
 
 def test_no_words_give_an_empty_table():
@@ -232,3 +241,4 @@ def test_empty_importance_has_a_summary():
                                 np.zeros(0), 0.0)
     assert empty.completeness_gap == 0.0
     assert len(empty.summary()) == len(FEATURES)
+

@@ -37,7 +37,11 @@ $(DEMO)/.train-options: FORCE
 $(DEMO)/model/config.json: $(DEMO)/data/events.csv data/features.py model/recommender.py model/train.py $(DEMO)/.train-options | $(STAMP)
 	$(PY) -m model train --data $(DEMO)/data --out $(DEMO)/model $(DEMO_TRAIN)
 
-demo: $(STAMP) $(DEMO)/data/events.csv $(DEMO)/model/config.json
+# The Insights page's default sample, computed once beside the model so that the page's first visit is instant.
+$(DEMO)/model/insights.json: $(DEMO)/model/config.json explain/insights.py | $(STAMP)
+	$(PY) -m explain insights --model $(DEMO)/model --data $(DEMO)/data --out $@
+
+demo: $(STAMP) $(DEMO)/data/events.csv $(DEMO)/model/config.json $(DEMO)/model/insights.json
 
 run: demo
 	WHYREC_DATA=$(DATA) WHYREC_MODEL=$(MODEL) $(PY) -m streamlit run app.py --server.port $(PORT) \

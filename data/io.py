@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import gzip
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
+from data.adapters import amazon, movielens, recbole
 from data.errors import DataError
 from data.schema import (
     Dataset,
@@ -19,15 +18,9 @@ from data.schema import (
     normalise_items,
     row_locator,
 )
+from data.text_files import read_json_lines
 
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-
-
-def open_text(path: Path):
-    """Open a text file, transparently gunzipping `.gz`."""
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", errors="strict")
-    return open(path, encoding="utf-8", errors="strict")
 
 
 def read_table(path: Path) -> tuple[pd.DataFrame, Locator]:
@@ -63,33 +56,6 @@ def _read_parquet(path: Path) -> pd.DataFrame:
         return pq.read_table(path).to_pandas()
     except (pyarrow.ArrowInvalid, OSError) as exc:
         raise DataError(f"not a readable Parquet file ({str(exc).splitlines()[0]})", file=str(path)) from exc
-
-
-def read_json_lines(path: Path, parse: Callable[[str], object] = json.loads) -> pd.DataFrame:
-    """JSON Lines into a frame; a broken line raises a DataError naming it. `parse` reads one line."""
-    records, numbers = [], []
-    try:
-        with open_text(path) as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = parse(line)
-                except (ValueError, SyntaxError) as exc:
-                    raise DataError(f"broken JSON line ({exc.__class__.__name__})", file=str(path), line=number,
-                                    value=line.strip()) from None
-                if not isinstance(record, dict):
-                    raise DataError("a JSON line must hold an object", file=str(path), line=number, value=line.strip())
-                records.append(record)
-                numbers.append(number)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"not a UTF-8 text file (byte {exc.start} cannot be decoded)", file=str(path)) from exc
-    except (gzip.BadGzipFile, EOFError) as exc:
-        raise DataError(f"not a readable gzip file ({exc})", file=str(path)) from exc
-    if not records:
-        raise DataError("file is empty", file=str(path))
-    # The index holds each record's physical line, so errors found later still name the right line.
-    return pd.DataFrame.from_records(records, index=pd.Index(numbers, name="line"))
 
 
 def find_table(directory: Path, stem: str, prefer: str | None = None) -> Path:
@@ -144,20 +110,14 @@ def write_tables(dataset: Dataset, directory: Path, kind: str = "csv") -> None:
 # ---------------------------------------------------------------------------------------------
 # Formats and their detection. Adapters live in data/adapters/; each has detect(path) and load(path).
 
-
-def _adapters() -> dict:
-    from data.adapters import amazon, movielens, recbole
-
-    return {"amazon": amazon, "movielens": movielens, "recbole": recbole}
-
-
+ADAPTERS = {"amazon": amazon, "movielens": movielens, "recbole": recbole}
 FORMATS = ("auto", "table", "csv", "parquet", "jsonl", "amazon", "movielens", "recbole")
 
 
 def detect_format(path: Path) -> str:
     if path.is_dir() and any((path / f"items{s}").exists() for s in TABLE_SUFFIXES):
         return "table"
-    for name, adapter in _adapters().items():
+    for name, adapter in ADAPTERS.items():
         if adapter.detect(path):
             return name
     raise DataError(
@@ -180,4 +140,4 @@ def load_dataset(path: str | Path, format: str = "auto") -> Dataset:
         if not path.is_dir():
             raise DataError("the table layout is a directory holding items.* and events.*", file=str(path))
         return load_tables(path, prefer=None if format == "table" else format)
-    return _adapters()[format].load(path)
+    return ADAPTERS[format].load(path)

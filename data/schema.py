@@ -65,6 +65,13 @@ def item_text(title, brand=None, category=None, description=None) -> str:
     return item_text_layout(title, brand, category, description)[0]
 
 
+def item_texts(dataset: Dataset) -> list[str]:
+    """Every catalog item's `item_text`, in catalog order: what the encoder embeds, in training and evaluation."""
+    items = dataset.items
+    return [item_text(t, b, c, d) for t, b, c, d in
+            zip(items["title"], items["brand"], items["category"], items["description"])]
+
+
 def item_text_layout(title, brand=None, category=None, description=None) -> tuple[str, tuple[tuple[int, int], ...]]:
     """`item_text` and the character spans of its template: the field labels and the separators between fields.
 

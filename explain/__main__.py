@@ -1,8 +1,10 @@
-"""Command line for explanations: why one item got its score, why one scored above another, and exported reports."""
+"""Command line for explanations: why one item got its score, why one scored above another, exported reports, and
+the Insights page's samples computed ahead of time."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from data.cli import run
 from explain.gradients import BASELINES, DEFAULT_BASELINE, N_STEPS_RANGE
+from explain.insights import DEFAULT_K, DEFAULT_PAIRS, DEFAULT_STEPS, DEFAULT_USERS
 from explain.report import FORMATS
 
 TOP = 5  # entries shown per part
@@ -49,8 +52,23 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--format", choices=FORMATS, help="with --users: the format of each file (default html)")
     report.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    insights = commands.add_parser("insights", help="compute the Insights page's samples ahead of time, so that its "
+                                                    "first visit is instant")
+    insights.add_argument("--model", required=True, type=Path, help="checkpoint directory")
+    insights.add_argument("--data", type=Path, help="the data the dashboard serves with the model (default: the "
+                                                    "model's own); the page uses the file only for the same data")
+    insights.add_argument("--out", type=Path, help="where to write (default: MODEL/insights.json, where the page "
+                                                   "looks)")
+    insights.add_argument("--users", type=int, default=DEFAULT_USERS, help=f"users sampled (default {DEFAULT_USERS})")
+    insights.add_argument("--k", type=int, default=DEFAULT_K, help=f"their top items explained (default {DEFAULT_K})")
+    insights.add_argument("--pairs", type=int, default=DEFAULT_PAIRS,
+                          help=f"users whose top item's words are explained (default {DEFAULT_PAIRS})")
+    insights.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                          help=f"Integrated Gradients steps for the words (default {DEFAULT_STEPS})")
+    insights.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     args = parser.parse_args(argv)
-    return run({"item": _item, "pair": _pair, "report": _report}, args)
+    return run({"item": _item, "pair": _pair, "report": _report, "insights": _insights}, args)
 
 
 def _context_arguments(parser: argparse.ArgumentParser) -> None:
@@ -147,6 +165,47 @@ def _batch(args) -> int:
           + (f"; skipped {len(result.unknown)} unknown users" if result.unknown else "")
           + (f"; {len(result.failed)} failed" if result.failed else ""))
     return 0
+
+
+def _insights(args) -> int:
+    from explain.insights_file import INSIGHTS_FILE, precompute, write_insights
+
+    _threads()
+    out = args.out or args.model / INSIGHTS_FILE
+    recommender = _open(args.model, args.data)
+    with _progress_bar("behaviour importance", args.no_progress) as importance, \
+            _progress_bar("driving words", args.no_progress) as words:
+        insights = precompute(recommender, args.users, args.k, args.pairs, args.steps, importance_progress=importance,
+                              words_progress=words)
+    path = write_insights(insights, out)
+    print(f"wrote {path} ({len(insights.importance)} rows of behaviour importance, "
+          f"{len(insights.words.pairs)} items' words, {insights.seconds:.1f} s)")
+    return 0
+
+
+@contextlib.contextmanager
+def _progress_bar(description: str, disable: bool):
+    """The `progress(done, total, label)` hook of a tqdm bar on stderr, drawn from its first call and closed when
+    done reaches total, so that bars for work done one after another show one after another."""
+    from tqdm.auto import tqdm
+
+    bars = []
+
+    def progress(done: int, total: int, label: str) -> None:
+        if not bars:
+            bars.append(tqdm(desc=description, total=total, file=sys.stderr, disable=disable))
+        bar = bars[0]
+        bar.total = total
+        bar.set_postfix_str(label[:40], refresh=False)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    try:
+        yield progress
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 def _user_ids(given: str) -> list[str]:

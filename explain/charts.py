@@ -27,6 +27,7 @@ PART_LABELS = {
     "behaviour_full": "Behaviour features",
 }
 PUNCTUATION = set(".,;:!?)]}%'\"")
+X_TICKS = 3  # the most value labels a bar chart's x axis shows (see _bars)
 
 
 def escape(text) -> str:
@@ -37,6 +38,16 @@ def escape(text) -> str:
 def _clip(text: str, limit: int = 60) -> str:
     text = str(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def age_label(days: float) -> str:
+    """An age in days (model.sequences.age_days, from the moment scored) as a person reads it: "just now" within
+    the hour, then hours, then days."""
+    if days < 1 / 24:
+        return "just now"
+    if days < 1:
+        return f"{days * 24:.0f} h ago"
+    return f"{days:.0f} d ago"
 
 
 def _layout(figure: go.Figure, title: str, height: int) -> go.Figure:
@@ -87,7 +98,10 @@ def _bars(names, values, hover, title: str, axis: str, notes=None) -> go.Figure:
     figure.update_layout(yaxis={**row_axis, "ticktext": labels},
                          yaxis2={**row_axis, "ticktext": [f"{v:+.3f}" for v in values], "overlaying": "y",
                                  "side": "right", "matches": "y", "showgrid": False})
-    figure.update_xaxes(title_text=axis, nticks=5, tickformat=".2f", automargin=True)
+    # Half a page wide, the names and the values column leave the plot itself ~100 px at 1440 px: five ".2f" labels
+    # ran into one another ("0.000.100.200.30"). At most three, without trailing zeros, keep apart; the exact
+    # values are in the column on the right.
+    figure.update_xaxes(title_text=axis, nticks=X_TICKS, tickformat="~g", tickfont={"size": 11}, automargin=True)
     return _layout(figure, title, 70 + (28 if notes is None else 40) * max(3, len(names)))
 
 
@@ -107,7 +121,7 @@ def history_bars(explanation: Explanation, top: int = 8) -> go.Figure | None:
     entries = [(part.names[i], part.values[i], part.details[i]) for i in items]
     # The title on the first line, the event and its age always whole on the second: a long title would push
     # them out of a one-line label, and the plot would be left too narrow for its axis title.
-    notes = [f"{d.get('event', '')}, {d.get('age_days', 0):.0f} d ago" for _, _, d in entries]
+    notes = [f"{d.get('event', '')}, {age_label(d.get('age_days', 0.0))}" for _, _, d in entries]
     hover = [f"{d.get('title', n)} · {note} · removing it: {-d['removal_effect']:+.3f}"
              if "removal_effect" in d else f"{d.get('title', n)} · {note}" for (n, _, d), note in zip(entries, notes)]
     title = "Past interactions that mattered"

@@ -42,9 +42,8 @@ from explain.gradients import (
     text_baseline,
     token_entries,
 )
-from model.sequences import NS_PER_MINUTE
+from model.sequences import age_days
 
-NS_PER_DAY = NS_PER_MINUTE * 60 * 24
 DRILL_DOWN_UNITS = 3  # history items opened to their words: the ones a person reads first
 EXACT_PLAYERS = 8  # Shapley values (bench/history.py compares them): up to 2^8 = 256 subsets, exact
 PERMUTATIONS = 32  # past that, random orders (16 and their reverses)
@@ -76,7 +75,7 @@ def history_units(recommender, context, view) -> list[dict]:
             "item_id": str(row.item_id),
             "title": str(row.title),
             "event": EVENT_TYPES[code - 1] if code > 0 else "unknown",
-            "age_days": round(float((context.moment_ns - int(history.first_touch[offset + t])) / NS_PER_DAY), 6),
+            "age_days": round(age_days(context.moment_ns, int(history.first_touch[offset + t])), 6),
         })
     return units
 
@@ -229,7 +228,7 @@ class HistoryAttributor:
             details.append({
                 "item_id": player.item_ids[0] if single else None, "title": player.name,
                 "items": list(player.item_ids), "event": player.last_event, "events": player.events,
-                "age_days": round((context.moment_ns - player.last_touch_ns) / NS_PER_DAY, 6),
+                "age_days": round(age_days(context.moment_ns, player.last_touch_ns), 6),
                 "removal_effect": float(effects[p]),
                 "unit": units.get(player.item_index[0]) if single else None,
             })

@@ -11,7 +11,9 @@ Three global views, each from a seeded sample so that the same settings give the
 - `metrics_comparison`: the model's ranking metrics beside its baselines', from the checkpoint's metrics and
   its evaluation report (`python -m model evaluate --json <checkpoint>/evaluation.json`).
 
-Long runs call `progress(done, total, label)` as they go.
+Long runs call `progress(done, total, label)` as they go; the label counts the users done ("12 / 200 users").
+Both results turn into JSON and back (`to_dict`, `from_dict`), so they can be computed ahead of time
+(explain.insights_file).
 """
 
 from __future__ import annotations
@@ -111,6 +113,30 @@ class BehaviourImportance:
             return 0.0
         return float(np.max(np.abs(self.base_values + self.values.sum(axis=1) - self.scores)))
 
+    def to_dict(self) -> dict:
+        return {"user_ids": list(self.user_ids), "item_ids": list(self.item_ids), "ranks": list(self.ranks),
+                "features": self.features.tolist(), "values": self.values.tolist(), "scores": self.scores.tolist(),
+                "base_values": self.base_values.tolist(), "parameters": self.parameters}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BehaviourImportance:
+        """The inverse of `to_dict`; ExplanationError when the rows do not fit together or the features changed."""
+        try:
+            user_ids, item_ids = tuple(map(str, data["user_ids"])), tuple(map(str, data["item_ids"]))
+            ranks = tuple(int(r) for r in data["ranks"])
+            n, width = len(user_ids), len(FEATURES)
+            features, values = (np.asarray(data[key], dtype=np.float64).reshape(n, width)
+                                for key in ("features", "values"))
+            scores, base_values = (np.asarray(data[key], dtype=np.float64).reshape(n)
+                                   for key in ("scores", "base_values"))
+            parameters = dict(data["parameters"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ExplanationError(f"behaviour importance is incomplete or does not fit {len(FEATURES)} features "
+                                   f"({exc})") from exc
+        if not len(item_ids) == len(ranks) == n:
+            raise ExplanationError(f"behaviour importance has {n} users, {len(item_ids)} items, {len(ranks)} ranks")
+        return cls(user_ids, item_ids, ranks, features, values, scores, base_values, parameters)
+
     def summary(self) -> pd.DataFrame:
         """One row per feature, the most important first: mean |SHAP|, mean SHAP and the range of its values."""
         rows = []
@@ -147,14 +173,15 @@ def behaviour_importance(recommender, n_users: int = DEFAULT_USERS, k: int = DEF
             user_of.extend([user] * len(top))
             item_ids.extend(top)
             ranks.extend(range(1, len(top) + 1))
-        progress(done, total, "ranking the sampled users")
+        progress(done, total, f"ranked {done} / {len(users)} users")
     values, base_values = [np.zeros((0, len(FEATURES)))], [np.zeros(0)]
     for done, (context, rows) in enumerate(shown, start=1):
         reference = context_background(recommender, context, background_size, BACKGROUND_SEED)
         user_values, user_bases = exact_shap(score, reference, rows.astype(np.float64))
         values.append(user_values)
         base_values.append(user_bases)
-        progress(len(users) + math.ceil(len(users) * done / len(shown)), total, "SHAP values of the rows")
+        progress(len(users) + math.ceil(len(users) * done / len(shown)), total,
+                 f"SHAP values for {done} / {len(shown)} users")
     progress(total, total, "done")
     features = np.concatenate([np.zeros((0, len(FEATURES))), *(rows for _, rows in shown)]).astype(np.float64)
     parameters = {"n_users": len(users), "k": k, "seed": seed, "rows": len(features), "algorithm": "exact",
@@ -181,6 +208,26 @@ class DrivingWords:
     pairs: pd.DataFrame
     words: pd.DataFrame
     parameters: dict = field(default_factory=dict)
+
+    PAIR_COLUMNS = ("user_id", "item_id", "title", "category", "score")
+    WORD_COLUMNS = ("user_id", "item_id", "category", "word", "value", "rank")
+
+    def to_dict(self) -> dict:
+        return {"pairs": self.pairs.to_dict(orient="records"), "words": self.words.to_dict(orient="records"),
+                "parameters": self.parameters}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DrivingWords:
+        """The inverse of `to_dict`; ExplanationError when a row lacks a column."""
+        try:
+            pairs, words = (pd.DataFrame.from_records(list(data[key]), columns=list(columns))
+                            for key, columns in (("pairs", cls.PAIR_COLUMNS), ("words", cls.WORD_COLUMNS)))
+            parameters = dict(data["parameters"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ExplanationError(f"driving words are incomplete ({exc})") from exc
+        if pairs.isna().any().any() or words.isna().any().any():
+            raise ExplanationError("driving words are incomplete (a row lacks a column)")
+        return cls(pairs, words.astype({"value": float, "rank": int}), parameters)
 
     def by_category(self, per_category: int = 5) -> pd.DataFrame:
         """Per category, its most frequent driving words: in how many of its items' top words, and how strongly.
@@ -246,14 +293,11 @@ def driving_words(recommender, n_pairs: int = DEFAULT_PAIRS, seed: int = SAMPLE_
             for rank, (word, value) in enumerate(item_words(explanation, top), start=1):
                 words.append({"user_id": user, "item_id": item_id, "category": category, "word": word,
                               "value": value, "rank": rank})
-        progress(done, len(users), f"explaining pair {done} of {len(users)}")
+        progress(done, len(users), f"explained {done} / {len(users)} users' top items")
     parameters = {"n_pairs": len(pairs), "seed": seed, "n_steps": n_steps, "top": top,
                   "checkpoint_id": recommender.checkpoint_id, "seconds": time.perf_counter() - started}
-    return DrivingWords(
-        pd.DataFrame(pairs, columns=["user_id", "item_id", "title", "category", "score"]),
-        pd.DataFrame(words, columns=["user_id", "item_id", "category", "word", "value", "rank"]),
-        parameters,
-    )
+    return DrivingWords(pd.DataFrame(pairs, columns=list(DrivingWords.PAIR_COLUMNS)),
+                        pd.DataFrame(words, columns=list(DrivingWords.WORD_COLUMNS)), parameters)
 
 
 # ---- metrics -----------------------------------------------------------------------------------------------------

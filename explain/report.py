@@ -2,6 +2,7 @@
 
     report = build_report(recommender, user_id=None, query=None, k=10, n_steps=50, *, progress=None)
     write_report(report, "alice.html")      # or .pdf / .json, by suffix; written atomically
+    to_html(report), to_pdf(report), report.to_json()       # a file's content, in memory
     export_batch(recommender, user_ids, out_dir, fmt="html")   # one file per user; unknown users reported
 
 The ranked list is `Recommender.recommend` and each item's explanation is `explain(...)` for the same user and
@@ -11,34 +12,12 @@ Security Policy that lets the page fetch nothing); the PDF is the same page with
 headless Chromium: the charts become vector drawings and the text stays text. The browser is BROWSER_PATH,
 else the one kaleido would use (its own download, then PATH and the usual install places); nothing is
 downloaded.
-
-JSON schema (`Report.to_dict`, `schema_version` 2: its explanations are explain.base's version 2; a version-1
-report is refused with a message that says why):
-
-    {
-      "schema": "whyrec-report", "schema_version": 2,
-      "user_id": str | null, "query": str | null, "mode": "user" | "query" | "user+query" | "popularity",
-      "notes": [str],                 # what the ranking had to assume (no history, a cut query, ...)
-      "provenance": {
-          "checkpoint_id": str, "model_created": str | null, "base_encoder": str | null,
-          "data_fingerprint": str,        # the data served; "model_data_fingerprint": the data the model saw
-          "model_data_fingerprint": str | null, "data_source": str,
-          "parameters": {"k", "mode", "user_id", "query", "n_steps", "method", "internal_batch_size",
-                         "baseline", "baseline_meaning", "drill_down", "exclude_seen"},
-          "created": str,                 # ISO-8601 UTC, when the report was built
-          "seconds": float,               # how long it took to build
-          "versions": {str: str | null}   # whyrec, python, torch, transformers, captum, shap, plotly, ...
-      },
-      "items": [{"rank": int, "item_id": str, "title": str, "score": float,
-                 "explanation": {...}}]   # rank order; each explanation in the explain.base schema
-    }
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import json
 import os
 import platform
 import re
@@ -49,114 +28,42 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from data.errors import WhyRecError
-from explain.base import Explanation
 from explain.errors import ExplanationError
 from explain.explanations import explain
 from explain.gradients import PathSettings
 from explain.report_page import page
+from explain.report_record import Report, ReportError, ReportItem
 
 FORMATS = ("html", "pdf", "json")
-SCHEMA = "whyrec-report"
-SCHEMA_VERSION = 2
 # What a reader needs to repeat the numbers: the stack that computed them.
 PACKAGES = ("torch", "transformers", "tokenizers", "captum", "shap", "numpy", "pandas", "plotly", "kaleido")
 PDF_TIMEOUT_S = 180  # a report of 50 items prints in well under a minute; past this the browser is stuck
 NO_BROWSER = "PDF export needs Chromium (or Chrome): apt-get install chromium, or set BROWSER_PATH=/path/to/chromium"
 
 
-class ReportError(ExplanationError):
-    """A report that cannot be built or written as asked: unknown user, bad k, unwritable path, no browser."""
+def to_html(report: Report) -> str:
+    """One self-contained page: summary, one section per item, provenance; works offline."""
+    return page(report, static=False)
 
 
-@dataclass(frozen=True)
-class ReportItem:
-    """One ranked item and why it got its score."""
-
-    rank: int  # 1-based, as ranked
-    item_id: str
-    title: str
-    score: float  # the served score (Recommender.recommend); the explanation splits the same number
-    explanation: Explanation
-
-    def to_dict(self) -> dict:
-        return {"rank": self.rank, "item_id": self.item_id, "title": self.title, "score": self.score,
-                "explanation": self.explanation.to_dict()}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ReportItem:
-        try:
-            return cls(int(data["rank"]), str(data["item_id"]), str(data["title"]), float(data["score"]),
-                       Explanation.from_dict(data["explanation"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ReportError(f"report item is incomplete or malformed ({exc})") from exc
+def to_pdf(report: Report, *, browser: str | Path | None = None) -> bytes:
+    """The page with static charts, printed to A4 by a headless Chromium (`browser`, else found as kaleido does)."""
+    return _print_to_pdf(page(report, static=True), find_browser(browser))
 
 
-@dataclass
-class Report:
-    """The top-k of one user or query, each item with its explanation, and where every number came from."""
-
-    user_id: str | None
-    query: str | None
-    mode: str  # how the ranking was made: "user", "query", "user+query", "popularity"
-    items: list[ReportItem]  # rank order
-    provenance: dict  # see the module docstring
-    notes: tuple[str, ...] = field(default=())
-
-    def to_dict(self) -> dict:
-        return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "provenance": self.provenance,
-                "user_id": self.user_id, "query": self.query, "mode": self.mode, "notes": list(self.notes),
-                "items": [item.to_dict() for item in self.items]}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Report:
-        if not isinstance(data, dict):
-            raise ReportError(f"a report is a JSON object, not {type(data).__name__}")
-        if data.get("schema") != SCHEMA:
-            raise ReportError(f"schema is {data.get('schema')!r}, expected {SCHEMA!r}")
-        if data.get("schema_version") == 1:
-            raise ReportError("this report is schema_version 1, from an earlier WhyRec whose history part was "
-                              "Integrated Gradients over the user state; export it again to get version 2")
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise ReportError(f"report schema_version {data.get('schema_version')!r}; this WhyRec reads "
-                              f"version {SCHEMA_VERSION}")
-        try:
-            return cls(data["user_id"], data["query"], data["mode"],
-                       [ReportItem.from_dict(item) for item in data["items"]], dict(data["provenance"]),
-                       tuple(data.get("notes", ())))
-        except (KeyError, TypeError) as exc:
-            raise ReportError(f"report is incomplete ({exc})") from exc
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False, ensure_ascii=False)
-
-    @classmethod
-    def from_json(cls, text: str) -> Report:
-        try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as exc:
-            raise ReportError(f"not valid JSON ({exc})") from exc
-
-    def to_html(self) -> str:
-        """One self-contained page: summary, one section per item, provenance; works offline."""
-        return page(self, static=False)
-
-    def to_pdf(self, *, browser: str | Path | None = None) -> bytes:
-        """The page with static charts, printed to A4 by a headless Chromium (`browser`, else found as kaleido does)."""
-        return _print_to_pdf(page(self, static=True), find_browser(browser))
-
-    def render(self, fmt: str) -> bytes:
-        """The report as the bytes of one file in `fmt` (one of FORMATS)."""
-        fmt = _format_name(fmt)
-        if fmt == "pdf":
-            return self.to_pdf()
-        return (self.to_html() if fmt == "html" else self.to_json()).encode("utf-8")
+def render(report: Report, fmt: str) -> bytes:
+    """The report as the bytes of one file in `fmt` (one of FORMATS)."""
+    fmt = _format_name(fmt)
+    if fmt == "pdf":
+        return to_pdf(report)
+    return (to_html(report) if fmt == "html" else report.to_json()).encode("utf-8")
 
 
 # ---- building ---------------------------------------------------------------------------------------------------
@@ -269,7 +176,7 @@ def check_output(path: str | Path) -> Path:
 def write_report(report: Report, path: str | Path) -> Path:
     """Write the report in the format its suffix names; atomically, so nothing half-written is ever left."""
     path = Path(path)
-    content = report.render(output_format(path))  # render first: a failed PDF leaves no file at all
+    content = render(report, output_format(path))  # render first: a failed PDF leaves no file at all
     _write_atomically(path, content)
     return path
 

@@ -1,6 +1,6 @@
 """A report as one HTML page: summary of the top-k, one section per item, what the features mean, provenance.
 
-The interactive page (`static=False`) is what `Report.to_html` writes; the static one is what the PDF prints:
+The interactive page (`static=False`) is what `explain.report.to_html` writes; the static one is what the PDF prints:
 charts a page wide and drawn once, with no hover. Both draw the dashboard's own charts and fragments
 (explain.charts) and pass every string from data through its `escape`.
 """
@@ -8,7 +8,6 @@ charts a page wide and drawn once, with no hover. Both draw the dashboard's own 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 from explain.base import Explanation
 from explain.charts import (
@@ -22,9 +21,7 @@ from explain.charts import (
     waterfall,
 )
 from explain.explanations import FLAGS
-
-if TYPE_CHECKING:
-    from explain.report import Report, ReportItem
+from explain.report_record import Report, ReportItem
 
 PRINT_WIDTH = 680  # px: a chart as wide as an A4 page inside 12 mm margins (794 px at 96 dpi)
 # The page may run its own inline scripts and styles and show data: images, and fetch nothing at all.

@@ -177,8 +177,8 @@ def untuned_text_embeddings(recommender) -> tuple[torch.Tensor, str]:
         return encoder_embeddings(recommender), "the checkpoint's frozen-encoder item embeddings"
     base = recommender.metadata.get("base_encoder") or None
     try:
+        from data.schema import item_texts
         from model.encoder import TextEncoder, load_encoder
-        from model.train import item_texts
 
         transformer, tokenizer = load_encoder(base)
         embeddings = TextEncoder(transformer, tokenizer).embed(item_texts(recommender.dataset),

@@ -16,6 +16,7 @@ from model.recommender import gap_bucket
 EVENT_STRENGTH = {"view": 1, "cart": 2, "rating": 3, "purchase": 4}
 _CODE_BY_STRENGTH = {s: EVENT_TYPES.index(e) + 1 for e, s in EVENT_STRENGTH.items()}
 NS_PER_MINUTE = 60 * 10**9
+NS_PER_DAY = NS_PER_MINUTE * 60 * 24
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,15 @@ class UserHistory:
     def end(self) -> int:
         """The moment of the latest event, ns."""
         return int(self.last_touch.max()) if len(self) else 0
+
+
+def age_days(moment_ns: int, touched_ns):
+    """How many days before `moment_ns` something happened at `touched_ns` (ns; a number or an array), never
+    negative. Every age the app shows is measured with this one clock from the moment scored
+    (`Context.moment_ns`, `Recommender.serving_moment`), so the profile, the explanation and the what-if agree."""
+    days = (np.asarray(moment_ns, dtype=np.int64) - np.asarray(touched_ns, dtype=np.int64)) / NS_PER_DAY
+    days = np.maximum(days, 0.0)
+    return float(days) if days.ndim == 0 else days
 
 
 def build_histories(events: pd.DataFrame, item_position: dict[str, int]) -> dict[str, UserHistory]:

@@ -193,6 +193,12 @@ class Recommender:
             embedding = encoder(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
             return self.net.query_vector(embedding)[0].float(), bool(batch["truncated"][0])
 
+    def serving_moment(self, user_id: str | None = None) -> int:
+        """The moment (ns) a context for this user, or for no user, is scored at: just after the data's last event.
+        Ages shown beside a ranking count back from it (model.sequences.age_days)."""
+        history = self.histories.get(user_id) if user_id is not None else None
+        return self._moment(None, history if history is not None else empty_history("anonymous"))
+
     def _moment(self, at, history: UserHistory) -> int:
         if at is not None:
             return int(pd.Timestamp(at).value)

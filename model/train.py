@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from data.features import FEATURES
 from data.quality import quality_report
-from data.schema import Dataset
+from data.schema import Dataset, item_texts
 from data.split import leave_last_out
 from model import checkpoint
 from model.encoder import TextEncoder, load_encoder, pick_device, resolve_encoder
@@ -65,14 +65,6 @@ class TrainConfig:
         if unknown:
             raise ModelError(f"unknown TrainConfig keys: {', '.join(unknown)}")
         return cls(**values)
-
-
-def item_texts(dataset: Dataset) -> list[str]:
-    from data.schema import item_text
-
-    items = dataset.items
-    return [item_text(t, b, c, d) for t, b, c, d in
-            zip(items["title"], items["brand"], items["category"], items["description"])]
 
 
 def pseudo_queries(dataset: Dataset, seed: int) -> list[str]:

@@ -151,3 +151,139 @@ def test_the_warm_up_is_waited_for_at_exit_even_when_a_daemon_thread_starts_it(t
     assert not warm_up.daemon  # a daemon thread still in torch when the interpreter finalises aborts the process
     warm_up.join(120)
     assert not warm_up.is_alive()
+
+
+# ---- ages: one clock, the moment scored ------------------------------------------------------------------------
+
+def a_user_idle_before_the_end(recommender, days: float = 2.0) -> str:
+    """A user whose last event is at least `days` before the data's last moment."""
+    from model.sequences import age_days
+
+    moment = recommender.serving_moment()
+    return next(u for u in recommender.user_ids
+                if len(recommender.histories[u]) >= 3 and age_days(moment, recommender.histories[u].end) >= days)
+
+
+def test_profile_ages_count_from_the_moment_scored(app, recommender):
+    from explain.charts import age_label
+    from model.sequences import age_days
+
+    user = a_user_idle_before_the_end(recommender)
+    moment = recommender.context(user).moment_ns  # the moment the list and its explanations are scored at
+    history = recommender.histories[user]
+    expected = [age_label(age_days(moment, t)) for t in history.last_touch[::-1][:8]]
+    app.query_params["user"] = user
+    app.run()
+    assert not app.exception and not app.error
+    card = next(t.value for t in app.dataframe if "age" in t.value.columns)
+    assert list(card["age"]) == expected
+    assert "just now" not in expected  # measured from the user's own last event, the first row would say so
+    # The explanation's history ages read the same clock.
+    explained = recommender.histories[user].first_touch
+    chart = next(str(c.proto) for c in app.get("plotly_chart") if "Past interactions" in str(c.proto))
+    assert any(age_label(age_days(moment, t)) in chart for t in explained)
+
+
+def test_whatif_history_ages_count_from_the_moment_scored(app, recommender):
+    from explain.charts import age_label
+    from model.sequences import age_days
+
+    user = a_user_idle_before_the_end(recommender)
+    moment = recommender.context(user).moment_ns
+    app.query_params["user"] = user
+    app.run()
+    app.switch_page("views/whatif.py").run()
+    assert not app.exception
+    events = recommender.dataset.user_events(user)
+    last = events.groupby("item_id")["timestamp"].max()
+    labels = app.multiselect(key="wi_remove").options
+    assert len(labels) == len(last)
+    for item_id, when in last.items():
+        title = recommender.dataset.item(item_id).title
+        assert any(label.startswith(title) and label.endswith(", " + age_label(age_days(moment, when.value)))
+                   for label in labels), (title, labels)
+
+
+# ---- a catalog smaller than the pages' usual k ---------------------------------------------------------------
+
+SMALL_CATALOG = 5
+
+
+@pytest.fixture(scope="module")
+def small_catalog(tmp_path_factory, tiny_encoder, tiny_shop):
+    """The tiny shop cut to its five busiest items, and a tiny model trained on it."""
+    from data.schema import make_dataset
+    from model.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("small-catalog")
+    keep = tiny_shop.events["item_id"].value_counts().index[:SMALL_CATALOG]
+    shop = make_dataset(tiny_shop.items[tiny_shop.items["item_id"].isin(keep)],
+                        tiny_shop.events[tiny_shop.events["item_id"].isin(keep)], source="small", format="table")
+    write_tables(shop, root / "data")
+    train(shop, root / "model", model_overrides={"dim": 16, "max_item_tokens": 24, "max_query_tokens": 16},
+          base_model=str(tiny_encoder), train_config=TrainConfig(epochs=1, batch_size=16, behaviour_epochs=1),
+          progress=False, log=lambda *_: None)
+    return root
+
+
+@pytest.fixture()
+def small_app(monkeypatch, small_catalog):
+    monkeypatch.setenv("WHYREC_MODEL", str(small_catalog / "model"))
+    monkeypatch.setenv("WHYREC_DATA", str(small_catalog / "data"))
+    return AppTest.from_file(APP, default_timeout=180)
+
+
+def test_recommend_on_a_catalog_of_five_items_offers_at_most_five(small_app):
+    small_app.run()
+    assert not small_app.exception
+    assert not small_app.error, [e.value for e in small_app.error]
+    slider = small_app.slider(key="rec_k")
+    assert slider.max == SMALL_CATALOG and slider.value == SMALL_CATALOG and slider.min >= 1
+    assert 0 < len(ranked_table(small_app)) <= SMALL_CATALOG
+
+
+@pytest.mark.parametrize(("page", "key"), [("views/whatif.py", "wi_k"), ("views/report.py", "rep_k"),
+                                           ("views/insights.py", "ins_k")])
+def test_every_k_on_a_small_catalog_fits_it_even_from_a_link(small_app, page, key):
+    small_app.run()
+    small_app.query_params.update({"k": "20", "users": "10", "pairs": "10", "steps": "8"})
+    small_app.switch_page(page).run()
+    assert not small_app.exception, small_app.exception
+    assert not small_app.error, [e.value for e in small_app.error]
+    slider = small_app.slider(key=key)
+    assert slider.max <= SMALL_CATALOG and slider.value <= SMALL_CATALOG
+
+
+# ---- one "user or query" picker on the Recommend, Compare and Report pages ----------------------------------------
+
+PICKER_PAGES = [("views/recommend.py", "rec"), ("views/compare.py", "cmp"), ("views/report.py", "rep")]
+
+
+def open_with_link(app, page: str, **link) -> AppTest:
+    app.query_params.update(link)
+    app.run()
+    if page != "views/recommend.py":
+        app.switch_page(page)
+        app.query_params.clear()
+        app.query_params.update(link)
+        app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+@pytest.mark.parametrize(("page", "prefix"), PICKER_PAGES)
+def test_every_picker_names_an_unknown_user_in_the_link_alike(app, page, prefix):
+    at = open_with_link(app, page, user="no-such-user")
+    first_user = at.selectbox(key=f"{prefix}_user").options[0]
+    assert at.radio(key=f"{prefix}_mode").value == "User"
+    assert at.selectbox(key=f"{prefix}_user").value == first_user
+    assert [e.value for e in at.error if "Unknown user in the link" in e.value] == [
+        f"Unknown user in the link: `no\\-such\\-user`. Showing user `{first_user}` instead; pick another below."]
+
+
+@pytest.mark.parametrize(("page", "prefix"), PICKER_PAGES)
+def test_every_picker_opens_a_query_from_the_link(app, page, prefix):
+    at = open_with_link(app, page, query="wool sock")
+    assert at.radio(key=f"{prefix}_mode").value == "Query"
+    assert at.text_input(key=f"{prefix}_query").value == "wool sock"
+    assert not at.error

@@ -101,6 +101,66 @@ def test_an_evaluation_report_of_another_checkpoint_is_named_not_used(app, monke
     assert any("no baseline figures" in i.value for i in at.info)
 
 
+# ---- computed ahead of time -----------------------------------------------------------------------------------------
+
+AHEAD = {"users": 10, "k": 3, "pairs": 10, "steps": 8}  # importance settings no other test opens
+
+
+@pytest.fixture(scope="module")
+def insights_ahead(tiny_model, tiny_shop, tmp_path_factory):
+    """The tiny model's insights for AHEAD, computed ahead of time on the data the app fixture serves."""
+    from explain.insights_file import precompute
+
+    data = tmp_path_factory.mktemp("served")
+    write_tables(tiny_shop, data)
+    return precompute(load(tiny_model, data=str(data)), AHEAD["users"], AHEAD["k"], AHEAD["pairs"], AHEAD["steps"])
+
+
+@pytest.fixture()
+def model_with_insights(monkeypatch, tiny_model, tmp_path, insights_ahead):
+    """A copy of the tiny model with the precomputed insights beside it, where the page looks."""
+    from explain.insights_file import INSIGHTS_FILE, write_insights
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    monkeypatch.setenv("WHYREC_MODEL", str(model))
+    write_insights(insights_ahead, model / INSIGHTS_FILE)
+    return model, insights_ahead
+
+
+def test_precomputed_insights_open_at_once(app, monkeypatch, model_with_insights):
+    import explain.insights
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("computed on the page although it was computed ahead of time")
+
+    monkeypatch.setattr(explain.insights, "behaviour_importance", not_here)
+    monkeypatch.setattr(explain.insights, "driving_words", not_here)
+    at = open_insights(app, **{name: str(value) for name, value in AHEAD.items()})
+    assert not at.error and not at.warning
+    assert "for 30 recommended items of 10 users" in importance_caption(at)
+    assert sum("Computed ahead of time" in c.value for c in at.caption) == 2  # the importance and the words
+    words = next(t.value for t in at.dataframe if "word" in t.value.columns)
+    assert words["pairs"].groupby(words["category"]).first().sum() == AHEAD["pairs"]
+
+
+@pytest.mark.parametrize(("spoil", "named"), [("garbled", "Expecting property name"),
+                                              ("another checkpoint", "computed for checkpoint another")])
+def test_a_spoiled_precomputed_file_is_named_and_computed_again(app, model_with_insights, spoil, named):
+    model, insights = model_with_insights
+    path = model / "insights.json"
+    if spoil == "garbled":
+        path.write_text("{not json")
+    else:
+        path.write_text(json.dumps({**insights.to_dict(), "checkpoint_id": "another"}))
+    at = open_insights(app, **{name: str(value) for name, value in AHEAD.items()})
+    assert not at.exception and not at.error
+    warnings = [w.value for w in at.warning if "precomputed insights are left out" in w.value]
+    assert len(warnings) == 1 and named in warnings[0].replace("\\", "")
+    assert "for 30 recommended items of 10 users" in importance_caption(at)  # computed here instead
+    assert not any("Computed ahead of time" in c.value for c in at.caption)
+
+
 # ---- Report ------------------------------------------------------------------------------------------------------
 
 REPORT = "views/report.py"

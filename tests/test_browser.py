@@ -191,3 +191,18 @@ def test_downloaded_report_renders_and_runs_no_markup(browser, hostile_app):
     assert "onerror" in words and "<" in words  # the item's words, markup characters included, as text
     report.screenshot(path=str(ARTIFACTS / "hostile-report.png"), full_page=True)
     assert not dialogs, dialogs
+
+
+def test_recommend_opens_by_its_name_in_a_toolbar_without_deploy(browser, hostile_app):
+    page = browser.new_page(viewport={"width": 1440, "height": 1200})
+    page.goto(f"{hostile_app.url}/recommend?query=wool")  # the name the sidebar gives the page, typed as a URL
+    wait_for_page(page)
+    page.get_by_role("heading", name="Recommend").first.wait_for(timeout=60_000)
+    page.get_by_text("Top ").first.wait_for(timeout=60_000)  # the ranked list for the query in the link
+    wait_for_page(page)
+    assert "query=wool" in page.url
+    assert page.get_by_text("Page not found").count() == 0
+    page.get_by_test_id("stToolbar").wait_for(timeout=30_000)
+    assert page.get_by_role("button", name="Deploy").count() == 0
+    assert page.get_by_text("Deploy", exact=True).count() == 0
+    page.screenshot(path=str(ARTIFACTS / "recommend-by-name.png"))

@@ -150,6 +150,15 @@ def test_words_by_category_count_items_and_shares(words):
 def test_words_progress_counts_pairs(words):
     _, calls = words
     assert [(d, t) for d, t, _ in calls] == [(i, 6) for i in range(1, 7)]
+    assert [label for _, _, label in calls] == [f"explained {i} / 6 users' top items" for i in range(1, 7)]
+
+
+def test_importance_progress_says_how_many_users_are_done(recommender):
+    calls = []
+    behaviour_importance(recommender, n_users=4, k=2, progress=lambda *call: calls.append(call))
+    labels = [label for _, _, label in calls]
+    assert labels[:4] == [f"ranked {i} / 4 users" for i in range(1, 5)]  # a bar reads "ranked 3 / 4 users"
+    assert labels[4:-1] == [f"SHAP values for {i} / 4 users" for i in range(1, 5)]
 
 
 def test_no_words_give_an_empty_table():
@@ -232,3 +241,66 @@ def test_empty_importance_has_a_summary():
                                 np.zeros(0), 0.0)
     assert empty.completeness_gap == 0.0
     assert len(empty.summary()) == len(FEATURES)
+
+
+# ---- computed ahead of time ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ahead(recommender):
+    from explain.insights_file import precompute
+
+    return precompute(recommender, n_users=6, k=2, n_pairs=3, n_steps=4)
+
+
+def test_precomputed_insights_round_trip_through_the_file(recommender, ahead, tmp_path):
+    from explain.insights_file import read_insights, write_insights
+
+    path = write_insights(ahead, tmp_path / "insights.json")
+    again = read_insights(path, recommender.checkpoint_id, recommender.dataset.meta.fingerprint)
+    importance, words = again.importance_for(6, 2), again.words_for(3, 4)
+    for name in ("features", "values", "scores", "base_values"):
+        np.testing.assert_array_equal(getattr(importance, name), getattr(ahead.importance, name))
+    assert (importance.user_ids, importance.item_ids, importance.ranks) == (
+        ahead.importance.user_ids, ahead.importance.item_ids, ahead.importance.ranks)
+    pd.testing.assert_frame_equal(words.pairs, ahead.words.pairs)
+    pd.testing.assert_frame_equal(words.words, ahead.words.words)
+    pd.testing.assert_frame_equal(words.by_category(), ahead.words.by_category())
+    assert again.importance_for(7, 2) is None and again.words_for(3, 8) is None  # other settings: not these
+    assert read_insights(tmp_path / "none.json", recommender.checkpoint_id, "x") is None
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("{not json", "Expecting property name"),
+    ('{"schema": "whyrec-report"}', "not a precomputed insights file"),
+    ("checkpoint", "computed for checkpoint another, but the model is"),
+    ("data", "computed on other data"),
+    ("rows", "behaviour importance is incomplete"),
+])
+def test_a_broken_or_foreign_precomputed_file_is_refused_by_name(recommender, ahead, tmp_path, content, message):
+    from explain.insights_file import read_insights
+
+    data = ahead.to_dict()
+    if content == "checkpoint":
+        data["checkpoint_id"] = "another"
+    elif content == "data":
+        data["data_fingerprint"] = "other"
+    elif content == "rows":
+        data["importance"]["values"] = data["importance"]["values"][:-1]
+    path = tmp_path / "insights.json"
+    path.write_text(content if content.startswith("{") else json.dumps(data))
+    with pytest.raises(ExplanationError, match=message) as raised:
+        read_insights(path, recommender.checkpoint_id, recommender.dataset.meta.fingerprint)
+    assert str(path) in str(raised.value) and "python -m explain insights" in str(raised.value)
+
+
+def test_the_command_line_precomputes_the_insights(recommender, tiny_model, tmp_path, capsys):
+    from explain.__main__ import main
+    from explain.insights_file import read_insights
+
+    out = tmp_path / "insights.json"
+    assert main(["insights", "--model", str(tiny_model), "--users", "6", "--k", "2", "--pairs", "3", "--steps", "4",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    written = read_insights(out, recommender.checkpoint_id, recommender.dataset.meta.fingerprint)
+    assert written.settings == {"users": 6, "k": 2, "pairs": 3, "steps": 4, "seed": 0}
+    assert main(["insights", "--model", str(tmp_path / "nowhere"), "--no-progress"]) == 2

@@ -20,6 +20,7 @@ from explain.report import (
     build_report,
     export_batch,
     report_file_name,
+    to_html,
     write_report,
 )
 from model.checkpoint import load
@@ -54,7 +55,7 @@ def hostile(tmp_path_factory, tiny_model, tiny_shop):
 
 @pytest.fixture(scope="module")
 def hostile_html(hostile, user):
-    return build_report(hostile, user_id=user, query="<b>wool</b> sock", k=2, n_steps=STEPS).to_html()
+    return to_html(build_report(hostile, user_id=user, query="<b>wool</b> sock", k=2, n_steps=STEPS))
 
 
 # ---- building and JSON ------------------------------------------------------------------------------------------
@@ -104,7 +105,7 @@ def test_progress_is_reported_after_each_item(report, calls):
 def test_a_query_report_has_the_query_words(recommender):
     report = build_report(recommender, query="warm wool sock", k=2, n_steps=STEPS)
     assert report.mode == "query" and report.user_id is None and len(report.items) == 2
-    page = report.to_html()
+    page = to_html(report)
     assert page.count("The query's words") == 2 and "No history" in page
 
 
@@ -205,7 +206,7 @@ def test_html_escapes_every_title_and_never_lets_one_become_a_tag(hostile, hosti
 
 def test_history_chart_keeps_each_event_and_age_whole_under_an_escaped_title(hostile, user):
     from explain import explain
-    from explain.charts import history_bars
+    from explain.charts import age_label, history_bars
 
     item = hostile.recommend(user_id=user, k=1)[0]
     explanation = explain(hostile, item.item_id, user_id=user, n_steps=STEPS, drill_down=0)
@@ -219,7 +220,7 @@ def test_history_chart_keeps_each_event_and_age_whole_under_an_escaped_title(hos
         title, note = label.split("<br>")
         assert detail["title"].startswith(EVIL) and len(detail["title"]) > 40  # long enough to be clipped
         assert title == html.escape(detail["title"][:39] + "…") and "<img" not in label
-        assert note == f"<span style='color:#777777'>{detail['event']}, {detail['age_days']:.0f} d ago</span>"
+        assert note == f"<span style='color:#777777'>{detail['event']}, {age_label(detail['age_days'])}</span>"
 
 @pytest.mark.browser
 @pytest.mark.skipif(CHROMIUM is None, reason="system Chromium is not installed (.ci/run installs it)")

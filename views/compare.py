@@ -14,8 +14,9 @@ from explain import Attribution, Explanation, explain_pair
 from explain.charts import PART_LABELS, legend_html, token_html, waterfall
 from views.explanation_panel import STEP_CHOICES
 from views.loaders import recommender_or_error
+from views.pickers import audience_picker
 from views.rankings import cached_ranking, catalog_labels
-from views.state import audience_from_url, remember, restore
+from views.state import first_visit, remember, restore
 from views.text import md_escape
 
 HOW_TO_READ = """
@@ -125,38 +126,25 @@ user_ids = [str(u) for u in recommender.user_ids]
 catalog = set(recommender.items["item_id"].astype(str))
 
 # The URL carries the comparison (?user=..&query=..&a=..&b=..), so a link reproduces it.
-if "cmp_initialised" not in st.session_state:
-    st.session_state.cmp_initialised = True
-    bad_user = audience_from_url("cmp", params, user_ids)
-    st.session_state.cmp_bad = [] if bad_user is None else [f"user `{md_escape(bad_user)}`"]
+linked = first_visit("cmp_initialised")
+if linked:
+    bad = []
     for key in ("a", "b"):
         wanted = params.get(key)
         if wanted is not None and wanted not in catalog:
-            st.session_state.cmp_bad.append(f"item `{md_escape(wanted)}` (as {key.upper()})")
+            bad.append(f"item `{md_escape(wanted)}` (as {key.upper()})")
         st.session_state[f"cmp_url_{key}"] = wanted if wanted in catalog else None
+    if bad:
+        st.error(f"Unknown {' and '.join(bad)} in the link: showing the defaults instead; choose below.")
 
 restore("cmp_saved")
 st.session_state.setdefault("cmp_steps", 32)
-bad = st.session_state.pop("cmp_bad", [])
-if bad:
-    st.error(f"Unknown {' and '.join(bad)} in the link: showing the defaults instead; choose below.")
 
 controls, help_column = st.columns([3, 2], gap="large")
 with controls:
-    mode = st.radio("Compare for", ["User", "Query"], horizontal=True, key="cmp_mode")
-    user_id = query = None
-    if mode == "User":
-        if not user_ids:
-            st.error("This data has no users: compare for a query instead.")
-            st.stop()
-        user_id = st.selectbox("User", user_ids, key="cmp_user", help="Type to search by id")
-        query = st.text_input("Optional: with a query", key="cmp_user_query",
-                              placeholder="e.g. waterproof hiking sock").strip() or None
-    else:
-        query = st.text_input("Query", key="cmp_query", placeholder="e.g. waterproof hiking sock").strip() or None
-        if query is None:
-            st.info("Type a query to compare two items for it.")
-            st.stop()
+    user_id, query = audience_picker("cmp", user_ids, heading="Compare for", from_link=linked,
+                                     user_query_label="Optional: with a query", personalise=False,
+                                     empty_query="Type a query to compare two items for it.")
 with help_column, st.expander("How to read a comparison"):
     st.markdown(HOW_TO_READ)
 remember("cmp_saved", WIDGETS)

@@ -3,6 +3,8 @@ which words drive each category — and the quality of the data it serves."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
@@ -22,8 +24,11 @@ from explain.insights import (
     metrics_comparison,
     read_evaluation,
 )
+from explain.insights_file import INSIGHTS_FILE, PRECOMPUTE_COMMAND, PrecomputedInsights, read_insights
 from views.loaders import model_dir, recommender_or_error
+from views.pickers import top_k_slider
 from views.quality import dataset_counts, quality_findings
+from views.text import md_escape
 
 STEP_CHOICES = (8, 16, 32, 50)
 # The sample settings: URL parameter -> (widget key, lowest, highest, step, default). The URL carries them, so a
@@ -60,8 +65,9 @@ def settings_to_url(**values: int) -> None:
 def progress_bar(label: str):
     """A progress bar and the `progress(done, total, what)` hook that moves it; returns (its slot, the hook).
 
-    Call inside the cached function, so that a cache hit replays the bar and its removal (elements made outside
-    a cached function cannot be touched inside it). Moves only on whole percents: few messages to replay.
+    The bar reads "label: what", where explain.insights counts the users done ("ranked 12 / 200 users"). Call
+    inside the cached function, so that a cache hit replays the bar and its removal (elements made outside a
+    cached function cannot be touched inside it). Moves only on whole percents: few messages to replay.
     """
     slot = st.empty()
     bar = slot.progress(0.0, text=label)
@@ -90,6 +96,33 @@ def cached_words(checkpoint_id: str, fingerprint: str, n_pairs: int, n_steps: in
     result = driving_words(_recommender, n_pairs, n_steps=n_steps, progress=hook)
     slot.empty()
     return result
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def cached_precomputed(path: str, stamp: float, checkpoint_id: str, fingerprint: str):
+    """(the insights precomputed for this checkpoint and data, or None; what is wrong with the file, or None)."""
+    try:
+        return read_insights(path, checkpoint_id, fingerprint), None
+    except WhyRecError as exc:
+        return None, str(exc)
+
+
+def precomputed(recommender) -> PrecomputedInsights | None:
+    """The file `python -m explain insights` wrote beside the model, when it fits this model and data; a file that
+    does not fit is named in a warning and left out, and the page computes instead."""
+    path = Path(model_dir()) / INSIGHTS_FILE
+    try:
+        stamp = path.stat().st_mtime
+    except OSError:
+        return None
+    insights, problem = cached_precomputed(str(path), stamp, recommender.checkpoint_id,
+                                           recommender.dataset.meta.fingerprint)
+    if problem:
+        st.warning(f"The precomputed insights are left out and computed here instead: {md_escape(problem)}")
+    return insights
+
+
+PRECOMPUTED_NOTE = "Computed ahead of time (`{command}`) for these settings."
 
 
 @st.cache_data(show_spinner="Ranking the catalog for every evaluated user, with each baseline…", max_entries=8)
@@ -149,19 +182,24 @@ def metrics_section(recommender) -> None:
 
 
 @st.fragment
-def importance_section(recommender) -> None:
+def importance_section(recommender, ready: PrecomputedInsights | None) -> None:
     left, right = st.columns(2)
     n_users = left.slider("Users sampled", 10, 500, step=10, key="ins_users",
                           help="A seeded sample of users with a history; the same settings give the same sample")
-    k = right.slider("Their top items", 1, 20, key="ins_k",
-                     help="Each sampled user's top-k recommendations are the rows explained")
+    with right:
+        k = top_k_slider("Their top items", "ins_k", len(recommender.item_ids), low=1, high=20, default=DEFAULT_K,
+                         help="Each sampled user's top-k recommendations are the rows explained")
     settings_to_url(users=n_users, k=k)
-    try:
-        importance = cached_importance(recommender.checkpoint_id, recommender.dataset.meta.fingerprint, n_users, k,
-                                       recommender)
-    except WhyRecError as exc:
-        st.error(str(exc))
-        return
+    importance = ready.importance_for(n_users, k) if ready is not None else None
+    if importance is None:
+        try:
+            importance = cached_importance(recommender.checkpoint_id, recommender.dataset.meta.fingerprint, n_users,
+                                           k, recommender)
+        except WhyRecError as exc:
+            st.error(str(exc))
+            return
+    else:
+        st.caption(PRECOMPUTED_NOTE.format(command=PRECOMPUTE_COMMAND.format(model=model_dir())))
     st.caption(f"Exact SHAP values of the behaviour head for {len(importance)} recommended items of "
                f"{importance.parameters['n_users']} users, each against {importance.parameters['background_size']} "
                f"random items for the same user (mean base value {importance.base_values.mean():+.3f}), so features "
@@ -178,19 +216,23 @@ def importance_section(recommender) -> None:
 
 
 @st.fragment
-def words_section(recommender) -> None:
+def words_section(recommender, ready: PrecomputedInsights | None) -> None:
     left, right = st.columns(2)
     n_pairs = left.slider("Users sampled (their top item each)", 10, 300, step=10, key="ins_pairs",
                           help="Each sampled user's top recommendation is explained word by word")
     n_steps = right.select_slider("IG steps", STEP_CHOICES, key="ins_steps",
                                   help="Integrated Gradients path steps: enough to rank words; more is slower")
     settings_to_url(pairs=n_pairs, steps=n_steps)
-    try:
-        words = cached_words(recommender.checkpoint_id, recommender.dataset.meta.fingerprint, n_pairs, n_steps,
-                             recommender)
-    except WhyRecError as exc:
-        st.error(str(exc))
-        return
+    words = ready.words_for(n_pairs, n_steps) if ready is not None else None
+    if words is None:
+        try:
+            words = cached_words(recommender.checkpoint_id, recommender.dataset.meta.fingerprint, n_pairs, n_steps,
+                                 recommender)
+        except WhyRecError as exc:
+            st.error(str(exc))
+            return
+    else:
+        st.caption(PRECOMPUTED_NOTE.format(command=PRECOMPUTE_COMMAND.format(model=model_dir())))
     table = words.by_category()
     if table.empty:
         st.info("No item word raised a score in this sample.")
@@ -218,15 +260,16 @@ recommender = recommender_or_error()
 if recommender is None:
     st.stop()
 settings_from_url()
+ready = precomputed(recommender)
 
 st.subheader("Ranking quality beside the baselines")
 metrics_section(recommender)
 
 st.subheader("Which behaviour features matter")
-importance_section(recommender)
+importance_section(recommender, ready)
 
 st.subheader("Words that drive recommendations, by category")
-words_section(recommender)
+words_section(recommender, ready)
 
 st.subheader("Data quality")
 try:

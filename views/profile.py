@@ -7,31 +7,38 @@ import pandas as pd
 import streamlit as st
 
 from data.schema import EVENT_TYPES
+from explain.charts import age_label
+from model.sequences import age_days
 from views.text import md_escape
 
 
 def user_profile(recommender, user_id: str) -> dict:
-    """What the card shows, as data (also used by tests and reports)."""
+    """What the card shows, as data (also used by tests and reports).
+
+    Ages and "the last 30 days" count back from the moment the user's list is scored (the serving moment), the
+    clock the explanation's ages read too, not from the user's own last event.
+    """
     events = recommender.dataset.user_events(user_id)
     items = recommender.items.set_index("item_id")
     joined = events.join(items[["title", "category", "brand", "price"]], on="item_id")
-    now = events["timestamp"].max() if len(events) else pd.Timestamp.now(tz="UTC")
+    moment = recommender.serving_moment(user_id)
     history = recommender.histories.get(user_id)
     recent = []
     if history is not None and len(history):
         for position, code, touched in list(zip(history.item_index, history.event_codes, history.last_touch))[::-1][:8]:
             row = recommender.items.iloc[int(position)]
             recent.append({"title": row.title, "event": EVENT_TYPES[int(code) - 1],
-                           "age_days": max(0.0, (now.value - int(touched)) / 86_400e9)})
+                           "age_days": age_days(moment, int(touched))})
     prices = joined["price"].dropna()
-    last_month = events[events["timestamp"] > now - pd.Timedelta(days=30)]
+    last_month = events[events["timestamp"] > pd.Timestamp(moment, tz="UTC") - pd.Timedelta(days=30)]
     return {
         "user_id": user_id,
         "events": len(events),
         "items": int(events["item_id"].nunique()),
         "events_last_30_days": len(last_month),
         "first_seen": events["timestamp"].min() if len(events) else None,
-        "last_seen": now if len(events) else None,
+        "last_seen": events["timestamp"].max() if len(events) else None,
+        "moment": pd.Timestamp(moment, tz="UTC"),
         "top_categories": joined["category"].value_counts().head(3).to_dict(),
         "top_brands": joined["brand"].value_counts().head(3).to_dict(),
         "price_band": (float(np.quantile(prices, 0.1)), float(np.quantile(prices, 0.9))) if len(prices) else None,
@@ -58,19 +65,11 @@ def profile_card(recommender, user_id: str) -> None:
         low, high = profile["price_band"]
         tastes.append(f"**Price band:** {low:,.2f} – {high:,.2f}")
     st.markdown("  \n".join(tastes))
-    st.caption("Recent history")
+    st.caption(f"Recent history, as of {profile['moment']:%Y-%m-%d %H:%M} UTC (the moment scored)")
     recent = pd.DataFrame(profile["recent"])
     if not recent.empty:
-        recent["age"] = recent.pop("age_days").map(_age)
+        recent["age"] = recent.pop("age_days").map(age_label)
         st.dataframe(recent, hide_index=True, width="stretch",
                      column_config={"title": st.column_config.TextColumn("Item", width=280),
                                     "event": st.column_config.TextColumn("Event", width=70),
                                     "age": st.column_config.TextColumn("When", width=80)})
-
-
-def _age(days: float) -> str:
-    if days < 1 / 24:
-        return "just now"
-    if days < 1:
-        return f"{days * 24:.0f} h ago"
-    return f"{days:.0f} d ago"

@@ -8,8 +8,9 @@ import streamlit as st
 from data.errors import WhyRecError
 from views.explanation_panel import explanation_panel
 from views.loaders import recommender_or_error
+from views.pickers import audience_picker, top_k_slider
 from views.profile import profile_card
-from views.state import audience_from_url, forget
+from views.state import first_visit, forget
 from views.text import md_escape
 
 PART_REASONS = {
@@ -48,32 +49,14 @@ if recommender is None:
 params = st.query_params
 user_ids = [str(u) for u in recommender.user_ids]
 
-# The URL carries the view, so a link reproduces what you see.
-if "recommend_initialised" not in st.session_state:
-    st.session_state.recommend_initialised = True
-    st.session_state.rec_bad_user = audience_from_url("rec", params, user_ids)
-
-if st.session_state.pop("rec_bad_user", None) is not None:  # unknown user in the link
-    st.error(f"Unknown user in the link: `{md_escape(params.get('user', ''))}`. Showing user "
-             f"`{md_escape(st.session_state.rec_user)}` instead; pick another below.")
-
 left, right = st.columns([1, 1], gap="large")
 with left:
-    mode = st.radio("Recommend for", ["User", "Query"], horizontal=True, key="rec_mode")
-    user_id = query = None
-    if mode == "User":
-        user_id = st.selectbox("User", user_ids, key="rec_user", help="Type to search by id")
-        query = st.text_input("Optional: narrow down with a query", key="rec_user_query",
-                              placeholder="e.g. waterproof hiking sock") or None
-    else:
-        query = st.text_input("What are you looking for?", key="rec_query",
-                              placeholder="e.g. waterproof hiking sock")
-        if st.checkbox("Personalise for a user", key="rec_personalise"):
-            user_id = st.selectbox("User", user_ids, key="rec_user")
-        if not query or not query.strip():
-            st.info("Type a query to see matching products.")
-            st.stop()
-    k = st.slider("How many items", 5, 50, 10, key="rec_k")
+    # The URL carries the view, so a link reproduces what you see.
+    user_id, query = audience_picker("rec", user_ids, heading="Recommend for",
+                                     from_link=first_visit("recommend_initialised"),
+                                     query_label="What are you looking for?",
+                                     empty_query="Type a query to see matching products.")
+    k = top_k_slider("How many items", "rec_k", len(recommender.item_ids), low=5, high=50, default=10)
 if user_id is not None:
     with right, st.container(border=True):
         profile_card(recommender, user_id)

@@ -7,9 +7,10 @@ import streamlit as st
 
 from data.errors import WhyRecError
 from explain.charts import PART_LABELS
-from explain.report import build_report, report_file_name
+from explain.report import build_report, report_file_name, to_html, to_pdf
 from views.loaders import recommender_or_error
-from views.state import audience_from_url
+from views.pickers import audience_picker, top_k_slider
+from views.state import first_visit
 from views.text import md_escape
 
 STEP_CHOICES = (8, 16, 32, 50, 100, 200)
@@ -40,11 +41,11 @@ def build(recommender, user_id, query, k: int, n_steps: int) -> dict:
         bar.progress(done / max(total, 1) * 0.9, text=f"Explained {done} of {total}: {md_escape(label)}")
 
     report = build_report(recommender, user_id=user_id, query=query, k=k, n_steps=n_steps, progress=progress)
-    files = {"html": report.to_html().encode("utf-8"), "json": report.to_json().encode("utf-8")}
+    files = {"html": to_html(report).encode("utf-8"), "json": report.to_json().encode("utf-8")}
     bar.progress(0.95, text="Printing the PDF…")
     pdf_error = None
     try:
-        files["pdf"] = report.to_pdf()
+        files["pdf"] = to_pdf(report)
     except WhyRecError as exc:
         pdf_error = str(exc)
     bar.empty()
@@ -65,34 +66,19 @@ if recommender is None:
 
 params = st.query_params
 user_ids = [str(u) for u in recommender.user_ids]
-max_k = min(50, len(recommender.item_ids))
 
 # The URL carries who the report is for, so a link from the Recommend page opens the same report.
-if "report_initialised" not in st.session_state:
-    st.session_state.report_initialised = True
-    st.session_state.rep_bad_user = audience_from_url("rep", params, user_ids)
-    st.session_state.rep_k = min(_whole(params.get("k"), 10), max_k)
+linked = first_visit("report_initialised")
+if linked:
+    st.session_state.rep_k = _whole(params.get("k"), 10)
     steps = _whole(params.get("steps"), 50)
     st.session_state.rep_steps = steps if steps in STEP_CHOICES else 50
 
-bad_user = st.session_state.pop("rep_bad_user", None)
-if bad_user is not None:
-    st.error(f"Unknown user in the link: `{md_escape(bad_user)}`. Showing user "
-             f"`{md_escape(st.session_state.rep_user)}` instead; pick another below.")
-
 left, right = st.columns(2, gap="large")
 with left:
-    mode = st.radio("Report for", ["User", "Query"], horizontal=True, key="rep_mode")
-    user_id = query = None
-    if mode == "User":
-        user_id = st.selectbox("User", user_ids, key="rep_user", help="Type to search by id")
-        query = st.text_input("Optional: narrow down with a query", key="rep_user_query") or None
-    else:
-        query = st.text_input("Query", key="rep_query", placeholder="e.g. waterproof hiking sock") or None
-        if st.checkbox("Personalise for a user", key="rep_personalise"):
-            user_id = st.selectbox("User", user_ids, key="rep_user")
+    user_id, query = audience_picker("rep", user_ids, heading="Report for", from_link=linked)
 with right:
-    k = st.slider("Items in the report", 1, max_k, key="rep_k")
+    k = top_k_slider("Items in the report", "rep_k", len(recommender.item_ids), low=1, high=50, default=10)
     n_steps = st.select_slider("IG steps", STEP_CHOICES, key="rep_steps",
                                help="Integrated Gradients path steps per item: more is more precise and slower")
 

@@ -32,6 +32,15 @@ def forget(store: str) -> None:
     st.session_state.pop(store, None)
 
 
+def first_visit(flag: str) -> bool:
+    """True on a page's first run this session (and again after the flag is dropped, e.g. when another page opens
+    it on a new link): the run that reads the page's link."""
+    if flag in st.session_state:
+        return False
+    st.session_state[flag] = True
+    return True
+
+
 def audience_from_url(prefix: str, params, user_ids: list[str]) -> str | None:
     """Set a page's "for whom" widgets from the link's ?user=&query=, once per session; returns an unknown user.
 

@@ -13,13 +13,16 @@ import streamlit as st
 from data.errors import WhyRecError
 from data.schema import EVENT_TYPES
 from explain import Explanation, explain
+from explain.charts import age_label
+from model.sequences import age_days
 from model.whatif import edited_history, feature_ranges, rank_changes
 from views.explanation_panel import STEP_CHOICES, explanation_body
 from views.loaders import recommender_or_error
+from views.pickers import top_k_slider
 from views.rankings import cached_ranking, event_label, history_units, move_label, rank_slope, search_catalog
 from views.state import forget, remember, restore
 from views.text import md_escape
-from views.whatif_link import read_link, write_link
+from views.whatif_link import K_RANGE, read_link, write_link
 
 OVERRIDE_HELP = """A slider sets its feature to **one value for every item in the catalog**, as if, say, this user
 had the same category affinity for every category, or every item were as popular as the slider says. Features
@@ -112,12 +115,12 @@ if "wi_added" not in st.session_state:  # the page's first visit this session: s
     link_problems += linked.problems
 else:
     restore("wi_saved")
-st.session_state.setdefault("wi_k", 10)
 
 top_row = st.columns([3, 1, 2])
 user_id = top_row[0].selectbox("Start from user", user_ids, key="wi_user", on_change=reset_edits,
                                help="Choosing another user starts again from that user's real data")
-k = top_row[1].slider("Top k", 5, 20, key="wi_k")
+with top_row[1]:
+    k = top_k_slider("Top k", "wi_k", len(recommender.item_ids), low=K_RANGE[0], high=K_RANGE[1], default=10)
 with top_row[2]:
     st.write("")
     st.button("Reset to the real user", key="wi_reset", on_click=reset_edits, icon=":material/restart_alt:",
@@ -129,12 +132,13 @@ if link_problems:
 
 units = history_units(recommender, user_id)
 titles = dict(zip(recommender.items["item_id"].astype(str), recommender.items["title"].astype(str)))
-now = recommender.dataset.events["timestamp"].max()
+moment = recommender.serving_moment(user_id)
 history_column, features_column = st.columns(2, gap="large")
 
 with history_column, st.container(border=True):
     st.markdown("**History**")
-    unit_labels = {row.item_id: f"{row.title} · {event_label(row.event)}, {max(0, (now - row.last).days)} d ago"
+    unit_labels = {row.item_id: f"{row.title} · {event_label(row.event)}, "
+                                f"{age_label(age_days(moment, pd.Timestamp(row.last).value))}"
                    for row in units.itertuples()}
     st.multiselect("Remove from the history", list(unit_labels), format_func=unit_labels.get, key="wi_remove",
                    placeholder="Past items to forget (every event on them)",

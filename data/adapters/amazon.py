@@ -14,8 +14,8 @@ import pandas as pd
 
 from data.adapters.raw_records import require_fields
 from data.errors import DataError
-from data.io import read_json_lines
 from data.schema import Dataset, line_locator, make_dataset, normalise_events, normalise_items
+from data.text_files import read_json_lines
 
 JSON_SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json")  # longest first, so ".json.gz" is not read as ".gz"
 META_PREFIX = "meta_"

@@ -11,8 +11,8 @@ import pandas as pd
 
 from data.adapters.raw_records import file_lines, line_numbers_locator, read_delimited, require_fields
 from data.errors import DataError
-from data.io import open_text
 from data.schema import Dataset, make_dataset, normalise_events, normalise_items, row_locator
+from data.text_files import open_text
 
 ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
 SPLITS = ("train", "valid", "test")  # RecBole's benchmark files, in chronological order

@@ -21,6 +21,9 @@ recency, popularity, noise) and, for a text taste, the word it fired on. Three c
                       favourite categories that carry none of the user's brands or attribute words. A deal on a
                       favourite shelf, or a return to a favourite brand, has a taste cause too, and a taste
                       feature explaining it is not wrong.
+  history, returns    views late in a user's timeline whose planted cause is a return to a past item (an
+                      abandoned cart or a recent view; the ground truth names the item): a hit when that past item
+                      is the one the history part credits most. Chance: 1 / the number of past items.
 
 Writes bench/results/explain_truth.json.
 """
@@ -111,7 +114,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--baseline", choices=tuple(BASELINES), default="template",
                         help="the IG baseline of the token checks (default: template)")
-    parser.add_argument("--checks", default="tokens,behaviour", help="which checks to run, comma-separated")
+    parser.add_argument("--checks", default="tokens,behaviour,returns", help="which checks to run, comma-separated")
     parser.add_argument("--out", type=Path, default=RESULTS / "explain_truth.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -126,8 +129,8 @@ def main(argv=None) -> int:
                        baseline=args.baseline)
 
     checks = {c.strip() for c in args.checks.split(",") if c.strip()}
-    if not checks or checks - {"tokens", "behaviour"}:
-        parser.error(f"--checks {args.checks!r}: name tokens, behaviour or both")
+    if not checks or checks - {"tokens", "behaviour", "returns"}:
+        parser.error(f"--checks {args.checks!r}: name any of tokens, behaviour, returns")
     token_pairs = args.pairs if "tokens" in checks else 0
     held_tokens = []
     for row in held_out_views(dataset, causes, TEXT_CAUSES, rng, first_touch=True).head(token_pairs).itertuples():
@@ -164,6 +167,16 @@ def main(argv=None) -> int:
                           "chance": len(expected) / n_features,
                           "single_cause": not carries_taste(items.loc[row.item_id], truth["users"][row.user_id])})
 
+    returns = []
+    return_views = held_out_views(dataset, causes, ("recency",), rng, first_touch=False)
+    return_views = return_views[return_views["token"].notna()]  # a return to an item, not to a shelf
+    for row in return_views.head(args.pairs if "returns" in checks else 0).itertuples():
+        history = explained(row.user_id, row.item_id, row.timestamp).part("history")
+        items = [(value, d["item_id"]) for value, d in zip(history.values, history.details) if not d.get("shared")]
+        top = max(items)[1] if items else None
+        returns.append({"user_id": row.user_id, "item_id": row.item_id, "returns_to": row.token, "top": top,
+                        "hit": top == row.token, "chance": 1 / max(len(items), 1)})
+
     def share(rows, key="hit") -> float | None:
         return float(np.mean([r[key] for r in rows])) if rows else None
 
@@ -190,9 +203,12 @@ def main(argv=None) -> int:
             "behaviour_chance": share(behaviour, "chance"),
             "behaviour_single_cause_pairs": len(single), "behaviour_single_cause_top_shap_feature": share(single),
             "behaviour_by_cause": by_cause,
+            "returns_pairs": len(returns), "returns_top_past_item": share(returns),
+            "returns_chance": share(returns, "chance"),
         },
         "seconds": time.perf_counter() - started,
-        "rows": {"token_held_out": held_tokens, "token_top10": top10, "behaviour_held_out": behaviour},
+        "rows": {"token_held_out": held_tokens, "token_top10": top10, "behaviour_held_out": behaviour,
+                 "returns": returns},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")

@@ -11,6 +11,7 @@ them, the user state and history-derived behaviour features rebuilt (model.remov
                  half at their baseline;
   * gradients    Integrated Gradients over the history units' item vectors from zero, walked jointly with the
                  words and the ID vector (the history part before this benchmark's change);
+  (shapley, owen and gradients on the first --candidates users only: they cost several times more)
   * recent, random, leave-one-out (the 3 whose removal alone lowers the score most): the bars to compare with.
 
 Per attribution: the median drop of its top 3 and top 1, its share of leave-one-out's top-3 drop, and the share
@@ -110,9 +111,10 @@ def timings(recommender, users: list[str], repeats: int = 1) -> dict:
             "previous_explanation_p50": p50_before, "ratio_p50": p50_now / p50_before}
 
 
-def run(model: Path, n_users: int, min_items: int, seed: int, out: Path, timed: int = 30) -> dict:
+def run(model: Path, n_users: int, min_items: int, seed: int, out: Path, timed: int = 30,
+        permutations: int = 16, candidates: int = 40) -> dict:
     from explain.explanations import explained_context
-    from explain.faithfulness import history_measures
+    from explain.faithfulness import history_measures, still_ranked
     from explain.history import HistoryAttributor, shapley_values
     from model.checkpoint import load
     from model.serving import score_view
@@ -141,15 +143,21 @@ def run(model: Path, n_users: int, min_items: int, seed: int, out: Path, timed: 
         for value, detail in zip(part.values, part.details):
             if detail["items"]:  # the shared entry is no past item's
                 removal[index[tuple(detail["items"])]] = value
-        shapley, _ = shapley_values(game.scores, len(game))
-        owen, _ = shapley_values(owen_game, len(game))
         events = recommender.dataset.user_events(user)
         row = {"user": user, "item": item, "players": len(game)}
-        for name, values in (("removal", removal), ("shapley", shapley), ("owen", owen),
-                             ("gradients", gradient_values(recommender, context, view, game))):
-            measures = history_measures(recommender, game, values, events=events, seed=seed)
+        compared = [("removal", removal)]
+        if len(rows) < candidates:  # the other attributions, on the first users only: they cost more
+            compared += [("shapley", shapley_values(game.scores, len(game), permutations=permutations)[0]),
+                         ("owen", shapley_values(owen_game, len(game), permutations=permutations)[0]),
+                         ("gradients", gradient_values(recommender, context, view, game))]
+        for name, values in compared:
+            bars = name == "removal"  # the random, recent and leave-one-out bars are the same for every values
+            measures = history_measures(recommender, game, values, events=events if bars else None, seed=seed,
+                                        random_draws=5 if bars else 1)
             row[name] = {key: measures[f"history_{key}_drop"] for key in ("top3", "top1")}
-            row[name]["top3_top10"] = measures["history_top3_top10"]
+            credited = [int(p) for p in np.argsort(-values, kind="stable") if values[p] > 0][:3]
+            row[name]["top3_top10"] = (measures["history_top3_top10"] if bars
+                                       else still_ranked(recommender, game, events, credited))
             if name == "removal":  # the bars are the same for every attribution
                 row.update({key: measures[f"history_{key}_drop"] for key in ("random3", "recent3", "recent1",
                                                                              "loo3", "loo1")})
@@ -181,19 +189,23 @@ def summarise(rows: list[dict], seconds: list[float], gaps: list[float]) -> dict
         values = [float(v) for v in values if v is not None]
         return float(np.mean(values)) if values else None
 
-    loo3 = median(r["loo3"] for r in rows)
     summary = {"bars": {
-        "loo3_drop": loo3, "loo1_drop": median(r["loo1"] for r in rows),
+        "loo3_drop": median(r["loo3"] for r in rows), "loo1_drop": median(r["loo1"] for r in rows),
         "recent3_drop": median(r["recent3"] for r in rows), "recent1_drop": median(r["recent1"] for r in rows),
         "random3_drop": median(r["random3"] for r in rows),
         "loo3_top10": share(r["loo3_top10"] for r in rows), "recent3_top10": share(r["recent3_top10"] for r in rows),
         "random3_top10": share(r["random3_top10"] for r in rows)},
         "history_seconds_p50": median(seconds), "additivity_gap_max": max(gaps, default=None)}
     for name in ("removal", "shapley", "owen", "gradients"):
-        top3 = median(r[name]["top3"] for r in rows)
-        summary[name] = {"top3_drop": top3, "top1_drop": median(r[name]["top1"] for r in rows),
+        compared = [r for r in rows if name in r]
+        loo3 = median(r["loo3"] for r in compared)  # on the same users: the others are measured on fewer
+        top3 = median(r[name]["top3"] for r in compared)
+        summary[name] = {"users": len(compared), "top3_drop": top3,
+                         "top1_drop": median(r[name]["top1"] for r in compared),
                          "top3_share_of_loo3": None if not loo3 else top3 / loo3,
-                         "top3_top10": share(r[name]["top3_top10"] for r in rows)}
+                         "recent1_drop": median(r["recent1"] for r in compared),
+                         "top3_top10": share(r[name]["top3_top10"] for r in compared),
+                         "loo3_top10": share(r["loo3_top10"] for r in compared)}
     return summary
 
 
@@ -204,9 +216,14 @@ def main(argv=None) -> int:
     parser.add_argument("--min-items", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timed", type=int, default=30, help="users whose full explanation is timed (0: none)")
+    parser.add_argument("--candidates", type=int, default=40,
+                        help="users on whom the other attributions are compared too (the first ones)")
+    parser.add_argument("--permutations", type=int, default=16,
+                        help="random orders for the Shapley candidates past 8 past items")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    run(args.model, args.users, args.min_items, args.seed, args.out, args.timed)
+    run(args.model, args.users, args.min_items, args.seed, args.out, args.timed, args.permutations,
+        args.candidates)
     return 0
 
 

@@ -162,12 +162,12 @@ def history_measures(recommender, game, values: np.ndarray, *, events: pd.DataFr
     out["history_removal_effects"] = effects.tolist()
     for key, chosen in (("top3", [sets["top3"]]), ("recent3", [sets["recent3"]]), ("loo3", [sets["loo3"]]),
                         ("random3", draws)):
-        kept = None if events is None else [_still_ranked(recommender, game, events, players) for players in chosen]
+        kept = None if events is None else [still_ranked(recommender, game, events, players) for players in chosen]
         out[f"history_{key}_top10"] = None if kept is None else (kept[0] if key != "random3" else float(np.mean(kept)))
     return out
 
 
-def _still_ranked(recommender, game, events: pd.DataFrame, players) -> bool:
+def still_ranked(recommender, game, events: pd.DataFrame, players) -> bool:
     """Whether the item is still in the top RANKED once every event on these past items is removed."""
     removed = {item for p in players for item in game.players[p].item_ids}
     edited = events[~events["item_id"].astype(str).isin(removed)]

@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from data.schema import EVENT_TYPES
 from model.errors import ModelError
-from model.sequences import SubsetHistories, history_from_trail
+from model.sequences import EVENT_STRENGTH, SubsetHistories, history_from_trail
 
 EARLIER = "earlier items"  # the name of the grouped player of the oldest past items
 
@@ -44,9 +45,6 @@ class HistoryRemoval:
 
     def __init__(self, recommender, context, item_position: int, history: pd.DataFrame | None = None,
                  max_players: int | None = None) -> None:
-        from data.schema import EVENT_TYPES
-        from model.sequences import EVENT_STRENGTH
-
         self.recommender, self.context, self.history = recommender, context, history
         self.item_position = int(item_position)
         self.moment = pd.Timestamp(context.moment_ns, tz="UTC")

@@ -345,8 +345,7 @@ def test_a_credited_past_item_opens_what_if_without_it_and_the_scores_agree(app,
 
 
 @pytest.mark.parametrize(("top", "by_chance", "shown"), [
-    (0.6, 0.2, "3.0×"), (-0.3, -0.25, "no drop: removing them did not lower the score"),
-    (0.0, 0.1, "no drop: removing them did not lower the score"), (0.4, -0.1, "only the credited ones lower it"),
+    (0.6, 0.2, "3.0×"), (-0.3, -0.25, "no drop"), (0.0, 0.1, "no drop"), (0.4, -0.1, "random: none"),
 ])
 def test_the_faithfulness_ratio_never_reads_a_rise_as_faithful(top, by_chance, shown):
     from views.explanation_panel import faithfulness_ratio

@@ -112,7 +112,11 @@ def explanation_panel(recommender, ranked, user_id, query) -> None:
     f1.metric("Drop, top-3 words removed", f"{top:+.3f}")
     f2.metric("Drop, 3 random words removed", f"{by_chance:+.3f}")
     f3.metric("Faithfulness ratio", faithfulness_ratio(top, by_chance),
-              help="How much more the score falls when the most-credited words go than when random ones go")
+              help="How much more the score falls when the most-credited words go than when random ones go. "
+                   "\"no drop\": removing them did not lower the score; \"random: none\": they lower it, random "
+                   "words do not")
+    if top <= 0:
+        st.caption("Removing the 3 words credited most did not lower this score: read the word credits with care.")
     if checks.get("history_players"):
         h1, h2, h3, h4 = st.columns(4)
         h1.metric("Drop, top-3 past items removed", f"{checks['history_top3_drop']:+.3f}",
@@ -134,9 +138,9 @@ def explanation_panel(recommender, ranked, user_id, query) -> None:
 def faithfulness_ratio(top: float, by_chance: float) -> str:
     """How much more the score falls when the credited words go than random ones, in words where a ratio would lie."""
     if top <= 0:
-        return "no drop: removing them did not lower the score"
+        return "no drop"  # removing the credited words did not lower the score: no ratio can say "faithful"
     if by_chance <= 0:
-        return "only the credited ones lower it"
+        return "random: none"  # the credited words lower it, random ones do not
     return f"{top / by_chance:.1f}×"
 
 

@@ -30,7 +30,7 @@ from data.schema import Dataset
 from data.split import leave_last_out
 from model import checkpoint
 from model.encoder import TextEncoder, load_encoder, pick_device, resolve_encoder
-from model.errors import ModelError
+from model.errors import CheckpointError, ModelError
 from model.evaluate import evaluate_scorer, model_scorer
 from model.recommender import RecommenderConfig, RecommenderNet, new_behaviour_head
 from model.sequences import build_histories, training_tensors
@@ -148,7 +148,7 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
 
     base = resolve_encoder(base_model)
     state_path = out / STATE
-    resuming = resume and state_path.exists()
+    resuming = resume and _resumable(out, log)
     if resuming:  # a head trained on other behaviour features cannot go on learning on these
         checkpoint.check_features(out, checkpoint.read_config(out))
     # A tuned run resumes from the encoder its checkpoint shipped: the base weights with what the best epoch so far
@@ -195,8 +195,12 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
         checkpoint_weights = load_file(out / checkpoint.WEIGHTS)
         net.load_state_dict(checkpoint_weights, strict=False)
         best, history_log = state["best"], state["log"]
-        log(f"resuming after epoch {best['epoch']} (best validation NDCG@10 {best['NDCG@10']:.4f})")
+        log(f"resuming after epoch {len(history_log)} (best validation NDCG@10 {best['NDCG@10']:.4f} at epoch "
+            f"{best['epoch']})")
     start_epoch = len(history_log)
+    # Epochs without improvement so far: a run interrupted once stage 1 had stopped goes straight on to stage 2.
+    stale = start_epoch - best["epoch"]
+    last_epoch = config.epochs if stale < config.patience else start_epoch
 
     optimizer = _optimizer(net, config)
     train_config_dict = dataclasses.asdict(config)
@@ -210,8 +214,7 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
     # A tuned encoder's trainable weights at the best epoch; a resumed run starts at the best epoch so far.
     best_encoder = _trainable_encoder_weights(net) if from_checkpoint else {}
     with _Interrupt() as interrupt:
-        stale = 0
-        for epoch in range(start_epoch + 1, config.epochs + 1):
+        for epoch in range(start_epoch + 1, last_epoch + 1):
             net.train()
             order = rng.permutation(len(histories))
             losses = []
@@ -291,6 +294,23 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
     metrics["checkpoint_id"] = save(metrics)
     state_path.unlink(missing_ok=True)
     return metrics
+
+
+def _resumable(out: Path, log) -> bool:
+    """Whether `out` holds an interrupted run to go on with: its state and the checkpoint of its best epoch.
+
+    Anything else starts from the beginning, with a line that says why, so `--resume` is safe to pass always.
+    """
+    if not (out / STATE).exists():
+        log(f"nothing to resume in {out}: training from the start")
+        return False
+    try:
+        checkpoint.read_config(out)
+    except CheckpointError as exc:
+        log(f"cannot resume ({exc}): training from the start")
+        (out / STATE).unlink()
+        return False
+    return True
 
 
 def _tuned(encoder: TextEncoder, config: RecommenderConfig) -> TextEncoder:

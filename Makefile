@@ -34,8 +34,17 @@ $(DEMO)/data/events.csv: data/synthetic.py | $(STAMP)
 $(DEMO)/.train-options: FORCE
 	@mkdir -p $(DEMO) && echo '$(DEMO_TRAIN)' | cmp -s - $@ || echo '$(DEMO_TRAIN)' > $@
 
-$(DEMO)/model/config.json: $(DEMO)/data/events.csv data/features.py model/recommender.py model/train.py $(DEMO)/.train-options | $(STAMP)
-	$(PY) -m model train --data $(DEMO)/data --out $(DEMO)/model $(DEMO_TRAIN)
+# The model is trained in $(TRAINING) and moved to $(DEMO)/model once whole, so the dashboard never opens a
+# half-trained one. An interrupted build (Ctrl-C) resumes where it stopped; a change to what the model is built
+# from starts the training afresh (the stamp's recipe clears what an earlier build left).
+TRAINING := $(DEMO)/model-training
+$(DEMO)/.training-inputs: $(DEMO)/data/events.csv data/features.py model/recommender.py model/train.py $(DEMO)/.train-options
+	rm -rf $(TRAINING)
+	touch $@
+
+$(DEMO)/model/config.json: $(DEMO)/.training-inputs | $(STAMP)
+	$(PY) -m model train --data $(DEMO)/data --out $(TRAINING) --resume $(DEMO_TRAIN)
+	rm -rf $(DEMO)/model && mv $(TRAINING) $(DEMO)/model
 
 demo: $(STAMP) $(DEMO)/data/events.csv $(DEMO)/model/config.json
 

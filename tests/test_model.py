@@ -450,6 +450,14 @@ def test_cli_trains_with_the_lexical_channel(tiny_encoder, tiny_shop, tmp_path):
     assert "item_lexical_proj.weight" in dict(recommender.net.named_parameters())
 
 
+def test_cli_passes_the_stopping_options_on(tiny_encoder, tiny_shop, tmp_path):
+    recommender = cli_trained(tiny_shop, tiny_encoder, tmp_path, "--patience", "2", "--behaviour-epochs", "3")
+    trained = recommender.metadata["train"]
+    assert (trained["patience"], trained["behaviour_epochs"]) == (2, 3)
+    bad = run_cli("train", "--data", str(tmp_path / "shop"), "--out", str(tmp_path / "m2"), "--patience", "0")
+    assert bad.returncode == 2 and "--patience 0 must be at least 1" in bad.stderr
+
+
 def test_public_entry_point(tiny_model):
     import model
 

@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--behaviour-epochs", type=int, default=None,
                        help="stage-2 epochs of each behaviour head, each keeping its best (default: 40)")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    train.add_argument("--progress-file", type=Path, default=None,
+                       help="keep this JSON file up to date with where the run stands (the dashboard shows it "
+                            "while it waits for the model)")
 
     evaluate = commands.add_parser("evaluate", help="full-catalog ranking metrics beside the baselines")
     evaluate.add_argument("--model", required=True, type=Path)
@@ -75,7 +78,8 @@ def _train(args) -> int:
     metrics = train(dataset, args.out, model_overrides={"encoder_tuning": args.encoder_tuning, "dim": args.dim,
                                                       "use_id_embedding": not args.no_id_embedding,
                                                       "lexical_text": args.lexical_text},
-                    train_config=config, base_model=args.base_model, resume=args.resume)
+                    train_config=config, base_model=args.base_model, resume=args.resume,
+                    progress_file=args.progress_file)
     if metrics.get("interrupted"):
         return 130
     valid = metrics["valid"]

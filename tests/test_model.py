@@ -286,6 +286,31 @@ def test_a_run_stopped_in_stage_two_resumes_at_stage_two(tiny_shop, tiny_encoder
     assert stage2 == [1] and resumed["stage"] == 2 and not (out / training.STATE).exists()
 
 
+def test_training_reports_its_progress(tiny_shop, tiny_encoder, tmp_path, monkeypatch):
+    import os
+
+    import model.train as training
+
+    seen = []
+    update = training.ProgressFile.update
+
+    def recorded(self, **fields):
+        update(self, **fields)
+        seen.append((self.state["stage"], self.state["fraction"]))
+
+    monkeypatch.setattr(training.ProgressFile, "update", recorded)
+    path = tmp_path / "model.progress.json"
+    training.train(tiny_shop, tmp_path / "model", model_overrides={"dim": 16, "max_item_tokens": 24},
+                   base_model=str(tiny_encoder), progress=False, log=lambda *_: None, progress_file=path,
+                   train_config=training.TrainConfig(epochs=2, batch_size=16, behaviour_epochs=1))
+    final = json.loads(path.read_text())
+    assert final["stage"] == "done" and final["fraction"] == 1.0 and final["pid"] == os.getpid()
+    stages, fractions = [stage for stage, _ in seen], [fraction for _, fraction in seen]
+    assert stages[0] == "preparing" and stages.index("stage 1") < stages.index("stage 2")
+    assert fractions == sorted(fractions) and 0 < fractions[stages.index("stage 2")] < 1
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 def test_interrupt_keeps_the_last_good_checkpoint(tiny_shop, tiny_encoder, tmp_path, monkeypatch):
     import model.train as training
 

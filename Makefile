@@ -43,12 +43,23 @@ $(DEMO)/.training-inputs: $(DEMO)/data/events.csv data/features.py model/recomme
 	touch $@
 
 $(DEMO)/model/config.json: $(DEMO)/.training-inputs | $(STAMP)
-	$(PY) -m model train --data $(DEMO)/data --out $(TRAINING) --resume $(DEMO_TRAIN)
+	$(PY) -m model train --data $(DEMO)/data --out $(TRAINING) --resume --progress-file $(DEMO)/model.progress.json \
+		$(DEMO_TRAIN)
 	rm -rf $(DEMO)/model && mv $(TRAINING) $(DEMO)/model
 
 demo: $(STAMP) $(DEMO)/data/events.csv $(DEMO)/model/config.json
 
-run: demo
+# A demo model to build (first run, or a changed recipe) trains in the background while the dashboard starts; its
+# pages show the training's progress and turn into the dashboard when the model is in place. Ctrl-C stops both,
+# and the next `make run` resumes the training.
+run: $(STAMP) $(DEMO)/data/events.csv $(DEMO)/.training-inputs
+	@trainer=; \
+	if [ ! $(DEMO)/model/config.json -nt $(DEMO)/.training-inputs ]; then \
+		rm -rf $(DEMO)/model; \
+		echo "training the demo model in the background (output: $(DEMO)/training.log)"; \
+		$(MAKE) --no-print-directory $(DEMO)/model/config.json > $(DEMO)/training.log 2>&1 & trainer=$$!; \
+	fi; \
+	trap '[ -z "$$trainer" ] || kill -TERM $$trainer 2>/dev/null; wait' EXIT INT TERM; \
 	WHYREC_DATA=$(DATA) WHYREC_MODEL=$(MODEL) $(PY) -m streamlit run app.py --server.port $(PORT) \
 		--server.headless true --browser.gatherUsageStats false
 

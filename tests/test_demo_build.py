@@ -30,8 +30,16 @@ case "$2" in
     else echo "train $* (no state)" >> "$log"; fi
     echo '{"format": "whyrec-checkpoint"}' > "$out/config.json"
     echo '{"log": []}' > "$out/train_state.json"
-    if [ -n "$HANG" ]; then trap 'exit 130' INT; sleep 60 & wait $!; exit 1; fi
+    if [ -n "$HANG" ]; then trap 'kill $!; exit 130' INT TERM; sleep 60 & wait $!; exit 1; fi
     rm "$out/train_state.json" ;;
+  streamlit)  # serves until the model it was given is there, or until stopped
+    echo "serve $WHYREC_MODEL" >> "$log"
+    trap 'kill $! 2>/dev/null; echo "server stopped" >> "$log"; exit 0' INT TERM
+    for i in $(seq 300); do
+      if [ -e "$WHYREC_MODEL/config.json" ]; then echo "served the model" >> "$log"; exit 0; fi
+      sleep 0.1 & wait $!
+    done
+    exit 1 ;;
 esac
 """
 SOURCES = ("data/synthetic.py", "data/features.py", "model/recommender.py", "model/train.py", "requirements.txt",
@@ -54,8 +62,8 @@ def checkout(tmp_path) -> Path:
     return tmp_path
 
 
-def make_demo(checkout: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([MAKE, "demo"], cwd=checkout, capture_output=True, text=True, timeout=60)
+def make_demo(checkout: Path, target: str = "demo") -> subprocess.CompletedProcess:
+    return subprocess.run([MAKE, target], cwd=checkout, capture_output=True, text=True, timeout=60)
 
 
 def calls(checkout: Path) -> list[str]:
@@ -63,16 +71,33 @@ def calls(checkout: Path) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
 
 
-def interrupted_build(checkout: Path) -> None:
+def interrupted_build(checkout: Path, target: str = "demo") -> None:
     """`make demo` stopped with Ctrl-C (SIGINT to its process group, as a terminal sends it) while training."""
-    build = subprocess.Popen([MAKE, "demo"], cwd=checkout, env={**os.environ, "HANG": "1"},
+    build = subprocess.Popen([MAKE, target], cwd=checkout, env={**os.environ, "HANG": "1"},
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     state = checkout / "demo" / "model-training" / "train_state.json"
     deadline = time.monotonic() + 30
     while not state.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(build.pid, signal.SIGINT)
-    assert build.wait(timeout=30) != 0
+    build.wait(timeout=30)
+    if target == "demo":
+        assert build.returncode != 0
+    assert not running_in_group(build.pid)  # nothing it started is left running
+
+
+def running_in_group(group: int) -> list[str]:
+    """The live processes of a process group (zombies, already dead, left out), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            name, fields = stat.read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        state, _, pgid = fields.split()[:3]
+        if int(pgid) == group and state != "Z":
+            found.append(name)
+    return found
 
 
 def test_an_interrupted_demo_build_resumes_and_serves_only_a_whole_model(checkout):
@@ -98,3 +123,21 @@ def test_a_changed_input_starts_the_training_afresh(checkout):
     assert finished.returncode == 0, finished.stderr
     assert calls(checkout)[-1].endswith("(no state)")  # the interrupted run of the old recipe was cleared
     assert (checkout / "demo" / "model" / "config.json").exists()
+
+
+def test_make_run_serves_while_the_model_trains_and_ctrl_c_stops_both(checkout):
+    interrupted_build(checkout, "run")
+    assert calls(checkout)[-1] == "server stopped"  # the dashboard was up while the model trained
+    assert not (checkout / "demo" / "model").exists()
+    assert (checkout / "demo" / "model-training" / "train_state.json").exists()
+
+    served = make_demo(checkout, "run")
+    assert served.returncode == 0, served.stderr
+    log = calls(checkout)
+    trains = [c for c in log if c.startswith("train")]
+    assert len(trains) == 2 and "--resume" in trains[1] and trains[1].endswith("(state found)")
+    assert "served the model" in log and (checkout / "demo" / "model" / "config.json").exists()
+
+    again = make_demo(checkout, "run")  # built: served at once, nothing trained
+    assert again.returncode == 0, again.stderr
+    assert len([c for c in calls(checkout) if c.startswith("train")]) == 2

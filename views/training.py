@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import threading
 from pathlib import Path
 
 import streamlit as st
@@ -57,6 +59,18 @@ def describe(progress: dict) -> str:
     return f"{percent} ({where})"
 
 
+@st.cache_resource(show_spinner=False)
+def _import_model_code() -> threading.Thread:
+    """Import what loading the model needs (torch, transformers: seconds) while the page waits, once per process.
+
+    Not a daemon: a daemon thread still inside torch's import when the interpreter finalises aborts the process.
+    """
+    thread = threading.Thread(target=importlib.import_module, args=("model.checkpoint",), name="whyrec-preload",
+                              daemon=False)
+    thread.start()
+    return thread
+
+
 def waiting_page(model: Path, progress: dict, *, is_demo: bool) -> None:
     """The run's progress, refreshed every REFRESH_S; the whole page reruns into the dashboard once the model is
     there. A run that stopped (Ctrl-C, an error) says how to go on."""
@@ -66,6 +80,8 @@ def waiting_page(model: Path, progress: dict, *, is_demo: bool) -> None:
         st.error(f"The model at `{model}` is not ready: its training stopped at "
                  f"{describe(progress)}{log}. To go on, {hint}.")
         return
+
+    _import_model_code()
 
     @st.fragment(run_every=REFRESH_S)
     def progress_panel() -> None:

@@ -34,8 +34,18 @@ $(DEMO)/data/events.csv: data/synthetic.py | $(STAMP)
 $(DEMO)/.train-options: FORCE
 	@mkdir -p $(DEMO) && echo '$(DEMO_TRAIN)' | cmp -s - $@ || echo '$(DEMO_TRAIN)' > $@
 
-$(DEMO)/model/config.json: $(DEMO)/data/events.csv data/features.py model/recommender.py model/train.py $(DEMO)/.train-options | $(STAMP)
-	$(PY) -m model train --data $(DEMO)/data --out $(DEMO)/model $(DEMO_TRAIN)
+# The model is trained in $(TRAINING) and moved to $(DEMO)/model once whole, so the dashboard never opens a
+# half-trained one. An interrupted build (Ctrl-C) resumes where it stopped; a change to what the model is built
+# from starts the training afresh (the stamp's recipe clears what an earlier build left).
+TRAINING := $(DEMO)/model-training
+$(DEMO)/.training-inputs: $(DEMO)/data/events.csv data/features.py model/recommender.py model/train.py $(DEMO)/.train-options
+	rm -rf $(TRAINING)
+	touch $@
+
+$(DEMO)/model/config.json: $(DEMO)/.training-inputs | $(STAMP)
+	$(PY) -m model train --data $(DEMO)/data --out $(TRAINING) --resume --progress-file $(DEMO)/model.progress.json \
+		$(DEMO_TRAIN)
+	rm -rf $(DEMO)/model && mv $(TRAINING) $(DEMO)/model
 
 # The Insights page's default sample, computed once beside the model so that the page's first visit is instant.
 $(DEMO)/model/insights.json: $(DEMO)/model/config.json explain/insights.py | $(STAMP)
@@ -43,7 +53,17 @@ $(DEMO)/model/insights.json: $(DEMO)/model/config.json explain/insights.py | $(S
 
 demo: $(STAMP) $(DEMO)/data/events.csv $(DEMO)/model/config.json $(DEMO)/model/insights.json
 
-run: demo
+# A demo model to build (first run, or a changed recipe) trains in the background while the dashboard starts; its
+# pages show the training's progress and turn into the dashboard when the model is in place. Ctrl-C stops both,
+# and the next `make run` resumes the training.
+run: $(STAMP) $(DEMO)/data/events.csv $(DEMO)/.training-inputs
+	@trainer=; \
+	if [ ! $(DEMO)/model/config.json -nt $(DEMO)/.training-inputs ]; then \
+		rm -rf $(DEMO)/model; \
+		echo "training the demo model in the background (output: $(DEMO)/training.log)"; \
+		$(MAKE) --no-print-directory $(DEMO)/model/config.json > $(DEMO)/training.log 2>&1 & trainer=$$!; \
+	fi; \
+	trap '[ -z "$$trainer" ] || kill -TERM $$trainer 2>/dev/null; wait' EXIT INT TERM; \
 	WHYREC_DATA=$(DATA) WHYREC_MODEL=$(MODEL) $(PY) -m streamlit run app.py --server.port $(PORT) \
 		--server.headless true --browser.gatherUsageStats false
 

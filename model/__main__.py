@@ -36,7 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--lexical-text", action="store_true",
                        help="add the bag-of-words channel beside the encoder (learns made-up names such as brands)")
     train.add_argument("--time-budget", type=float, default=0.0, help="seconds for stage 1 (0: no budget)")
+    # Default None: TrainConfig's own default (torch is not imported for --help).
+    train.add_argument("--patience", type=int, default=None,
+                       help="stage-1 epochs without a better validation NDCG@10 before stopping (default: 3)")
+    train.add_argument("--behaviour-epochs", type=int, default=None,
+                       help="stage-2 epochs of each behaviour head, each keeping its best (default: 40)")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    train.add_argument("--progress-file", type=Path, default=None,
+                       help="keep this JSON file up to date with where the run stands (the dashboard shows it "
+                            "while it waits for the model)")
 
     evaluate = commands.add_parser("evaluate", help="full-catalog ranking metrics beside the baselines")
     evaluate.add_argument("--model", required=True, type=Path)
@@ -59,15 +67,19 @@ def _train(args) -> int:
     from data.io import load_dataset
     from model.train import TrainConfig, train
 
-    if args.epochs < 1:
-        print(f"error: --epochs {args.epochs} must be at least 1", file=sys.stderr)
-        return 2
+    counts = {"epochs": args.epochs, "patience": args.patience, "behaviour_epochs": args.behaviour_epochs}
+    for option, value in counts.items():
+        if value is not None and value < 1:
+            print(f"error: --{option.replace('_', '-')} {value} must be at least 1", file=sys.stderr)
+            return 2
     dataset = load_dataset(args.data, format=args.format)
-    config = TrainConfig(epochs=args.epochs, seed=args.seed, device=args.device, time_budget_s=args.time_budget)
+    config = TrainConfig(seed=args.seed, device=args.device, time_budget_s=args.time_budget,
+                         **{option: value for option, value in counts.items() if value is not None})
     metrics = train(dataset, args.out, model_overrides={"encoder_tuning": args.encoder_tuning, "dim": args.dim,
                                                       "use_id_embedding": not args.no_id_embedding,
                                                       "lexical_text": args.lexical_text},
-                    train_config=config, base_model=args.base_model, resume=args.resume)
+                    train_config=config, base_model=args.base_model, resume=args.resume,
+                    progress_file=args.progress_file)
     if metrics.get("interrupted"):
         return 130
     valid = metrics["valid"]

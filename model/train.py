@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import signal
 import time
 from dataclasses import dataclass, fields
@@ -30,7 +31,7 @@ from data.schema import Dataset, item_texts
 from data.split import leave_last_out
 from model import checkpoint
 from model.encoder import TextEncoder, load_encoder, pick_device, resolve_encoder
-from model.errors import ModelError
+from model.errors import CheckpointError, ModelError
 from model.evaluate import evaluate_scorer, model_scorer
 from model.recommender import RecommenderConfig, RecommenderNet, new_behaviour_head
 from model.sequences import build_histories, training_tensors
@@ -96,6 +97,42 @@ def cached_embeddings(encoder: TextEncoder, texts: list[str], max_tokens: int, c
     return embeddings
 
 
+class ProgressFile:
+    """Where a run stands, rewritten whole (JSON) as it goes, for a dashboard that waits on the model to read.
+
+    `fraction` is of the run's upper bound: stage 1 counts for STAGE1_SHARE spread over its config.epochs (early
+    stopping then jumps ahead), stage 2 for the rest, one part per behaviour head. With no path it does nothing.
+    """
+
+    STAGE1_SHARE = 0.8  # the demo model's split of time between the stages, roughly (docs/first-run.md)
+
+    def __init__(self, path: str | Path | None, epochs: int) -> None:
+        self.path = Path(path) if path else None
+        self.state = {"pid": os.getpid(), "stage": "preparing", "epochs": epochs, "fraction": 0.0,
+                      "started": time.time()}
+        self._written = 0.0
+
+    def update(self, *, every: float = 0.0, **fields) -> None:
+        """Merge `fields` in and write, unless the last write is younger than `every` seconds."""
+        self.state.update(fields)
+        state = self.state
+        if state["stage"] == "stage 1":
+            done = state["epoch"] - 1 + state.get("step", 0) / max(state.get("steps", 1), 1)
+            state["fraction"] = self.STAGE1_SHARE * min(done / state["epochs"], 1.0)
+        elif state["stage"] == "stage 2":
+            state["fraction"] = self.STAGE1_SHARE + (1 - self.STAGE1_SHARE) * state["head"] / state["heads"]
+        elif state["stage"] == "done":
+            state["fraction"] = 1.0
+        now = time.time()
+        if self.path is None or now - self._written < every:
+            return
+        self._written = state["updated"] = now
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        staging = self.path.with_name(self.path.name + ".tmp")
+        staging.write_text(json.dumps(state))
+        staging.replace(self.path)  # a reader never sees half a file
+
+
 class _Interrupt:
     """Turn Ctrl-C / SIGTERM into a clean stop after the current step; the best checkpoint stays."""
 
@@ -126,11 +163,16 @@ class _Interrupt:
 
 def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = None,
           train_config: TrainConfig | None = None, base_model: str | None = None, resume: bool = False,
-          progress: bool = True, log=print) -> dict:
-    """Train a recommender on `dataset` and write its best checkpoint to `out`; returns the metrics."""
+          progress: bool = True, log=print, progress_file: str | Path | None = None) -> dict:
+    """Train a recommender on `dataset` and write its best checkpoint to `out`; returns the metrics.
+
+    progress_file: a JSON file kept up to date with where the run stands (ProgressFile), if given.
+    """
     config = train_config or TrainConfig()
     out = Path(out)
     started = time.perf_counter()
+    report = ProgressFile(progress_file, config.epochs)
+    report.update()
     torch.manual_seed(config.seed)
     device = pick_device(config.device)
     quality_report(dataset).raise_if_blocking()
@@ -140,7 +182,7 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
 
     base = resolve_encoder(base_model)
     state_path = out / STATE
-    resuming = resume and state_path.exists()
+    resuming = resume and _resumable(out, log)
     if resuming:  # a head trained on other behaviour features cannot go on learning on these
         checkpoint.check_features(out, checkpoint.read_config(out))
     # A tuned run resumes from the encoder its checkpoint shipped: the base weights with what the best epoch so far
@@ -187,8 +229,12 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
         checkpoint_weights = load_file(out / checkpoint.WEIGHTS)
         net.load_state_dict(checkpoint_weights, strict=False)
         best, history_log = state["best"], state["log"]
-        log(f"resuming after epoch {best['epoch']} (best validation NDCG@10 {best['NDCG@10']:.4f})")
+        log(f"resuming after epoch {len(history_log)} (best validation NDCG@10 {best['NDCG@10']:.4f} at epoch "
+            f"{best['epoch']})")
     start_epoch = len(history_log)
+    # Epochs without improvement so far: a run interrupted once stage 1 had stopped goes straight on to stage 2.
+    stale = start_epoch - best["epoch"]
+    last_epoch = config.epochs if stale < config.patience else start_epoch
 
     optimizer = _optimizer(net, config)
     train_config_dict = dataclasses.asdict(config)
@@ -202,13 +248,14 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
     # A tuned encoder's trainable weights at the best epoch; a resumed run starts at the best epoch so far.
     best_encoder = _trainable_encoder_weights(net) if from_checkpoint else {}
     with _Interrupt() as interrupt:
-        stale = 0
-        for epoch in range(start_epoch + 1, config.epochs + 1):
+        for epoch in range(start_epoch + 1, last_epoch + 1):
             net.train()
             order = rng.permutation(len(histories))
             losses = []
             steps = range(0, len(order), batch_size)
-            for start in tqdm(steps, desc=f"epoch {epoch}", unit="step", disable=not progress, leave=False):
+            for step, start in enumerate(tqdm(steps, desc=f"epoch {epoch}", unit="step", disable=not progress,
+                                              leave=False)):
+                report.update(stage="stage 1", epoch=epoch, step=step, steps=len(steps), every=0.5)
                 batch = [histories[i] for i in order[start : start + batch_size]]
                 loss = _stage1_loss(net, batch, text_embeddings, query_embeddings, texts, config, device, rng)
                 optimizer.zero_grad(set_to_none=True)
@@ -237,6 +284,8 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
             else:
                 stale += 1
             state_path.write_text(json.dumps({"best": best, "log": history_log}))
+            report.update(stage="stage 1", epoch=epoch + 1, step=0, best_epoch=best["epoch"],
+                          valid_ndcg=best["NDCG@10"])
             over_budget = config.time_budget_s and time.perf_counter() - stage1_started > config.time_budget_s
             if stale >= config.patience or interrupt.requested or over_budget:
                 if interrupt.requested:
@@ -244,7 +293,7 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
                 elif over_budget:
                     log(f"time budget of {config.time_budget_s:.0f} s reached")
                 break
-        if interrupt.requested:
+        if interrupt.requested:  # the progress file stays as it was: a reader sees its writer is gone
             return {"interrupted": True, "best": best}
 
     # Back to the best stage-1 weights, then stage 2 on top of them. The checkpoint holds the rest of the network;
@@ -262,7 +311,9 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
     recommender.refresh_item_vectors()
     stage1_valid = evaluate_scorer(model_scorer(recommender, with_behaviour=False), recommender, split.valid)
     stage2_started = time.perf_counter()
-    stage2 = fit_behaviour_head(recommender, split, config, rng, progress=progress, log=log)
+    report.update(stage="stage 2", head=0, heads=net.config.behaviour_heads)
+    stage2 = fit_behaviour_head(recommender, split, config, rng, progress=progress, log=log,
+                                on_head=lambda done: report.update(stage="stage 2", head=done))
     stage2_valid = evaluate_scorer(model_scorer(recommender, with_behaviour=True), recommender, split.valid)
     log(f"validation NDCG@10: stage 1 {stage1_valid['NDCG@10']:.4f}, with behaviour {stage2_valid['NDCG@10']:.4f}")
     metrics = {
@@ -282,7 +333,25 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
     }
     metrics["checkpoint_id"] = save(metrics)
     state_path.unlink(missing_ok=True)
+    report.update(stage="done")
     return metrics
+
+
+def _resumable(out: Path, log) -> bool:
+    """Whether `out` holds an interrupted run to go on with: its state and the checkpoint of its best epoch.
+
+    Anything else starts from the beginning, with a line that says why, so `--resume` is safe to pass always.
+    """
+    if not (out / STATE).exists():
+        log(f"nothing to resume in {out}: training from the start")
+        return False
+    try:
+        checkpoint.read_config(out)
+    except CheckpointError as exc:
+        log(f"cannot resume ({exc}): training from the start")
+        (out / STATE).unlink()
+        return False
+    return True
 
 
 def _tuned(encoder: TextEncoder, config: RecommenderConfig) -> TextEncoder:
@@ -372,8 +441,10 @@ def returning_views(events: pd.DataFrame, users: pd.DataFrame, test: pd.DataFram
 
 
 def fit_behaviour_head(recommender: Recommender, split, config: TrainConfig, rng: np.random.Generator, *,
-                       progress: bool = True, log=print) -> dict:
+                       progress: bool = True, log=print, on_head=None) -> dict:
     """Stage 2: fit the behaviour head on top of stage 1's scores, at held-out moments (point in time).
+
+    on_head(k), if given, is called as head k starts (k heads done), for a progress display.
 
     The loss is a softmax over the catalog at each moment: what the user views next. The moments, all held out
     from stage 1, are the validation items' first touches and returns, the views of items seen before that fall
@@ -481,6 +552,8 @@ def fit_behaviour_head(recommender: Recommender, split, config: TrainConfig, rng
 
     heads, folds = [], []
     for k, (fit, check) in enumerate(plan):
+        if on_head is not None:
+            on_head(k)
         if not len(fit) or not len(check):  # a fold without users to fit on or to check on stays neutral
             heads.append(neutral_head())
             folds.append({"fit": len(fit), "check": len(check), "kept": False})

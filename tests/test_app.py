@@ -87,6 +87,44 @@ def test_missing_model_directory(app, monkeypatch, tmp_path):
     assert any("No model at" in e.value for e in app.error)
 
 
+def test_a_model_being_trained_shows_its_progress_then_the_dashboard(app, monkeypatch, tmp_path, tiny_model):
+    import json
+    import os
+    import shutil
+
+    model = tmp_path / "model"
+    progress = {"pid": os.getpid(), "stage": "stage 1", "epoch": 3, "epochs": 10, "step": 0, "steps": 60,
+                "fraction": 0.16, "best_epoch": 2, "valid_ndcg": 0.0482}
+    (tmp_path / "model.progress.json").write_text(json.dumps(progress))
+    monkeypatch.setenv("WHYREC_MODEL", str(model))
+    app.run()
+    assert not app.exception and not app.error
+    assert [i.value for i in app.info if "is being trained" in i.value] == [
+        f"The model at `{model}` is being trained: 16% (stage 1 of 2, epoch 3 of at most 10; best validation "
+        "NDCG@10 so far 0.0482). This page turns into the dashboard when it is ready."]
+    assert not [t for t in app.dataframe if "score" in t.value.columns]
+    shutil.copytree(tiny_model, model)  # the training is over and the model moved into place
+    app.run()
+    assert not app.exception and not app.error
+    assert len(ranked_table(app)) == 10
+
+
+def test_a_training_that_stopped_says_how_to_go_on(app, monkeypatch, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    progress = {"pid": int(finished.stdout), "stage": "stage 2", "head": 1, "heads": 5, "fraction": 0.84}
+    (tmp_path / "model.progress.json").write_text(json.dumps(progress))
+    monkeypatch.setenv("WHYREC_MODEL", str(tmp_path / "model"))
+    app.run()
+    assert not app.exception
+    assert [e.value for e in app.error] == [
+        f"The model at `{tmp_path / 'model'}` is not ready: its training stopped at 84% (stage 2 of 2, behaviour "
+        "head 2 of 5). To go on, resume it with `python -m model train --resume`."]
+
+
 def test_data_that_does_not_match_the_model(app, monkeypatch, tmp_path):
     from data.synthetic import generate
 

@@ -240,6 +240,77 @@ def test_training_is_resumable_and_keeps_the_best(tiny_shop, tiny_encoder, tmp_p
     assert load(out).recommend(query="mug", k=3)
 
 
+def test_resume_with_nothing_to_resume_trains_from_the_start(tiny_shop, tiny_encoder, tmp_path):
+    """`--resume` is safe to pass always (the Makefile does): no run, or a state whose checkpoint is gone."""
+    from model.train import STATE, TrainConfig, train
+
+    overrides = {"dim": 16, "max_item_tokens": 24}
+    config = TrainConfig(epochs=1, batch_size=16, behaviour_epochs=1)
+    lines = []
+    out = tmp_path / "model"
+    fresh = train(tiny_shop, out, model_overrides=overrides, base_model=str(tiny_encoder), progress=False,
+                  train_config=config, resume=True, log=lines.append)
+    assert any(line.startswith("nothing to resume in") for line in lines)
+    assert [e["epoch"] for e in fresh["log"]] == [1] and fresh["stage"] == 2
+    # A state left without its checkpoint's config.json (a build tool deleted it on Ctrl-C).
+    (out / STATE).write_text(json.dumps({"best": {"NDCG@10": 0.5, "epoch": 3}, "log": fresh["log"] * 3}))
+    (out / "config.json").unlink()
+    lines.clear()
+    again = train(tiny_shop, out, model_overrides=overrides, base_model=str(tiny_encoder), progress=False,
+                  train_config=config, resume=True, log=lines.append)
+    assert any(line.startswith("cannot resume") for line in lines)
+    assert [e["epoch"] for e in again["log"]] == [1]
+    assert load(out).recommend(query="mug", k=3)
+
+
+def test_a_run_stopped_in_stage_two_resumes_at_stage_two(tiny_shop, tiny_encoder, tmp_path, monkeypatch):
+    """Interrupted after early stopping (in stage 2): the resumed run trains no more stage-1 epochs."""
+    import model.train as training
+
+    out = tmp_path / "model"
+    overrides = {"dim": 16, "max_item_tokens": 24}
+    first = training.train(tiny_shop, out, model_overrides=overrides, base_model=str(tiny_encoder), progress=False,
+                           train_config=training.TrainConfig(epochs=1, batch_size=16, behaviour_epochs=1),
+                           log=lambda *_: None)
+    # Best at epoch 1, then two epochs without improvement: with patience 2, stage 1 was over.
+    stopped = [{**first["log"][0], "epoch": epoch} for epoch in (1, 2, 3)]
+    (out / training.STATE).write_text(json.dumps({"best": {"NDCG@10": 0.5, "epoch": 1}, "log": stopped}))
+    stage2 = []
+    real_fit = training.fit_behaviour_head
+    monkeypatch.setattr(training, "fit_behaviour_head", lambda *a, **k: stage2.append(1) or real_fit(*a, **k))
+    resumed = training.train(tiny_shop, out, model_overrides=overrides, base_model=str(tiny_encoder),
+                             progress=False, log=lambda *_: None, resume=True,
+                             train_config=training.TrainConfig(epochs=10, patience=2, batch_size=16,
+                                                               behaviour_epochs=1))
+    assert [e["epoch"] for e in resumed["log"]] == [1, 2, 3] and resumed["best_epoch"] == 1
+    assert stage2 == [1] and resumed["stage"] == 2 and not (out / training.STATE).exists()
+
+
+def test_training_reports_its_progress(tiny_shop, tiny_encoder, tmp_path, monkeypatch):
+    import os
+
+    import model.train as training
+
+    seen = []
+    update = training.ProgressFile.update
+
+    def recorded(self, **fields):
+        update(self, **fields)
+        seen.append((self.state["stage"], self.state["fraction"]))
+
+    monkeypatch.setattr(training.ProgressFile, "update", recorded)
+    path = tmp_path / "model.progress.json"
+    training.train(tiny_shop, tmp_path / "model", model_overrides={"dim": 16, "max_item_tokens": 24},
+                   base_model=str(tiny_encoder), progress=False, log=lambda *_: None, progress_file=path,
+                   train_config=training.TrainConfig(epochs=2, batch_size=16, behaviour_epochs=1))
+    final = json.loads(path.read_text())
+    assert final["stage"] == "done" and final["fraction"] == 1.0 and final["pid"] == os.getpid()
+    stages, fractions = [stage for stage, _ in seen], [fraction for _, fraction in seen]
+    assert stages[0] == "preparing" and stages.index("stage 1") < stages.index("stage 2")
+    assert fractions == sorted(fractions) and 0 < fractions[stages.index("stage 2")] < 1
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 def test_interrupt_keeps_the_last_good_checkpoint(tiny_shop, tiny_encoder, tmp_path, monkeypatch):
     import model.train as training
 
@@ -402,6 +473,14 @@ def test_cli_trains_with_the_lexical_channel(tiny_encoder, tiny_shop, tmp_path):
     ids = list(recommender.item_ids[:10])
     np.testing.assert_array_equal(again.score(user_id=user, item_ids=ids), recommender.score(user_id=user, item_ids=ids))
     assert "item_lexical_proj.weight" in dict(recommender.net.named_parameters())
+
+
+def test_cli_passes_the_stopping_options_on(tiny_encoder, tiny_shop, tmp_path):
+    recommender = cli_trained(tiny_shop, tiny_encoder, tmp_path, "--patience", "2", "--behaviour-epochs", "3")
+    trained = recommender.metadata["train"]
+    assert (trained["patience"], trained["behaviour_epochs"]) == (2, 3)
+    bad = run_cli("train", "--data", str(tmp_path / "shop"), "--out", str(tmp_path / "m2"), "--patience", "0")
+    assert bad.returncode == 2 and "--patience 0 must be at least 1" in bad.stderr
 
 
 def test_public_entry_point(tiny_model):

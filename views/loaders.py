@@ -9,6 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 from data.errors import WhyRecError
+from views.training import read_progress, waiting_page
 
 DEFAULT_MODEL = "demo/model"
 DEFAULT_DATA = "demo/data"
@@ -72,6 +73,10 @@ def recommender_or_error():
     """The loaded Recommender, or None after one st.error saying what is wrong and what to do."""
     model, data = Path(model_dir()), data_dir()
     if not (model / "config.json").exists():
+        progress = read_progress(model)
+        if progress is not None:  # being trained (make run trains the demo model while the dashboard starts)
+            waiting_page(model, progress, is_demo=str(model) == DEFAULT_MODEL)
+            return None
         hint = "run `make run` to build the demo model" if str(model) == DEFAULT_MODEL else "check the path"
         st.error(f"No model at `{model}`: {hint}, or choose another model directory in the sidebar.")
         return None

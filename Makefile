@@ -53,19 +53,26 @@ $(DEMO)/model/insights.json: $(DEMO)/model/config.json explain/insights.py | $(S
 
 demo: $(STAMP) $(DEMO)/data/events.csv $(DEMO)/model/config.json $(DEMO)/model/insights.json
 
+SERVE := $(PY) -m streamlit run app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+
+ifeq ($(MODEL),$(DEMO)/model)
 # A demo model to build (first run, or a changed recipe) trains in the background while the dashboard starts; its
-# pages show the training's progress and turn into the dashboard when the model is in place. Ctrl-C stops both,
-# and the next `make run` resumes the training.
+# pages show the training's progress and turn into the dashboard when the model is in place, and the Insights
+# page's sample is computed after it. Ctrl-C stops both, and the next `make run` resumes the training.
 run: $(STAMP) $(DEMO)/data/events.csv $(DEMO)/.training-inputs
 	@trainer=; \
-	if [ ! $(DEMO)/model/config.json -nt $(DEMO)/.training-inputs ]; then \
-		rm -rf $(DEMO)/model; \
-		echo "training the demo model in the background (output: $(DEMO)/training.log)"; \
-		$(MAKE) --no-print-directory $(DEMO)/model/config.json > $(DEMO)/training.log 2>&1 & trainer=$$!; \
+	if [ ! $(DEMO)/model/config.json -nt $(DEMO)/.training-inputs ] || [ ! -f $(DEMO)/model/insights.json ]; then \
+		[ $(DEMO)/model/config.json -nt $(DEMO)/.training-inputs ] || rm -rf $(DEMO)/model; \
+		echo "building the demo model in the background (output: $(DEMO)/training.log)"; \
+		$(MAKE) --no-print-directory $(DEMO)/model/insights.json > $(DEMO)/training.log 2>&1 & trainer=$$!; \
 	fi; \
 	trap '[ -z "$$trainer" ] || kill -TERM $$trainer 2>/dev/null; wait' EXIT INT TERM; \
-	WHYREC_DATA=$(DATA) WHYREC_MODEL=$(MODEL) $(PY) -m streamlit run app.py --server.port $(PORT) \
-		--server.headless true --browser.gatherUsageStats false
+	WHYREC_DATA=$(DATA) WHYREC_MODEL=$(MODEL) $(SERVE)
+else
+# Your own model (make run MODEL=... DATA=...): nothing of the demo is built.
+run: $(STAMP)
+	WHYREC_DATA=$(DATA) WHYREC_MODEL=$(MODEL) $(SERVE)
+endif
 
 test: $(DEV_STAMP)
 	$(PY) -m pytest

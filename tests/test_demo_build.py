@@ -18,7 +18,8 @@ MAKE = shutil.which("make")
 pytestmark = pytest.mark.skipif(MAKE is None, reason="make is not installed")
 
 FAKE_PYTHON = """#!/bin/bash
-# Stands in for .venv/bin/python: `-m data generate --out DIR` and `-m model train ... --out DIR ...`.
+# Stands in for .venv/bin/python: `-m data generate --out DIR`, `-m model train ... --out DIR ...` and
+# `-m explain insights ... --out FILE`.
 log="$(dirname "$0")/../../calls.log"
 out=""; previous=""
 for arg in "$@"; do [ "$previous" = "--out" ] && out="$arg"; previous="$arg"; done
@@ -32,6 +33,7 @@ case "$2" in
     echo '{"log": []}' > "$out/train_state.json"
     if [ -n "$HANG" ]; then trap 'kill $!; exit 130' INT TERM; sleep 60 & wait $!; exit 1; fi
     rm "$out/train_state.json" ;;
+  explain) echo '{}' > "$out" && echo "insights" >> "$log" ;;
   streamlit)  # serves until the model it was given is there, or until stopped
     echo "serve $WHYREC_MODEL" >> "$log"
     trap 'kill $! 2>/dev/null; echo "server stopped" >> "$log"; exit 0' INT TERM
@@ -42,8 +44,8 @@ case "$2" in
     exit 1 ;;
 esac
 """
-SOURCES = ("data/synthetic.py", "data/features.py", "model/recommender.py", "model/train.py", "requirements.txt",
-           "requirements-dev.txt")
+SOURCES = ("data/synthetic.py", "data/features.py", "model/recommender.py", "model/train.py", "explain/insights.py",
+           "requirements.txt", "requirements-dev.txt")
 
 
 @pytest.fixture
@@ -121,7 +123,9 @@ def test_a_changed_input_starts_the_training_afresh(checkout):
     (checkout / "model" / "train.py").write_text("# changed\n")
     finished = make_demo(checkout)
     assert finished.returncode == 0, finished.stderr
-    assert calls(checkout)[-1].endswith("(no state)")  # the interrupted run of the old recipe was cleared
+    trains = [c for c in calls(checkout) if c.startswith("train")]
+    assert trains[-1].endswith("(no state)")  # the interrupted run of the old recipe was cleared
+    assert calls(checkout)[-1] == "insights"  # and the Insights page's sample is computed on the new model
     assert (checkout / "demo" / "model" / "config.json").exists()
 
 
@@ -141,3 +145,14 @@ def test_make_run_serves_while_the_model_trains_and_ctrl_c_stops_both(checkout):
     again = make_demo(checkout, "run")  # built: served at once, nothing trained
     assert again.returncode == 0, again.stderr
     assert len([c for c in calls(checkout) if c.startswith("train")]) == 2
+
+
+def test_make_run_with_your_own_model_builds_nothing_of_the_demo(checkout, tmp_path):
+    own = tmp_path / "own-model"
+    own.mkdir()
+    (own / "config.json").write_text("{}")
+    served = subprocess.run([MAKE, "run", f"MODEL={own}", f"DATA={tmp_path}"], cwd=checkout, capture_output=True,
+                            text=True, timeout=60)
+    assert served.returncode == 0, served.stderr
+    assert calls(checkout) == [f"serve {own}", "served the model"]  # no demo data, no training
+    assert not (checkout / "demo").exists()

@@ -53,6 +53,8 @@ $(DEMO)/model/insights.json: $(DEMO)/model/config.json explain/insights.py | $(S
 
 demo: $(STAMP) $(DEMO)/data/events.csv $(DEMO)/model/config.json $(DEMO)/model/insights.json
 
+# The background build's make, named so that `make -n run` (which runs every line that names $(MAKE)) only prints.
+BUILD = $(MAKE)
 SERVE := $(PY) -m streamlit run app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
 
 ifeq ($(MODEL),$(DEMO)/model)
@@ -64,7 +66,7 @@ run: $(STAMP) $(DEMO)/data/events.csv $(DEMO)/.training-inputs
 	if [ ! $(DEMO)/model/config.json -nt $(DEMO)/.training-inputs ] || [ ! -f $(DEMO)/model/insights.json ]; then \
 		[ $(DEMO)/model/config.json -nt $(DEMO)/.training-inputs ] || rm -rf $(DEMO)/model; \
 		echo "building the demo model in the background (output: $(DEMO)/training.log)"; \
-		$(MAKE) --no-print-directory $(DEMO)/model/insights.json > $(DEMO)/training.log 2>&1 & trainer=$$!; \
+		$(BUILD) --no-print-directory $(DEMO)/model/insights.json > $(DEMO)/training.log 2>&1 & trainer=$$!; \
 	fi; \
 	trap '[ -z "$$trainer" ] || kill -TERM $$trainer 2>/dev/null; wait' EXIT INT TERM; \
 	WHYREC_DATA=$(DATA) WHYREC_MODEL=$(MODEL) $(SERVE)

@@ -156,3 +156,13 @@ def test_make_run_with_your_own_model_builds_nothing_of_the_demo(checkout, tmp_p
     assert served.returncode == 0, served.stderr
     assert calls(checkout) == [f"serve {own}", "served the model"]  # no demo data, no training
     assert not (checkout / "demo").exists()
+
+
+def test_make_n_run_only_prints(checkout):
+    """`make -n` runs every recipe line that names $(MAKE); the background build must not be one of them."""
+    model = checkout / "demo" / "model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    printed = subprocess.run([MAKE, "-n", "run"], cwd=checkout, capture_output=True, text=True, timeout=60)
+    assert printed.returncode == 0, printed.stderr
+    assert (model / "config.json").exists() and calls(checkout) == []

@@ -193,7 +193,7 @@ def test_report_for_a_user_offers_html_pdf_and_json(app, monkeypatch, tiny_model
     items = at.dataframe[0].value
     assert list(items["rank"]) == [1, 2]
     parts = items.drop(columns=["rank", "title", "score", "base value"])
-    assert {"Item words", "Behaviour features"} <= set(parts.columns) and "Query words" not in parts.columns
+    assert {"Item words", "Past interactions", "Item's own behaviour"} <= set(parts.columns) and "Query words" not in parts.columns
     assert (items["score"] - items["base value"] - parts.sum(axis=1)).abs().max() < 1e-2  # they add up
     labels = [b.proto.label for b in at.get("download_button")]
     assert labels == ["Download HTML (interactive charts)", "Download JSON (every number)"]

@@ -61,7 +61,8 @@ def test_importance_is_additive_row_by_row(recommender, importance):
 
 def test_importance_agrees_with_the_explanation_of_one_item(recommender, importance):
     user, item = importance.user_ids[4], importance.item_ids[4]
-    part = explain(recommender, item, user_id=user, n_steps=2, drill_down=0).part("behaviour")
+    # The importance explains every feature as the history sets them: the explanation's behaviour_full drill-down.
+    part = explain(recommender, item, user_id=user, n_steps=2, drill_down=0).features()
     np.testing.assert_allclose(importance.values[4], part.values, atol=1e-6)
     np.testing.assert_allclose(importance.features[4], [d["value"] for d in part.details], atol=1e-6)
     assert importance.base_values[4] == pytest.approx(part.base_value, abs=1e-7)

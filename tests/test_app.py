@@ -218,7 +218,7 @@ def test_profile_ages_count_from_the_moment_scored(app, recommender):
     assert "just now" not in expected  # measured from the user's own last event, the first row would say so
     # The explanation's history ages read the same clock.
     explained = recommender.histories[user].last_touch  # a past item's age: from its last event, as on the card
-    chart = next(str(c.proto) for c in app.get("plotly_chart") if "Past interactions" in str(c.proto))
+    chart = next(str(c.proto) for c in app.get("plotly_chart") if "Past interactions that mattered" in str(c.proto))
     assert any(age_label(age_days(moment, t)) in chart for t in explained)
 
 

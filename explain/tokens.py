@@ -84,8 +84,10 @@ class TokenAttributor:
         def forward(*given_inputs: torch.Tensor) -> torch.Tensor:
             given = dict(zip(names, given_inputs))
             batch = given_inputs[0].shape[0]
-            mixed = None if history is None else history.expand(batch, -1, -1)
-            return view.forward(given["item"], given.get("query"), mixed, given["id"], kept=kept)
+            if history is None:
+                return view.forward(given["item"], given.get("query"), None, given["id"])
+            return view.forward(given["item"], given.get("query"), history.expand(batch, -1, -1), given["id"],
+                                kept=kept)
 
         run = integrate(forward, inputs, baselines, self.settings)
         with torch.no_grad():  # the explanation's start: no history, the words and the ID at their baselines

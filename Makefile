@@ -39,15 +39,18 @@ $(DEMO)/.train-options: FORCE
 # The model is trained in $(TRAINING) and moved to $(DEMO)/model once whole, so the dashboard never opens a
 # half-trained one. An interrupted build (Ctrl-C) resumes where it stopped; a change to what the model is built
 # from starts the training afresh (the stamp's recipe clears what an earlier build left).
+# Meanwhile the best stage-1 checkpoint is copied to $(PREVIEW) after 20 s of stage 1, and `make run`'s dashboard
+# serves it under a banner until the model is in place.
 TRAINING := $(DEMO)/model-training
+PREVIEW := $(DEMO)/model-preview
 $(DEMO)/.training-inputs: $(DEMO)/data/events.csv data/features.py model/recommender.py model/train.py $(DEMO)/.train-options
-	rm -rf $(TRAINING)
+	rm -rf $(TRAINING) $(PREVIEW)
 	touch $@
 
 $(DEMO)/model/config.json: $(DEMO)/.training-inputs | $(STAMP)
 	$(PY) -m model train --data $(DEMO)/data --out $(TRAINING) --resume --progress-file $(DEMO)/model.progress.json \
-		$(DEMO_TRAIN)
-	rm -rf $(DEMO)/model && mv $(TRAINING) $(DEMO)/model
+		--preview $(PREVIEW) $(DEMO_TRAIN)
+	rm -rf $(DEMO)/model && mv $(TRAINING) $(DEMO)/model && rm -rf $(PREVIEW)
 
 # The Insights page's default sample, computed once beside the model so that the page's first visit is instant.
 $(DEMO)/model/insights.json: $(DEMO)/model/config.json explain/insights.py | $(STAMP)

@@ -45,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--progress-file", type=Path, default=None,
                        help="keep this JSON file up to date with where the run stands (the dashboard shows it "
                             "while it waits for the model)")
+    train.add_argument("--preview", type=Path, default=None,
+                       help="copy the best stage-1 checkpoint here once, for a dashboard to serve while stage 2 "
+                            "trains (its behaviour heads still add 0)")
+    train.add_argument("--preview-after", type=float, default=20.0,
+                       help="seconds of stage 1 before the preview is written (default: 20)")
 
     evaluate = commands.add_parser("evaluate", help="full-catalog ranking metrics beside the baselines")
     evaluate.add_argument("--model", required=True, type=Path)
@@ -79,7 +84,7 @@ def _train(args) -> int:
                                                       "use_id_embedding": not args.no_id_embedding,
                                                       "lexical_text": args.lexical_text},
                     train_config=config, base_model=args.base_model, resume=args.resume,
-                    progress_file=args.progress_file)
+                    progress_file=args.progress_file, preview=args.preview, preview_after_s=args.preview_after)
     if metrics.get("interrupted"):
         return 130
     valid = metrics["valid"]

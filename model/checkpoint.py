@@ -75,6 +75,19 @@ def save(directory: str | Path, net: RecommenderNet, dataset: Dataset, text_embe
         raise
 
 
+def copy_checkpoint(source: str | Path, directory: str | Path, *, skip: tuple[str, ...] = ()) -> None:
+    """Copy the checkpoint at `source` to `directory`, swapped in whole; files named in `skip` stay behind."""
+    source, directory = Path(source), Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        shutil.copytree(source, staging, ignore=shutil.ignore_patterns(*skip), dirs_exist_ok=True)
+        _swap_in(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def _save_encoder(encoder: TextEncoder, target: Path) -> None:
     transformer = encoder.transformer
     if hasattr(transformer, "merge_and_unload"):  # LoRA: ship plain merged weights, nothing peft-specific

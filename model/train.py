@@ -165,10 +165,14 @@ class _Interrupt:
 
 def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = None,
           train_config: TrainConfig | None = None, base_model: str | None = None, resume: bool = False,
-          progress: bool = True, log=print, progress_file: str | Path | None = None) -> dict:
+          progress: bool = True, log=print, progress_file: str | Path | None = None,
+          preview: str | Path | None = None, preview_after_s: float = 20.0) -> dict:
     """Train a recommender on `dataset` and write its best checkpoint to `out`; returns the metrics.
 
     progress_file: a JSON file kept up to date with where the run stands (ProgressFile), if given.
+    preview: where to copy the best stage-1 checkpoint once, after `preview_after_s` seconds of stage 1 (or when
+        stage 1 ends, if sooner), so that a dashboard can serve it while the rest trains. Its behaviour heads are
+        still neutral (they add 0): it ranks by text and history alone. The progress file names it.
     """
     config = train_config or TrainConfig()
     out = Path(out)
@@ -246,6 +250,12 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
         return checkpoint.save(out, net, dataset, text_embeddings.cpu(), train_config=train_config_dict,
                                metrics=metrics, base_encoder=base)
 
+    def write_preview() -> None:
+        checkpoint.copy_checkpoint(out, preview, skip=(STATE,))
+        report.update(preview=str(preview), preview_epoch=best["epoch"])
+        log(f"preview: the stage-1 checkpoint of epoch {best['epoch']} copied to {preview}")
+
+    previewed = preview is None
     stage1_started = time.perf_counter()
     # A tuned encoder's trainable weights at the best epoch; a resumed run starts at the best epoch so far.
     best_encoder = _trainable_encoder_weights(net) if from_checkpoint else {}
@@ -289,6 +299,9 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
             report.update(stage="stage 1", epoch=epoch + 1, step=0, best_epoch=best["epoch"],
                           valid_ndcg=best["NDCG@10"])
             over_budget = config.time_budget_s and time.perf_counter() - stage1_started > config.time_budget_s
+            if not previewed and time.perf_counter() - stage1_started >= preview_after_s:
+                write_preview()
+                previewed = True
             if stale >= config.patience or interrupt.requested or over_budget:
                 if interrupt.requested:
                     log("interrupted: the best checkpoint so far is kept")
@@ -297,6 +310,8 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
                 break
         if interrupt.requested:  # the progress file stays as it was: a reader sees its writer is gone
             return {"interrupted": True, "best": best}
+    if not previewed and best["epoch"]:  # stage 1 ended before the preview was due
+        write_preview()
 
     # Back to the best stage-1 weights, then stage 2 on top of them. The checkpoint holds the rest of the network;
     # a tuned encoder goes back to its best epoch from memory (the checkpoint ships it merged), and the catalog is

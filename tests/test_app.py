@@ -109,6 +109,32 @@ def test_a_model_being_trained_shows_its_progress_then_the_dashboard(app, monkey
     assert len(ranked_table(app)) == 10
 
 
+def test_a_preview_is_served_under_a_banner_until_the_model_is_in_place(app, monkeypatch, tmp_path, tiny_model):
+    import json
+    import os
+    import shutil
+
+    model, preview = tmp_path / "model", tmp_path / "model-preview"
+    shutil.copytree(tiny_model, preview)
+    progress = {"pid": os.getpid(), "stage": "stage 2", "head": 1, "heads": 5, "fraction": 0.76,
+                "preview": str(preview), "preview_epoch": 2}
+    (tmp_path / "model.progress.json").write_text(json.dumps(progress))
+    monkeypatch.setenv("WHYREC_MODEL", str(model))
+    app.run()
+    assert not app.exception and not app.error
+    banners = [i.value for i in app.info if i.value.startswith("**Preview**")]
+    assert banners == [f"**Preview** while the model at `{model}` trains: 76% (stage 2 of 2, behaviour head 2 of "
+                       "5). Shown meanwhile: its stage-1 checkpoint (epoch 2), which ranks by the words and the "
+                       "history alone; its behaviour heads are not trained yet and add 0. The page switches to the "
+                       "trained model by itself."]
+    assert len(ranked_table(app)) == 10
+    shutil.copytree(tiny_model, model)  # the training is over and the model moved into place
+    app.run()
+    assert not app.exception and not app.error
+    assert not [i for i in app.info if i.value.startswith("**Preview**")]
+    assert len(ranked_table(app)) == 10
+
+
 def test_a_training_that_stopped_says_how_to_go_on(app, monkeypatch, tmp_path):
     import json
     import subprocess

@@ -311,6 +311,28 @@ def test_training_reports_its_progress(tiny_shop, tiny_encoder, tmp_path, monkey
     assert not list(tmp_path.glob("*.tmp"))
 
 
+@pytest.mark.parametrize("after", [0.0, 1e9], ids=["after-the-first-epoch", "at-the-end-of-stage-1"])
+def test_training_copies_out_a_stage1_preview_once(tiny_shop, tiny_encoder, tmp_path, after):
+    from model.checkpoint import load, read_config
+    from model.train import STATE, TrainConfig, train
+
+    lines, path = [], tmp_path / "model.progress.json"
+    train(tiny_shop, tmp_path / "model", model_overrides={"dim": 16, "max_item_tokens": 24},
+          base_model=str(tiny_encoder), progress=False, log=lines.append, progress_file=path,
+          train_config=TrainConfig(epochs=3, patience=5, batch_size=16, behaviour_epochs=1),
+          preview=tmp_path / "preview", preview_after_s=after)
+    previews = [line for line in lines if line.startswith("preview:")]
+    expected_epoch = 1 if after == 0.0 else json.loads(path.read_text())["preview_epoch"]
+    assert previews == [f"preview: the stage-1 checkpoint of epoch {expected_epoch} copied to {tmp_path / 'preview'}"]
+    config = read_config(tmp_path / "preview")
+    assert config["metrics"]["stage"] == 1 and not (tmp_path / "preview" / STATE).exists()
+    assert json.loads(path.read_text())["preview"] == str(tmp_path / "preview")
+    served = load(tmp_path / "preview")  # a whole checkpoint, its files checked; its behaviour heads add nothing
+    user = next(u for u in served.user_ids if len(served.histories[u]) >= 3)
+    top = served.recommend(user_id=user, k=5)
+    assert len(top) == 5 and all(abs(r.parts["behaviour"]) < 1e-6 for r in top)
+
+
 def test_interrupt_keeps_the_last_good_checkpoint(tiny_shop, tiny_encoder, tmp_path, monkeypatch):
     import model.train as training
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 from data.errors import WhyRecError
-from views.training import read_progress, waiting_page
+from views.training import preview, preview_banner, read_progress, waiting_page
 
 DEFAULT_MODEL = "demo/model"
 DEFAULT_DATA = "demo/data"
@@ -69,17 +69,30 @@ def _warm_up(recommender) -> None:
         pass  # a warm-up only: the real request reports its own errors
 
 
+def _model_in_training(model: Path) -> Path | None:
+    """For a model still being trained: its preview checkpoint to serve meanwhile (under a banner), or None after
+    the page has shown the training's progress or said what is missing."""
+    progress = read_progress(model)
+    is_demo = str(model) == DEFAULT_MODEL
+    if progress is None:
+        hint = "run `make run` to build the demo model" if is_demo else "check the path"
+        st.error(f"No model at `{model}`: {hint}, or choose another model directory in the sidebar.")
+        return None
+    stage1 = preview(model, progress)  # make run trains the demo model while the dashboard starts
+    if stage1 is None:
+        waiting_page(model, progress, is_demo=is_demo)
+        return None
+    preview_banner(model, progress, is_demo=is_demo)
+    return stage1
+
+
 def recommender_or_error():
     """The loaded Recommender, or None after one st.error saying what is wrong and what to do."""
     model, data = Path(model_dir()), data_dir()
     if not (model / "config.json").exists():
-        progress = read_progress(model)
-        if progress is not None:  # being trained (make run trains the demo model while the dashboard starts)
-            waiting_page(model, progress, is_demo=str(model) == DEFAULT_MODEL)
+        model = _model_in_training(model)
+        if model is None:
             return None
-        hint = "run `make run` to build the demo model" if str(model) == DEFAULT_MODEL else "check the path"
-        st.error(f"No model at `{model}`: {hint}, or choose another model directory in the sidebar.")
-        return None
     use_data = data if data and Path(data).exists() else None
     if data and use_data is None:
         st.warning(f"Data directory `{data}` does not exist: using the data stored with the model.")

@@ -94,3 +94,32 @@ def waiting_page(model: Path, progress: dict, *, is_demo: bool) -> None:
         st.progress(min(max(float(now.get("fraction", 0.0)), 0.0), 1.0))
 
     progress_panel()
+
+
+def preview(model: Path, progress: dict) -> Path | None:
+    """The stage-1 checkpoint that the run building `model` has copied out for the dashboard to serve meanwhile
+    (`python -m model train --preview`), or None when there is none yet (or its run stopped)."""
+    path = progress.get("preview")
+    if not isinstance(path, str) or not running(progress) or not (Path(path) / "config.json").exists():
+        return None
+    return Path(path)
+
+
+def preview_banner(model: Path, progress: dict, *, is_demo: bool) -> None:
+    """Above a page served by the preview: what it is, how far the training is, and the switch to the model."""
+
+    @st.fragment(run_every=REFRESH_S)
+    def banner() -> None:
+        if (model / "config.json").exists():
+            st.rerun()  # the whole page, now with the trained model
+        now = read_progress(model) or progress
+        if not running(now):
+            st.rerun()  # the run stopped: the page says so and how to go on
+        name = "the demo model" if is_demo else f"the model at `{model}`"
+        st.info(f"**Preview** while {name} trains: {describe(now)}. Shown meanwhile: its stage-1 checkpoint "
+                f"(epoch {now.get('preview_epoch', '?')}), which ranks by the words and the history alone; its "
+                "behaviour heads are not trained yet and add 0. The page switches to the trained model by itself.",
+                icon=":material/model_training:")
+        st.progress(min(max(float(now.get("fraction", 0.0)), 0.0), 1.0))
+
+    banner()

@@ -50,7 +50,7 @@ $(DEMO)/.training-inputs: $(DEMO)/data/events.csv data/features.py model/recomme
 $(DEMO)/model/config.json: $(DEMO)/.training-inputs | $(STAMP)
 	$(PY) -m model train --data $(DEMO)/data --out $(TRAINING) --resume --progress-file $(DEMO)/model.progress.json \
 		--preview $(PREVIEW) $(DEMO_TRAIN)
-	rm -rf $(DEMO)/model && mv $(TRAINING) $(DEMO)/model && rm -rf $(PREVIEW)
+	rm -rf $(DEMO)/model $(PREVIEW) && mv $(TRAINING) $(DEMO)/model
 
 # The Insights page's default sample, computed once beside the model so that the page's first visit is instant.
 $(DEMO)/model/insights.json: $(DEMO)/model/config.json explain/insights.py | $(STAMP)

@@ -21,8 +21,10 @@ FAKE_PYTHON = """#!/bin/bash
 # Stands in for .venv/bin/python: `-m data generate --out DIR`, `-m model train ... --out DIR ...` and
 # `-m explain insights ... --out FILE`.
 log="$(dirname "$0")/../../calls.log"
-out=""; previous=""
-for arg in "$@"; do [ "$previous" = "--out" ] && out="$arg"; previous="$arg"; done
+out=""; preview=""; previous=""
+for arg in "$@"; do
+  [ "$previous" = "--out" ] && out="$arg"; [ "$previous" = "--preview" ] && preview="$arg"; previous="$arg"
+done
 case "$2" in
   data) mkdir -p "$out" && touch "$out/events.csv" && echo "generate" >> "$log" ;;
   model)
@@ -31,6 +33,7 @@ case "$2" in
     else echo "train $* (no state)" >> "$log"; fi
     echo '{"format": "whyrec-checkpoint"}' > "$out/config.json"
     echo '{"log": []}' > "$out/train_state.json"
+    if [ -n "$preview" ]; then mkdir -p "$preview" && cp "$out/config.json" "$preview/"; fi
     if [ -n "$HANG" ]; then trap 'kill $!; exit 130' INT TERM; sleep 60 & wait $!; exit 1; fi
     rm "$out/train_state.json" ;;
   explain) echo '{}' > "$out" && echo "insights" >> "$log" ;;
@@ -113,6 +116,7 @@ def test_an_interrupted_demo_build_resumes_and_serves_only_a_whole_model(checkou
     assert len(trains) == 2 and "--resume" in trains[1] and trains[1].endswith("(state found)")
     assert (checkout / "demo" / "model" / "config.json").exists()
     assert not (checkout / "demo" / "model-training").exists()
+    assert not (checkout / "demo" / "model-preview").exists()  # the stage-1 preview goes with the training
 
     assert make_demo(checkout).returncode == 0
     assert len([c for c in calls(checkout) if c.startswith("train")]) == 2  # built: reused, not retrained
@@ -125,6 +129,7 @@ def test_a_changed_input_starts_the_training_afresh(checkout):
     assert finished.returncode == 0, finished.stderr
     trains = [c for c in calls(checkout) if c.startswith("train")]
     assert trains[-1].endswith("(no state)")  # the interrupted run of the old recipe was cleared
+    assert "--preview demo/model-preview" in trains[-1]
     assert calls(checkout)[-1] == "insights"  # and the Insights page's sample is computed on the new model
     assert (checkout / "demo" / "model" / "config.json").exists()
 

@@ -15,7 +15,7 @@ from data.schema import Dataset
 from data.user_index import UserIndex
 from model.errors import ModelError
 from model.recommender import RecommenderNet
-from model.retrieval import RetrievalConfig, VectorIndex, top_k
+from model.retrieval import ItemGroups, RetrievalConfig, VectorIndex, top_k
 from model.sequences import HistoryStore, UserHistory, empty_history, history_from_events, serving_tensors
 from model.whatif import checked_overrides, overrides_note
 
@@ -81,6 +81,7 @@ class Recommender:
         self._histories = None
         self._user_index: UserIndex | None = None
         self._candidate_index: VectorIndex | None = None
+        self._item_groups: tuple[ItemGroups, ItemGroups] | None = None  # by category, by brand (two-stage)
         self._lock = threading.Lock()
         events = dataset.events
         self._last_event_ns = int(events["timestamp"].max().value) if len(events) else 0
@@ -327,9 +328,26 @@ class Recommender:
             return None
         query = torch.cat([context.vector.float(), torch.ones(1, device=self.device)]).cpu().numpy()  # (D + 1,)
         found = self.candidate_index().search(query, wanted)
-        found = np.setdiff1d(found, exclude) if n_exclude else np.sort(found)
+        if self.retrieval.related_candidates and len(context.history):
+            found = np.union1d(found, self._related_items(context, query))
+        found = np.setdiff1d(found, exclude) if n_exclude else np.unique(found)
         # An approximate index may return fewer than asked; fewer than k would shorten the list: score it whole.
         return found if len(found) >= k else None
+
+    def _related_items(self, context: Context, query: np.ndarray) -> np.ndarray:
+        """Up to retrieval.related_candidates items sharing a category or brand with the history, best dot-product
+        part (+ bias) first: where the behaviour features (category and brand affinity) lift an item most."""
+        if self._item_groups is None:
+            self._item_groups = (ItemGroups(self.items["category"]), ItemGroups(self.items["brand"]))
+        related = np.union1d(*(groups.members(context.history.item_index) for groups in self._item_groups))
+        limit = self.retrieval.related_candidates
+        if len(related) <= limit:
+            return related
+        chosen = torch.as_tensor(related, device=self.device)
+        with torch.no_grad():
+            vectors = self.item_text_vectors[chosen] + self.item_id_vectors[chosen]
+            dot = (vectors @ context.vector.float() + self.item_bias_values[chosen]).cpu().numpy()
+        return related[top_k(dot, limit)]
 
     def _recommendation(self, position: int, rank: int, score: float, parts: dict[str, float]) -> Recommendation:
         row = self.items.iloc[position]

@@ -28,7 +28,8 @@ def test_below_the_threshold_the_whole_catalog_is_scored_and_no_index_is_built(t
 
 
 def test_past_the_threshold_only_the_candidates_get_behaviour_features(tiny_model, user, monkeypatch):
-    recommender = served(tiny_model, two_stage_from=50, index="ivf", candidates=12, ivf_lists=4, ivf_probe=2)
+    recommender = served(tiny_model, two_stage_from=50, index="ivf", candidates=12, ivf_lists=4, ivf_probe=2,
+                         related_candidates=0)
     n_items = len(recommender.item_ids)
     assert recommender.two_stage and n_items >= 50
     asked = []
@@ -102,3 +103,15 @@ def test_the_checkpoint_can_carry_its_retrieval_settings(tiny_model, tmp_path):
     (copy / "config.json").write_text(json.dumps({**config, "retrieval": {"nlist": 7}}))
     with pytest.raises(CheckpointError, match="retrieval section: unknown retrieval config keys: nlist"):
         load(copy)
+
+
+def test_items_sharing_a_category_or_brand_with_the_history_join_the_pool_up_to_their_limit(tiny_model, user):
+    recommender = served(tiny_model, two_stage_from=1, index="flat", candidates=1, related_candidates=1_000)
+    items, history = recommender.items, recommender.histories[user].item_index
+    related = set(np.flatnonzero(items["category"].isin(items["category"].iloc[history].dropna())
+                                 | items["brand"].isin(items["brand"].iloc[history].dropna())))
+    context = recommender.context(user)
+    pool = set(recommender.candidates(context, 1, history).tolist())
+    assert related - set(history.tolist()) <= pool and len(pool) <= len(related) + 1
+    limited = served(tiny_model, two_stage_from=1, index="flat", candidates=1, related_candidates=3)
+    assert len(limited.candidates(limited.context(user), 1)) <= 1 + 3

@@ -319,9 +319,10 @@ class Recommender:
 
     def candidates(self, context: Context, k: int, exclude: np.ndarray | None = None) -> np.ndarray | None:
         """Catalog positions (ascending) the second stage scores for this context, `exclude` left out; None when
-        the whole catalog is to be scored: a small catalog, or a k too close to the catalog's size."""
-        if not self.two_stage:
-            return None
+        the whole catalog is to be scored: a small catalog, a k too close to the catalog's size, or a context with
+        neither history nor query (one ranking for every anonymous visitor, which the page caches)."""
+        if not self.two_stage or (not len(context.history) and context.query is None):
+            return None  # without history or query the score is bias + item popularity: nothing to search by
         n_items, n_exclude = len(self.item_ids), 0 if exclude is None else len(exclude)
         wanted = max(self.retrieval.candidates, k) + n_exclude  # excluded items may take places in the search
         if wanted > n_items or 2 * (k + n_exclude) > n_items:  # most of the catalog is asked for anyway

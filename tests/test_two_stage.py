@@ -86,10 +86,14 @@ def test_the_item_shown_scores_as_the_item_explained(tiny_model, user):
             assert abs(reference[r.item_id] - r.score) < 1e-6
 
 
-def test_a_k_near_the_catalog_size_is_scored_whole(tiny_model, user):
+def test_a_k_near_the_catalog_size_or_a_context_without_history_or_query_is_scored_whole(tiny_model, user):
     recommender = served(tiny_model, two_stage_from=1, index="ivf", candidates=4, ivf_lists=4, ivf_probe=1)
     n_items = len(recommender.item_ids)
     assert recommender.candidates(recommender.context(user), n_items // 2 + 1) is None
+    assert recommender.candidates(recommender.context(user), 5) is not None
+    no_history = recommender.dataset.events.iloc[:0]
+    assert recommender.candidates(recommender.context(user, history=no_history), 5) is None
+    assert recommender.candidates(recommender.context(user, "red mug", history=no_history), 5) is not None
     everything = recommender.recommend(user_id=user, k=n_items, exclude_seen=False)
     assert len(everything) == n_items
 

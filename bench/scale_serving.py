@@ -1,5 +1,5 @@
 """Benchmark of serving at scale: exact against two-stage ranking at 100k and 1M items (latency and recall of the
-exact top 10), and the dashboard at 1M users (first Recommend page and the app's memory).
+exact top 10), and the dashboard at 1M users (first Recommend page in a real browser, and the app's memory).
 
 Item vectors. Encoding a million item texts with MiniLM takes hours on this CPU, so the large catalogs reuse a
 trained model instead: every synthetic item copies a random item of a trained checkpoint (default: the Amazon
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -44,10 +43,6 @@ def rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ---- a large recommender with a trained model's weights and geometry ---------------------------------------------
@@ -155,7 +150,8 @@ def ranking(source: Path, n_items: int, n_users: int, n_events: int, n_queries: 
 # ---- (b) the dashboard at many users ------------------------------------------------------------------------------
 
 def build_app_checkpoint(source: Path, out: Path, n_users: int, seed: int) -> dict:
-    """A checkpoint for a shop of n_users (items 10% of users, 20 events per user) with the scaled model."""
+    """A checkpoint for a shop of n_users (items 10% of users, 20 events per user) with the scaled model; a few of
+    its users (with events) are written beside it for the page timings."""
     from model.checkpoint import save
 
     started = time.perf_counter()
@@ -163,41 +159,77 @@ def build_app_checkpoint(source: Path, out: Path, n_users: int, seed: int) -> di
     recommender, dataset = scaled_recommender(source, n_items, n_users, 20 * n_users, seed)
     shop_s = time.perf_counter() - started
     save(out, recommender.net, dataset, recommender.text_embeddings, base_encoder=str(source / "encoder"))
+    users = [str(u) for u in np.random.default_rng(seed).choice(np.asarray(dataset.user_ids), 4, replace=False)]
+    out.with_suffix(".users.json").write_text(json.dumps(users))
     return {"users": n_users, "items": n_items, "events": len(dataset.events), "shop_s": shop_s,
             "save_s": time.perf_counter() - started - shop_s}
 
 
-def app_child(model: Path) -> dict:
-    """Run in a fresh process: load the dashboard on `model` and time the Recommend page (AppTest, headless)."""
-    from streamlit.testing.v1 import AppTest
+def page_timings(model: Path, users: list[str], timeout: float = 1_800) -> dict:
+    """Start the dashboard on `model` (streamlit run, one thread per request) and time, with Playwright and the
+    system Chromium, the first ranked list: once while the model loads, then for new visitors opening a link to
+    a user nobody has opened (their ranking, profile and explanation are not cached; the model is)."""
+    import shutil
 
-    os.environ["WHYREC_MODEL"] = str(model)
-    os.environ["WHYREC_DATA"] = str(model)  # the events stored with the checkpoint
-    app = str(ROOT / "app.py")
-    before = rss_mb()
-    began = time.perf_counter()
-    cold = AppTest.from_file(app, default_timeout=1_800)
-    cold.run()
-    cold_s = time.perf_counter() - began
-    errors = [e.value for e in cold.error] + [str(e.value) for e in cold.exception]
-    renders = []
-    # A new visitor each time, on a link to a user nobody has opened yet: the model is loaded (st.cache_resource),
-    # the user's ranking, profile and explanation are not (st.cache_data is per user).
-    for user in cold.selectbox(key="rec_user").options[1:4]:
-        began = time.perf_counter()
-        warm = AppTest.from_file(app, default_timeout=600)
-        warm.query_params["user"] = user
-        warm.run()
-        renders.append(time.perf_counter() - began)
-        errors += [e.value for e in warm.error] + [str(e.value) for e in warm.exception]
-    began = time.perf_counter()
-    warm.text_input(key="rec_user_search").input("0001").run()
-    search_s = time.perf_counter() - began
-    offered = len(warm.selectbox(key="rec_user").options)
-    return {"load_and_first_render_s": cold_s, "first_render_after_load_s": renders,
-            "first_render_after_load_median_s": float(np.median(renders)), "search_rerun_s": search_s,
-            "picker_options_sent": offered, "rss_before_mb": before, "rss_after_mb": rss_mb(),
-            "peak_rss_mb": peak_rss_mb(), "errors": errors}
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    from bench.first_run import RANKED_LIST, free_port, stop
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        raise SystemExit("system Chromium is not installed (apt-get install chromium)")
+    port = free_port()
+    command = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+               "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    env = {**os.environ, "WHYREC_MODEL": str(model), "WHYREC_DATA": str(model), "WHYREC_THREADS": "1"}
+    url = f"http://127.0.0.1:{port}/"
+    log = model.with_suffix(".streamlit.log")
+    with sync_playwright() as playwright, open(log, "w") as output:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True,
+                                             args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        started = time.monotonic()
+        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1600})
+            while True:
+                if time.monotonic() - started > timeout or server.poll() is not None:
+                    raise SystemExit(f"no ranked list within {timeout:.0f} s (server exit {server.poll()}); see {log}")
+                try:
+                    page.goto(url, timeout=5_000)
+                    page.wait_for_selector(RANKED_LIST, state="visible", timeout=timeout * 1_000)
+                    break
+                except PlaywrightError:
+                    time.sleep(0.5)
+            cold_s = time.monotonic() - started
+            page.close()
+            renders = []
+            for user in users:
+                visitor = browser.new_page(viewport={"width": 1440, "height": 1600})
+                began = time.monotonic()
+                visitor.goto(f"{url}?user={user}", timeout=60_000)
+                visitor.wait_for_selector(RANKED_LIST, state="visible", timeout=120_000)
+                renders.append(time.monotonic() - began)
+                visitor.close()
+            memory = _process_memory_mb(server.pid)
+        finally:
+            stop(server)
+            browser.close()
+    return {"server_start_to_first_ranked_list_s": cold_s, "new_visitor_first_ranked_list_s": renders,
+            "new_visitor_first_ranked_list_median_s": float(np.median(renders)), "users_opened": users,
+            **memory}
+
+
+def _process_memory_mb(pid: int) -> dict:
+    """The server's resident memory now and at its peak (VmRSS, VmHWM), MB."""
+    values = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key = line.split(":")[0]
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(line.split()[1]) / 1024
+    return {"app_rss_mb": values.get("VmRSS"), "app_peak_rss_mb": values.get("VmHWM")}
 
 
 def app_at_scale(source: Path, n_users: int, workdir: Path, seed: int) -> dict:
@@ -206,11 +238,8 @@ def app_at_scale(source: Path, n_users: int, workdir: Path, seed: int) -> dict:
     if not (model / "config.json").exists():
         print(f"  building a {n_users:,}-user checkpoint in {model}", flush=True)
         built = build_app_checkpoint(source, model, n_users, seed)
-    child = subprocess.run([sys.executable, "-m", "bench.scale_serving", "--app-child", str(model)],
-                           capture_output=True, text=True, cwd=ROOT, env={**os.environ, "WHYREC_THREADS": "1"})
-    if child.returncode != 0:
-        return {"users": n_users, "error": child.stderr[-2_000:]}
-    return {"users": n_users, "checkpoint": str(model), "built": built, **json.loads(child.stdout.splitlines()[-1])}
+    users = json.loads(model.with_suffix(".users.json").read_text())
+    return {"users": n_users, "checkpoint": str(model), "built": built, **page_timings(model, users[1:])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,11 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="where (b)'s large checkpoints are written (reused when present)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--app-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.app_child is not None:
-        print(json.dumps(app_child(args.app_child)))
-        return 0
     if not (args.source / "config.json").exists():
         print(f"error: {args.source}: not a checkpoint directory (no config.json)", file=sys.stderr)
         return 2

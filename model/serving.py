@@ -197,7 +197,9 @@ class Recommender:
 
     def _user_state(self, tensors: dict) -> torch.Tensor:
         items = tensors["items"]
-        vectors = (self.item_text_vectors + self.item_id_vectors)[items.clamp(min=0)]  # (B, T, D)
+        rows = items.clamp(min=0)
+        # The history's rows first, then the sum: adding the two (N, D) tables would cost the whole catalog.
+        vectors = self.item_text_vectors[rows] + self.item_id_vectors[rows]  # (B, T, D)
         states = self.net.user_states(vectors, tensors["event_codes"], tensors["gap_codes"], tensors["now_codes"])
         return self.net.last_state(states, tensors["lengths"])  # (B, D)
 
@@ -459,8 +461,8 @@ def score_view(recommender: Recommender, context: Context, item_position: int,
         history_index = codes["items"][0, : int(codes["lengths"][0])].numpy()
         codes = {name: t.to(device) for name, t in codes.items()}
         with torch.no_grad():
-            history_vectors = (recommender.item_text_vectors + recommender.item_id_vectors)[
-                torch.as_tensor(history_index, device=device)].unsqueeze(0)
+            rows = torch.as_tensor(history_index, device=device)
+            history_vectors = (recommender.item_text_vectors[rows] + recommender.item_id_vectors[rows]).unsqueeze(0)
     else:
         history_index = np.zeros(0, dtype=np.int64)
     position = torch.tensor([item_position], device=device)

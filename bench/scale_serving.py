@@ -113,9 +113,9 @@ def ranking(source: Path, n_items: int, n_users: int, n_events: int, n_queries: 
     print(f"  {n_items:,} items: exact p50 {result['exact']['p50_ms']:.1f} ms", flush=True)
 
     default = RetrievalConfig(two_stage_from=1)
-    settings = [("ivf", replace(default, index="ivf", ivf_probe=probe)) for probe in (8, 24)]
-    settings += [("ivf", replace(default, index="ivf", related_candidates=0)),  # the index's candidates alone
-                 ("ivf", replace(default, index="ivf", candidates=300, related_candidates=1_000))]
+    settings = [("ivf", replace(default, index="ivf", related_candidates=related))
+                for related in (0, 2_000, 10_000, 30_000)]  # 0: the index's candidates alone
+    settings += [("ivf", replace(default, index="ivf", ivf_probe=8))]
     if n_items <= hnsw_max:
         settings += [("hnsw", replace(default, index="hnsw", hnsw_ef_search=1_000))]
     for kind, config in settings:

@@ -48,5 +48,5 @@ def test_scale_serving_bench_compares_two_stage_with_exact_on_a_scaled_tiny_mode
     (ranking,) = result["ranking"]
     assert ranking["items"] == 400 and ranking["exact"]["queries"] == 4
     settings = ranking["two_stage"]
-    assert any(name.startswith("hnsw") for name in settings) and len(settings) == 5
+    assert any(name.startswith("hnsw") for name in settings) and len(settings) == 6
     assert all(0.0 <= s["recall_at_10"] <= 1.0 and s["p50_ms"] > 0 for s in settings.values())

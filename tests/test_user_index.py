@@ -53,3 +53,17 @@ def test_a_search_over_many_users_stays_bounded():
     assert len(found) == 50 and all(f.startswith("u0012") for f in found)
     assert users.search("99999", 50) == ["u099999", "u199999"]
     assert users.recently_active(2) == ["u199999", "u199998"]
+
+
+def test_a_users_events_by_binary_search_equal_the_scan_and_unsorted_events_still_work(tiny_shop):
+    from dataclasses import replace
+
+    events = tiny_shop.events
+    assert events["user_id"].is_monotonic_increasing  # the readers leave events sorted by user
+    for user_id in [*tiny_shop.user_ids[:5], tiny_shop.user_ids[-1], "nobody"]:
+        expected = events[events["user_id"] == user_id]
+        pd.testing.assert_frame_equal(tiny_shop.user_events(user_id), expected)
+    shuffled = replace(tiny_shop, events=events.sample(frac=1.0, random_state=0))
+    user_id = tiny_shop.user_ids[3]
+    pd.testing.assert_frame_equal(shuffled.user_events(user_id),
+                                  shuffled.events[shuffled.events["user_id"] == user_id])

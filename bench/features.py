@@ -19,27 +19,34 @@ from data.schema import EVENT_TYPES, Dataset, make_dataset
 RESULTS = Path(__file__).resolve().parent / "results" / "features.json"
 
 
-def synthetic_shop(n_items: int, n_users: int, n_events: int, seed: int) -> Dataset:
+def synthetic_shop(n_items: int, n_users: int, n_events: int, seed: int,
+                   catalog: pd.DataFrame | None = None) -> Dataset:
     """A shop with skewed item popularity, users loyal to a few categories and a year of sessions.
 
     Built here with numpy rather than data/synthetic.py so the benchmark measures the same shop whatever the
-    demo generator becomes.
+    demo generator becomes. `catalog` (n_items rows in the contract's item columns) replaces the random catalog;
+    the users are then loyal to its categories.
     """
     rng = np.random.default_rng(seed)
-    n_categories, n_brands = 300, 5_000
-    category = rng.integers(0, n_categories, n_items)
-    price = np.round(rng.lognormal(3.0, 1.0, n_items), 2)
-    price[rng.random(n_items) < 0.05] = np.nan  # some items have no price, as in real catalogs
-    items = pd.DataFrame(
-        {
-            "item_id": [f"i{i:06d}" for i in range(n_items)],
-            "title": [f"Item {i}" for i in range(n_items)],
-            "category": [f"c{c}" for c in category],
-            "brand": [f"b{b}" for b in rng.integers(0, n_brands, n_items)],
-            "description": None,
-            "price": price,
-        }
-    )
+    if catalog is None:
+        n_categories, n_brands = 300, 5_000
+        category = rng.integers(0, n_categories, n_items)
+        price = np.round(rng.lognormal(3.0, 1.0, n_items), 2)
+        price[rng.random(n_items) < 0.05] = np.nan  # some items have no price, as in real catalogs
+        items = pd.DataFrame(
+            {
+                "item_id": [f"i{i:06d}" for i in range(n_items)],
+                "title": [f"Item {i}" for i in range(n_items)],
+                "category": [f"c{c}" for c in category],
+                "brand": [f"b{b}" for b in rng.integers(0, n_brands, n_items)],
+                "description": None,
+                "price": price,
+            }
+        )
+    else:
+        items = catalog.reset_index(drop=True)
+        category, names = pd.factorize(items["category"].fillna(""))
+        n_items, n_categories = len(items), len(names)
 
     # Events: each user leans on 2 categories (70%) and otherwise follows shop-wide Zipf popularity.
     user = np.sort(rng.integers(0, n_users, n_events))

@@ -168,7 +168,7 @@ def scaling(n_items: int, n_queries: int, seed: int, hnsw_max: int) -> dict:
 
     truth = run("exact: numpy matmul + top_k", lambda q: top_k(vectors @ q, K))
     run("exact: numpy matmul only", lambda q: vectors @ q)
-    build_s, flat = timed(lambda: VectorIndex(vectors, use_faiss=True))
+    build_s, flat = timed(lambda: VectorIndex(vectors, "flat"))
     found = run("faiss IndexFlatIP (exact)", lambda q: flat.search(q, K), build_s)
     methods["faiss IndexFlatIP (exact)"]["recall@10"] = recall_at_k(found, truth)
 

@@ -69,12 +69,18 @@ def _count(value, name: str, high: int = MAX_SAMPLE) -> int:
 def sample_users(recommender, n_users: int, seed: int = SAMPLE_SEED) -> list[str]:
     """Up to `n_users` users with a history, seeded; a smaller n gives the first users of a larger one."""
     n_users = _count(n_users, "the number of users")
-    histories = recommender.histories
-    users = [str(u) for u in recommender.user_ids if len(histories.get(str(u), ()))]
-    if not users:
+    histories, users = recommender.histories, np.asarray(recommender.user_ids)
+    # Users are drawn in a seeded order and checked one by one until enough have a history: the work grows with
+    # n_users, not with the shop (a history is built when asked for; every user of the events has one).
+    sample = []
+    for i in np.random.default_rng(seed).permutation(len(users)):
+        if len(histories.get(str(users[i]), ())):
+            sample.append(str(users[i]))
+            if len(sample) == n_users:
+                break
+    if not sample:
         raise ExplanationError("no user has a history: there is nothing to sample")
-    order = np.random.default_rng(seed).permutation(len(users))[:n_users]
-    return [users[i] for i in order]
+    return sample
 
 
 def _top_items(recommender, user_id: str, k: int) -> list[str]:

@@ -18,8 +18,9 @@ from data.errors import DataError
 from data.features import FEATURE_NAMES, FEATURES_VERSION
 from data.schema import Dataset, make_dataset
 from model.encoder import TextEncoder, load_encoder, pick_device
-from model.errors import CheckpointError
+from model.errors import CheckpointError, ModelError
 from model.recommender import RecommenderConfig, RecommenderNet
+from model.retrieval import RetrievalConfig
 
 FORMAT = "whyrec-checkpoint"
 VERSION = 1
@@ -157,10 +158,12 @@ def check_features(directory: Path, config: dict) -> None:
         )
 
 
-def load(directory: str | Path, data: str | Path | None = None, *, device: str = "auto", check: bool = True):
+def load(directory: str | Path, data: str | Path | None = None, *, device: str = "auto", check: bool = True,
+         retrieval: RetrievalConfig | None = None):
     """Rebuild the `Recommender` from a checkpoint directory; `data` serves other events for the same items.
 
-    device: "auto" (CUDA when present, else the CPU), "cpu" or "cuda".
+    device: "auto" (CUDA when present, else the CPU), "cpu" or "cuda". `retrieval`: how large catalogs are ranked
+    (default: config.json's optional "retrieval" section, else RetrievalConfig's defaults).
     """
     from model.serving import Recommender
 
@@ -174,6 +177,11 @@ def load(directory: str | Path, data: str | Path | None = None, *, device: str =
         model_config = RecommenderConfig.from_dict({"temperature": 0.0, **config["model"]})
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{directory / CONFIG}: model section is incomplete ({exc})") from exc
+    if retrieval is None:
+        try:
+            retrieval = RetrievalConfig.from_dict(dict(config.get("retrieval") or {}))
+        except (ModelError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{directory / CONFIG}: retrieval section: {exc}") from exc
     try:
         transformer, tokenizer = load_encoder(directory / ENCODER)
     except Exception as exc:
@@ -197,7 +205,7 @@ def load(directory: str | Path, data: str | Path | None = None, *, device: str =
         raise CheckpointError(f"{directory / VECTORS}: item text embeddings of width {tuple(vectors.shape[1:])}, "
                               f"the model reads {net.item_text_width}")
     return Recommender(net, dataset, vectors, checkpoint_id=config["checkpoint_id"], metadata=config,
-                       device=str(pick_device(device)))
+                       device=str(pick_device(device)), retrieval=retrieval)
 
 
 def _dataset(directory: Path, config: dict, data) -> Dataset:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,6 +86,50 @@ def history_from_trail(user_id: str, items: np.ndarray, times: np.ndarray, kinds
         return empty_history(user_id)
     return _history_of(user_id, np.asarray(items, dtype=np.int64), np.asarray(times, dtype=np.int64),
                        _STRENGTH_BY_KIND[np.asarray(kinds, dtype=np.int64)])
+
+
+class HistoryStore(Mapping):
+    """{user id: UserHistory} for every user, each history built when first asked for and the latest kept.
+
+    Serving a million users builds none of them up front: a page shows a few users, and one history is a handful
+    of numpy calls over that user's events. `trail(user_id)` gives a known user's events in time order as
+    (catalog positions, ns times, EVENT_TYPES indices), e.g. data.features.FeatureStore.user_trail.
+    """
+
+    CACHE_SIZE = 4_096  # histories kept: the users a session clicks through, never the whole shop
+
+    def __init__(self, user_ids: np.ndarray, trail: Callable[[str], tuple[np.ndarray, np.ndarray, np.ndarray]]):
+        self._user_ids = np.asarray(user_ids)  # sorted, as Dataset.user_ids gives them
+        self._trail = trail
+        self._cache: OrderedDict[str, UserHistory] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, user_id) -> bool:
+        if not isinstance(user_id, str) or not len(self._user_ids):
+            return False
+        at = int(np.searchsorted(self._user_ids, user_id))
+        return at < len(self._user_ids) and self._user_ids[at] == user_id
+
+    def __getitem__(self, user_id: str) -> UserHistory:
+        with self._lock:
+            history = self._cache.get(user_id)
+            if history is not None:
+                self._cache.move_to_end(user_id)
+                return history
+        if user_id not in self:
+            raise KeyError(user_id)
+        history = history_from_trail(user_id, *self._trail(user_id))
+        with self._lock:
+            self._cache[user_id] = history
+            while len(self._cache) > self.CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return history
+
+    def __iter__(self) -> Iterator[str]:
+        return (str(user_id) for user_id in self._user_ids)
+
+    def __len__(self) -> int:
+        return len(self._user_ids)
 
 
 def empty_history(user_id: str) -> UserHistory:

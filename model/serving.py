@@ -12,10 +12,11 @@ import torch
 
 from data.features import FEATURES, FeatureStore
 from data.schema import Dataset
+from data.user_index import UserIndex
 from model.errors import ModelError
 from model.recommender import RecommenderNet
-from model.retrieval import top_k
-from model.sequences import UserHistory, empty_history, history_from_events, serving_tensors
+from model.retrieval import ItemGroups, RetrievalConfig, VectorIndex, top_k
+from model.sequences import HistoryStore, UserHistory, empty_history, history_from_events, serving_tensors
 from model.whatif import checked_overrides, overrides_note
 
 PARTS = ("text", "collaborative", "behaviour")
@@ -65,7 +66,8 @@ class Recommender:
     """Ranks the whole catalog for a user, a query or both, and scores chosen items, part by part."""
 
     def __init__(self, net: RecommenderNet, dataset: Dataset, text_embeddings: torch.Tensor, *,
-                 checkpoint_id: str = "untrained", metadata: dict | None = None, device: str | None = None) -> None:
+                 checkpoint_id: str = "untrained", metadata: dict | None = None, device: str | None = None,
+                 retrieval: RetrievalConfig | None = None) -> None:
         # Where the net lives (default: where it already is); every tensor it reads is put there too.
         self.device = torch.device(device) if device is not None else next(net.parameters()).device
         self.net = net.to(self.device).eval()
@@ -75,8 +77,14 @@ class Recommender:
         self.checkpoint_id = checkpoint_id
         self.metadata = metadata or {}
         self.features = FeatureStore(dataset)
+        self.retrieval = retrieval or RetrievalConfig()
         self._histories = None
+        self._user_index: UserIndex | None = None
+        self._candidate_index: VectorIndex | None = None
+        self._item_groups: tuple[ItemGroups, ItemGroups] | None = None  # by category, by brand (two-stage)
         self._lock = threading.Lock()
+        events = dataset.events
+        self._last_event_ns = int(events["timestamp"].max().value) if len(events) else 0
         self.refresh_item_vectors()
 
     # ---- catalog and users -------------------------------------------------------------------
@@ -98,11 +106,17 @@ class Recommender:
         return tuple(spec.name for spec in FEATURES)
 
     @property
-    def histories(self) -> dict[str, UserHistory]:
-        if self._histories is None:
-            from model.sequences import build_histories
+    def user_index(self) -> UserIndex:
+        """The users for a picker (search by id, recently active, random), built once per dataset."""
+        if self._user_index is None:
+            self._user_index = UserIndex.from_events(self.dataset.events)
+        return self._user_index
 
-            self._histories = build_histories(self.dataset.events, self.dataset.item_position)
+    @property
+    def histories(self) -> HistoryStore:
+        """{user id: UserHistory} for every user of the data, each built when first asked for."""
+        if self._histories is None:
+            self._histories = HistoryStore(self.user_ids, lambda user_id: self.features.user_trail(user_id, None))
         return self._histories
 
     def refresh_item_vectors(self) -> None:
@@ -113,6 +127,7 @@ class Recommender:
             self.item_text_vectors = text.float()  # (N, D)
             self.item_id_vectors = ident.float()  # (N, D)
             self.item_bias_values = self.net.item_biases(index).float()  # (N,)
+        self._candidate_index = None  # built again from these vectors when a two-stage ranking needs it
 
     def item_positions(self, item_ids) -> np.ndarray:
         positions = [self.dataset.item_position.get(str(i)) for i in item_ids]
@@ -182,7 +197,9 @@ class Recommender:
 
     def _user_state(self, tensors: dict) -> torch.Tensor:
         items = tensors["items"]
-        vectors = (self.item_text_vectors + self.item_id_vectors)[items.clamp(min=0)]  # (B, T, D)
+        rows = items.clamp(min=0)
+        # The history's rows first, then the sum: adding the two (N, D) tables would cost the whole catalog.
+        vectors = self.item_text_vectors[rows] + self.item_id_vectors[rows]  # (B, T, D)
         states = self.net.user_states(vectors, tensors["event_codes"], tensors["gap_codes"], tensors["now_codes"])
         return self.net.last_state(states, tensors["lengths"])  # (B, D)
 
@@ -202,8 +219,7 @@ class Recommender:
     def _moment(self, at, history: UserHistory) -> int:
         if at is not None:
             return int(pd.Timestamp(at).value)
-        end = int(self.dataset.events["timestamp"].max().value) if len(self.dataset.events) else 0
-        return max(end, history.end) + 1
+        return max(self._last_event_ns, history.end) + 1
 
     # ---- scores ------------------------------------------------------------------------------
 
@@ -249,32 +265,99 @@ class Recommender:
 
     def recommend(self, user_id: str | None = None, query: str | None = None, k: int = 10,
                   exclude_seen: bool = True, *, history: pd.DataFrame | None = None,
-                  feature_overrides: dict[str, float] | None = None) -> Recommendations:
-        """The top-k of the whole catalog, best first, with the score's parts for each item."""
+                  feature_overrides: dict[str, float] | None = None, exact: bool = False) -> Recommendations:
+        """The top-k of the whole catalog, best first, with the score's parts for each item.
+
+        Past `retrieval.two_stage_from` items (RetrievalConfig) the catalog is ranked in two stages: a FAISS index
+        proposes the items with the largest dot-product part, and only those are scored exactly, behaviour features
+        included. `exact` scores the whole catalog whatever its size (the reference the two stages are measured by).
+        """
         n_items = len(self.item_ids)
         if not isinstance(k, int | np.integer) or k <= 0:
             raise ModelError(f"k must be a positive whole number, got {k!r}")
         if k > n_items:
             raise ModelError(f"k {k} is larger than the catalog ({n_items} items)")
         context = self.context(user_id, query, history=history, feature_overrides=feature_overrides)
-        parts = self.score_parts(context, history=history)
-        scores = sum(parts.values())
         seen = context.history.item_index if exclude_seen else None
-        best = top_k(scores, k, exclude=seen)
-        result = [self._recommendation(int(p), rank, scores, parts) for rank, p in enumerate(best, start=1)]
+        candidates = None if exact else self.candidates(context, k, seen)
+        if candidates is None:  # the whole catalog: row i is item i
+            parts = self.score_parts(context, history=history)
+            scores = sum(parts.values())
+            rows = top_k(scores, k, exclude=seen)
+            best = rows
+        else:  # the candidates, in catalog order, so that top_k's ties still go to the lower catalog position
+            parts = self.score_parts(context, candidates, history=history)
+            scores = sum(parts.values())
+            rows = top_k(scores, k)
+            best = candidates[rows]
+        result = [self._recommendation(int(position), rank, float(scores[row]),
+                                       {name: float(value[row]) for name, value in parts.items()})
+                  for rank, (position, row) in enumerate(zip(best, rows), start=1)]
         notes = context.notes
         if len(best) < k:
             notes = (*notes, f"only {len(best)} items are left once the user's own items are excluded")
         return Recommendations(result, user_id=user_id, query=query, mode=context.mode, notes=notes,
                                query_truncated=context.query_truncated)
 
-    def _recommendation(self, position: int, rank: int, scores, parts) -> Recommendation:
+    # ---- two-stage ranking -------------------------------------------------------------------
+
+    @property
+    def two_stage(self) -> bool:
+        """Whether `recommend` ranks this catalog in two stages (RetrievalConfig.two_stage_from)."""
+        return len(self.item_ids) >= self.retrieval.two_stage_from
+
+    def candidate_index(self) -> VectorIndex:
+        """The FAISS index over [item vector, item bias], built once per set of item vectors.
+
+        Searched with [context, 1], its inner product is the text + collaborative part of the score exactly:
+        what it leaves out is only the behaviour part, which the second stage adds.
+        """
+        with self._lock:
+            if self._candidate_index is None:
+                vectors = torch.cat([self.item_text_vectors + self.item_id_vectors,
+                                     self.item_bias_values[:, None]], dim=1)  # (N, D + 1)
+                self._candidate_index = VectorIndex(vectors.cpu().numpy(), self.retrieval.index, self.retrieval)
+            return self._candidate_index
+
+    def candidates(self, context: Context, k: int, exclude: np.ndarray | None = None) -> np.ndarray | None:
+        """Catalog positions (ascending) the second stage scores for this context, `exclude` left out; None when
+        the whole catalog is to be scored: a small catalog, a k too close to the catalog's size, or a context with
+        neither history nor query (one ranking for every anonymous visitor, which the page caches)."""
+        if not self.two_stage or (not len(context.history) and context.query is None):
+            return None  # without history or query the score is bias + item popularity: nothing to search by
+        n_items, n_exclude = len(self.item_ids), 0 if exclude is None else len(exclude)
+        wanted = max(self.retrieval.candidates, k) + n_exclude  # excluded items may take places in the search
+        if wanted > n_items or 2 * (k + n_exclude) > n_items:  # most of the catalog is asked for anyway
+            return None
+        query = torch.cat([context.vector.float(), torch.ones(1, device=self.device)]).cpu().numpy()  # (D + 1,)
+        found = self.candidate_index().search(query, wanted)
+        if self.retrieval.related_candidates and len(context.history):
+            found = np.union1d(found, self._related_items(context, query))
+        found = np.setdiff1d(found, exclude) if n_exclude else np.unique(found)
+        # An approximate index may return fewer than asked; fewer than k would shorten the list: score it whole.
+        return found if len(found) >= k else None
+
+    def _related_items(self, context: Context, query: np.ndarray) -> np.ndarray:
+        """Up to retrieval.related_candidates items sharing a category or brand with the history, best dot-product
+        part (+ bias) first: where the behaviour features (category and brand affinity) lift an item most."""
+        if self._item_groups is None:
+            self._item_groups = (ItemGroups(self.items["category"]), ItemGroups(self.items["brand"]))
+        related = np.union1d(*(groups.members(context.history.item_index) for groups in self._item_groups))
+        limit = self.retrieval.related_candidates
+        if len(related) <= limit:
+            return related
+        chosen = torch.as_tensor(related, device=self.device)
+        with torch.no_grad():
+            vectors = self.item_text_vectors[chosen] + self.item_id_vectors[chosen]
+            dot = (vectors @ context.vector.float() + self.item_bias_values[chosen]).cpu().numpy()
+        return related[top_k(dot, limit)]
+
+    def _recommendation(self, position: int, rank: int, score: float, parts: dict[str, float]) -> Recommendation:
         row = self.items.iloc[position]
         return Recommendation(
-            item_id=str(row.item_id), rank=rank, score=float(scores[position]), title=str(row.title),
+            item_id=str(row.item_id), rank=rank, score=score, title=str(row.title),
             category=_text_or_none(row.category), brand=_text_or_none(row.brand),
-            price=None if pd.isna(row.price) else float(row.price),
-            parts={name: float(value[position]) for name, value in parts.items()},
+            price=None if pd.isna(row.price) else float(row.price), parts=parts,
         )
 
 
@@ -378,8 +461,8 @@ def score_view(recommender: Recommender, context: Context, item_position: int,
         history_index = codes["items"][0, : int(codes["lengths"][0])].numpy()
         codes = {name: t.to(device) for name, t in codes.items()}
         with torch.no_grad():
-            history_vectors = (recommender.item_text_vectors + recommender.item_id_vectors)[
-                torch.as_tensor(history_index, device=device)].unsqueeze(0)
+            rows = torch.as_tensor(history_index, device=device)
+            history_vectors = (recommender.item_text_vectors[rows] + recommender.item_id_vectors[rows]).unsqueeze(0)
     else:
         history_index = np.zeros(0, dtype=np.int64)
     position = torch.tensor([item_position], device=device)

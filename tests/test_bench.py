@@ -36,3 +36,17 @@ def test_explain_bench_reports_an_item_shap_could_not_compare(tiny_model, tmp_pa
     assert all(a["loo_deletion_top3_drop"] is not None and a["loo_seconds"] > 0 for a in result["agreement"])
     assert all(a["loo_aopc_comprehensiveness"] is not None for a in result["agreement"])
     assert summary["leave_one_out_seconds_median"] > 0
+
+
+def test_scale_serving_bench_compares_two_stage_with_exact_on_a_scaled_tiny_model(tiny_model, tmp_path):
+    from bench import scale_serving
+
+    out = tmp_path / "scale_serving.json"
+    assert scale_serving.main(["--source", str(tiny_model), "--items", "400", "--users", "40", "--events", "800",
+                               "--queries", "4", "--hnsw-max", "400", "--app-users", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    (ranking,) = result["ranking"]
+    assert ranking["items"] == 400 and ranking["exact"]["queries"] == 4
+    settings = ranking["two_stage"]
+    assert any(name.startswith("hnsw") for name in settings) and len(settings) == 6
+    assert all(0.0 <= s["recall_at_10"] <= 1.0 and s["p50_ms"] > 0 for s in settings.values())

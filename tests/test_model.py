@@ -581,3 +581,18 @@ def test_stage_two_checks_each_head_on_users_it_was_not_fitted_on(n_heads):
         fitted = np.bincount(np.concatenate([fit for fit, _ in plan]), minlength=len(moment_users))
         assert (fitted == n_heads - 1).all()
 
+
+
+def test_histories_are_built_per_user_on_demand_and_equal_the_batch_build(recommender):
+    from model.sequences import build_histories
+
+    batch = build_histories(recommender.dataset.events, recommender.dataset.item_position)
+    lazy = recommender.histories
+    assert len(lazy) == len(batch) and list(lazy) == sorted(batch)
+    for user_id, expected in batch.items():
+        got = lazy[user_id]
+        for name in ("item_index", "event_codes", "first_touch", "last_touch"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(expected, name))
+    assert "no-such-user" not in lazy and lazy.get("no-such-user") is None and 3 not in lazy
+    with pytest.raises(KeyError):
+        lazy["no-such-user"]

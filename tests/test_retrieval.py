@@ -1,9 +1,11 @@
-"""The one top-k rule: order, ties by catalog order, exclusion, short catalogs; exact and FAISS search agree."""
+"""The one top-k rule: order, ties by catalog order, exclusion, short catalogs; exact and FAISS search agree;
+the retrieval config refuses what it cannot mean."""
 
 import numpy as np
 import pytest
 
-from model.retrieval import VectorIndex, top_k
+from model.errors import ModelError
+from model.retrieval import RetrievalConfig, VectorIndex, top_k
 
 
 def test_top_k_returns_the_best_scores_first():
@@ -40,8 +42,7 @@ def test_k_larger_than_what_is_available_returns_what_there_is():
 def test_exact_and_faiss_flat_search_agree_on_a_random_catalog(n_items):
     rng = np.random.default_rng(n_items)
     vectors = rng.normal(size=(n_items, 32)).astype(np.float32)
-    exact, flat = VectorIndex(vectors, use_faiss=False), VectorIndex(vectors, use_faiss=True)
-    assert not exact.use_faiss and flat.use_faiss
+    exact, flat = VectorIndex(vectors, "exact"), VectorIndex(vectors, "flat")
     for _ in range(5):
         query = rng.normal(size=32).astype(np.float32)
         found = exact.search(query, 10)
@@ -52,5 +53,27 @@ def test_exact_and_faiss_flat_search_agree_on_a_random_catalog(n_items):
 def test_search_with_k_beyond_the_catalog_returns_every_item_once():
     vectors = np.eye(4, dtype=np.float32)
     query = np.array([0.1, 0.4, 0.3, 0.2], dtype=np.float32)
-    for use_faiss in (False, True):
-        assert VectorIndex(vectors, use_faiss=use_faiss).search(query, 10).tolist() == [1, 2, 3, 0]
+    for kind in ("exact", "flat"):
+        assert VectorIndex(vectors, kind).search(query, 10).tolist() == [1, 2, 3, 0]
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_indexes_find_the_exact_top_10_when_searching_everything(kind):
+    # Every cell probed / a beam wider than the catalog: the approximate index must then be exact.
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(2000, 16)).astype(np.float32)
+    config = RetrievalConfig(index=kind, ivf_lists=8, ivf_probe=8, hnsw_ef_search=2000, candidates=1)
+    index = VectorIndex(vectors, kind, config)
+    for _ in range(5):
+        query = rng.normal(size=16).astype(np.float32)
+        assert set(index.search(query, 10).tolist()) == set(top_k(vectors @ query, 10).tolist())
+
+
+def test_retrieval_config_refuses_unknown_kinds_keys_and_sizes():
+    with pytest.raises(ModelError, match=r"retrieval\.index 'annoy'"):
+        RetrievalConfig(index="annoy")
+    with pytest.raises(ModelError, match=r"retrieval\.candidates 0"):
+        RetrievalConfig(candidates=0)
+    with pytest.raises(ModelError, match="unknown retrieval config keys: nprobe"):
+        RetrievalConfig.from_dict({"nprobe": 3})
+    assert RetrievalConfig.from_dict(RetrievalConfig(ivf_probe=5).to_dict()) == RetrievalConfig(ivf_probe=5)

@@ -122,7 +122,7 @@ if recommender is None:
     st.stop()
 
 params = st.query_params
-user_ids = [str(u) for u in recommender.user_ids]
+users = recommender.user_index
 catalog = set(recommender.items["item_id"].astype(str))
 
 # The URL carries the comparison (?user=..&query=..&a=..&b=..), so a link reproduces it.
@@ -142,7 +142,7 @@ st.session_state.setdefault("cmp_steps", 32)
 
 controls, help_column = st.columns([3, 2], gap="large")
 with controls:
-    user_id, query = audience_picker("cmp", user_ids, heading="Compare for", from_link=linked,
+    user_id, query = audience_picker("cmp", users, heading="Compare for", from_link=linked,
                                      user_query_label="Optional: with a query", personalise=False,
                                      empty_query="Type a query to compare two items for it.")
 with help_column, st.expander("How to read a comparison"):

@@ -205,7 +205,8 @@ def importance_section(recommender, ready: PrecomputedInsights | None) -> None:
                f"random items for the same user (mean base value {importance.base_values.mean():+.3f}), so features "
                f"that are the same for all of a user's items get 0; largest completeness gap "
                f"{importance.completeness_gap:.1e}.")
-    titles = recommender.items.set_index("item_id")["title"].to_dict()
+    shown = recommender.item_positions(sorted(set(importance.item_ids)))  # the sample's items, not the catalog
+    titles = dict(zip(recommender.item_ids[shown], recommender.items["title"].to_numpy()[shown]))
     st.plotly_chart(importance_bars(importance), width="stretch", config=CHART_CONFIG)
     st.plotly_chart(beeswarm(importance, titles), width="stretch", config=CHART_CONFIG)
     with st.expander("How to read the beeswarm"):

@@ -47,12 +47,12 @@ if recommender is None:
     st.stop()
 
 params = st.query_params
-user_ids = [str(u) for u in recommender.user_ids]
+users = recommender.user_index
 
 left, right = st.columns([1, 1], gap="large")
 with left:
     # The URL carries the view, so a link reproduces what you see.
-    user_id, query = audience_picker("rec", user_ids, heading="Recommend for",
+    user_id, query = audience_picker("rec", users, heading="Recommend for",
                                      from_link=first_visit("recommend_initialised"),
                                      query_label="What are you looking for?",
                                      empty_query="Type a query to see matching products.")

@@ -65,7 +65,7 @@ if recommender is None:
     st.stop()
 
 params = st.query_params
-user_ids = [str(u) for u in recommender.user_ids]
+users = recommender.user_index
 
 # The URL carries who the report is for, so a link from the Recommend page opens the same report.
 linked = first_visit("report_initialised")
@@ -76,7 +76,7 @@ if linked:
 
 left, right = st.columns(2, gap="large")
 with left:
-    user_id, query = audience_picker("rep", user_ids, heading="Report for", from_link=linked)
+    user_id, query = audience_picker("rep", users, heading="Report for", from_link=linked)
 with right:
     k = top_k_slider("Items in the report", "rep_k", len(recommender.item_ids), low=1, high=50, default=10)
     n_steps = st.select_slider("IG steps", STEP_CHOICES, key="rep_steps",

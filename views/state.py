@@ -41,17 +41,18 @@ def first_visit(flag: str) -> bool:
     return True
 
 
-def audience_from_url(prefix: str, params, user_ids: list[str]) -> str | None:
+def audience_from_url(prefix: str, params, users) -> str | None:
     """Set a page's "for whom" widgets from the link's ?user=&query=, once per session; returns an unknown user.
 
-    Keys: {prefix}_mode ("User" unless the link has a query and no user), {prefix}_user (the link's user if known,
-    else the first), {prefix}_query, {prefix}_user_query (the query as a narrowing of the user's list) and
-    {prefix}_personalise (a query for a known user). A page that lacks one of these widgets ignores its key.
+    `users`: a data.user_index.UserIndex. Keys: {prefix}_mode ("User" unless the link has a query and no user),
+    {prefix}_user (the link's user if known, else the first), {prefix}_query, {prefix}_user_query (the query as a
+    narrowing of the user's list) and {prefix}_personalise (a query for a known user). A page that lacks one of
+    these widgets ignores its key.
     """
     url_user, url_query = params.get("user"), params.get("query") or ""
-    known = url_user is not None and url_user in set(user_ids)
+    known = url_user is not None and url_user in users
     st.session_state[f"{prefix}_mode"] = "Query" if url_query and not url_user else "User"
-    st.session_state[f"{prefix}_user"] = url_user if known else (user_ids[0] if user_ids else None)
+    st.session_state[f"{prefix}_user"] = url_user if known else users.first()
     st.session_state[f"{prefix}_query"] = url_query
     st.session_state[f"{prefix}_user_query"] = url_query if url_user else ""
     st.session_state[f"{prefix}_personalise"] = bool(known and url_query)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -18,7 +19,7 @@ from model.sequences import age_days
 from model.whatif import edited_history, feature_ranges, rank_changes
 from views.explanation_panel import STEP_CHOICES, explanation_body
 from views.loaders import recommender_or_error
-from views.pickers import top_k_slider
+from views.pickers import top_k_slider, user_picker
 from views.rankings import cached_ranking, event_label, history_units, move_label, rank_slope, search_catalog
 from views.state import forget, remember, restore
 from views.text import md_escape
@@ -29,6 +30,7 @@ had the same category affinity for every category, or every item were as popular
 you do not pick keep each item's real value. Sliders stay within the range the feature takes in this data
 (the catalog, for a sample of users), so the model is never asked about values it has not seen."""
 WIDGETS = ("wi_user", "wi_k", "wi_remove", "wi_search", "wi_add_event", "wi_features", "wi_query")
+MEAN_SAMPLE_ITEMS = 10_000  # a slider starts at the user's mean over this many items at most (a seeded sample)
 
 
 def reset_edits() -> None:
@@ -91,17 +93,17 @@ st.caption("Start from a real user, change what the model knows about them, and 
 recommender = recommender_or_error()
 if recommender is None:
     st.stop()
-user_ids = [str(u) for u in recommender.user_ids]
-if not user_ids:
+users = recommender.user_index
+if not len(users):
     st.error("This data has no users: a what-if starts from a real user.")
     st.stop()
 
 link_problems: list[str] = []
 if "wi_added" not in st.session_state:  # the page's first visit this session: start from the link
     url_user = st.query_params.get("user")
-    st.session_state.wi_user = url_user if url_user in set(user_ids) else user_ids[0]
+    st.session_state.wi_user = url_user if url_user in users else users.first()
     reset_edits()
-    if url_user is not None and url_user not in set(user_ids):
+    if url_user is not None and url_user not in users:
         link_problems.append(f"user={url_user}: no such user in this data")
     linked = read_link(st.query_params, recommender.dataset.user_events(st.session_state.wi_user)["item_id"],
                        recommender.item_ids, feature_ranges(recommender))
@@ -117,8 +119,9 @@ else:
     restore("wi_saved")
 
 top_row = st.columns([3, 1, 2])
-user_id = top_row[0].selectbox("Start from user", user_ids, key="wi_user", on_change=reset_edits,
-                               help="Choosing another user starts again from that user's real data")
+with top_row[0]:
+    user_id = user_picker("wi_user", users, label="Start from user", on_change=reset_edits,
+                          help="Choosing another user starts again from that user's real data")
 with top_row[1]:
     k = top_k_slider("Top k", "wi_k", len(recommender.item_ids), low=K_RANGE[0], high=K_RANGE[1], default=10)
 with top_row[2]:
@@ -172,7 +175,11 @@ with features_column, st.container(border=True):
     st.caption(OVERRIDE_HELP)
     overrides: dict[str, float] = {}
     if chosen:
-        real_values = recommender.behaviour_features(recommender.context(user_id)).mean(0)  # (F,) this user's mean
+        # (F,) this user's mean over the catalog, or over a seeded sample of MEAN_SAMPLE_ITEMS of a larger one
+        n_items = len(recommender.item_ids)
+        sample = None if n_items <= MEAN_SAMPLE_ITEMS else np.sort(
+            np.random.default_rng(0).choice(n_items, MEAN_SAMPLE_ITEMS, replace=False))
+        real_values = recommender.behaviour_features(recommender.context(user_id), sample).mean(0)
     for name in chosen:
         low, high = float(ranges.at[name, "low"]), float(ranges.at[name, "high"])
         label, unit = ranges.at[name, "label"], ranges.at[name, "unit"]

@@ -14,6 +14,10 @@ from data.cli import run
 from data.io import FORMATS
 from model.recommender import ENCODER_TUNINGS
 
+# The model-shape options' defaults: a scenario adapter takes its shape from its backbone, so with --base any other
+# value is refused rather than silently ignored.
+SHAPE_DEFAULTS = {"encoder_tuning": "frozen", "dim": 128, "use_id_embedding": True, "lexical_text": False}
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model", description=__doc__)
@@ -23,13 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--data", required=True, type=Path)
     train.add_argument("--format", choices=FORMATS, default="auto")
     train.add_argument("--out", required=True, type=Path, help="checkpoint directory (the best epoch is kept)")
-    train.add_argument("--encoder-tuning", choices=ENCODER_TUNINGS, default="frozen")
+    train.add_argument("--encoder-tuning", choices=ENCODER_TUNINGS, default=SHAPE_DEFAULTS["encoder_tuning"])
     train.add_argument("--base-model", default=None, help="Hugging Face encoder directory or hub id "
                        "(default: the installed all-MiniLM-L6-v2)")
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--dim", type=int, default=128)
+    train.add_argument("--dim", type=int, default=SHAPE_DEFAULTS["dim"])
     train.add_argument("--no-id-embedding", action="store_true",
                        help="no per-item ID memory: the score is text, history and behaviour only, every part "
                             "of it explained (the demo model; see the README for what it costs)")
@@ -94,19 +98,19 @@ def _train(args) -> int:
         if value is not None and value < 1:
             print(f"error: --{option.replace('_', '-')} {value} must be at least 1", file=sys.stderr)
             return 2
-    dataset = load_dataset(args.data, format=args.format)
-    config = TrainConfig(seed=args.seed, device=args.device, time_budget_s=args.time_budget,
-                         **{option: value for option, value in counts.items() if value is not None})
     overrides = {"encoder_tuning": args.encoder_tuning, "dim": args.dim, "use_id_embedding": not args.no_id_embedding,
                  "lexical_text": args.lexical_text}
     if args.base is not None:  # an adapter takes the backbone's shape: options that would change it are refused
-        changed = [f"--{name.replace('_', '-')}" for name, value in overrides.items()
-                   if value != {"encoder_tuning": "frozen", "dim": 128, "use_id_embedding": True,
-                                "lexical_text": False}[name]]
+        options = {"use_id_embedding": "no-id-embedding"}
+        changed = [f"--{options.get(name, name.replace('_', '-'))}" for name, value in overrides.items()
+                   if value != SHAPE_DEFAULTS[name]]
         if changed or args.base_model:
             print(f"error: {', '.join(changed + ['--base-model'] * bool(args.base_model))}: a scenario adapter "
                   f"takes its shape and encoder from the backbone {args.base}", file=sys.stderr)
             return 2
+    dataset = load_dataset(args.data, format=args.format)
+    config = TrainConfig(seed=args.seed, device=args.device, time_budget_s=args.time_budget,
+                         **{option: value for option, value in counts.items() if value is not None})
     metrics = train(dataset, args.out, model_overrides=None if args.base else overrides, train_config=config,
                     base_model=args.base_model, resume=args.resume, progress_file=args.progress_file,
                     backbone=args.base, scenario=args.scenario)

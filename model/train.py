@@ -419,7 +419,7 @@ def _lineage(parent: Path, config: dict) -> tuple[dict, int]:
     lineage = {"parent": config["checkpoint_id"], "parent_path": str(parent.resolve()), "since": end.isoformat(),
                "generation": int(before.get("generation", 0)) + 1,
                "ancestors": [config["checkpoint_id"], *before.get("ancestors", [])]}
-    return lineage, int(end.value)
+    return lineage, int(end.value) + 1  # the parent's last moment is its own: learning starts after it
 
 
 def _resumable(out: Path, log) -> bool:

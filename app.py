@@ -31,6 +31,7 @@ pages = [
     st.Page("views/whatif.py", title="What-if", icon=":material/tune:", url_path="what-if"),
     st.Page("views/insights.py", title="Insights", icon=":material/insights:", url_path="insights"),
     st.Page("views/report.py", title="Report", icon=":material/description:", url_path="report"),
+    st.Page("views/models.py", title="Models", icon=":material/difference:", url_path="models"),
     st.Page("views/data_overview.py", title="Data", icon=":material/dataset:", url_path="data"),
     st.Page(recommend_by_name, title="Recommend", url_path="recommend", visibility="hidden"),
 ]

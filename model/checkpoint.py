@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from data.errors import DataError
 from data.features import FEATURE_NAMES, FEATURES_VERSION
 from data.schema import Dataset, make_dataset
+from model import scenarios
 from model.encoder import TextEncoder, load_encoder, pick_device
 from model.errors import CheckpointError, ModelError
 from model.recommender import RecommenderConfig, RecommenderNet
@@ -34,20 +35,28 @@ METRICS = "metrics.json"
 
 
 def save(directory: str | Path, net: RecommenderNet, dataset: Dataset, text_embeddings: torch.Tensor, *,
-         train_config: dict | None = None, metrics: dict | None = None, base_encoder: str = "") -> str:
+         train_config: dict | None = None, metrics: dict | None = None, base_encoder: str = "",
+         backbone: dict | None = None, lineage: dict | None = None) -> str:
     """Write the checkpoint next to `directory` and swap it in whole; returns its checkpoint_id.
 
     A crash mid-write leaves the previous checkpoint in place: nothing is half-written.
+    backbone: for a scenario adapter, {"checkpoint_id", "weights_sha256", "path"} of the backbone it adapts; only
+    the adapter and heads are written (model.scenarios), the backbone's network and encoder are read from it.
+    lineage: for an updated checkpoint, its parent (see model.train.train's `parent`).
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        weights = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()
-                   if not k.startswith("encoder.")}
+        if backbone is None:
+            weights = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()
+                       if not k.startswith("encoder.")}
+        else:
+            weights = scenarios.adapter_state(net)
         save_file(weights, staging / WEIGHTS)
         save_file({"text_embeddings": text_embeddings.detach().cpu().float().contiguous()}, staging / VECTORS)
-        _save_encoder(net.encoder, staging / ENCODER)
+        if backbone is None:
+            _save_encoder(net.encoder, staging / ENCODER)
         dataset.items.to_parquet(staging / ITEMS, index=False)
         dataset.events.to_parquet(staging / EVENTS, index=False)
         files = {p.relative_to(staging).as_posix(): _sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()}
@@ -67,6 +76,13 @@ def save(directory: str | Path, net: RecommenderNet, dataset: Dataset, text_embe
             "metrics": metrics or {},
             "files": files,
         }
+        if backbone is not None:
+            config["backbone"] = backbone
+            config["adapter"] = {"rank": net.config.lora_rank, "targets": list(scenarios.ADAPTER_TARGETS),
+                                 "heads": list(scenarios.HEAD_PREFIXES), "parameters": sum(map(torch.numel,
+                                                                                              weights.values()))}
+        if lineage is not None:
+            config["lineage"] = lineage
         (staging / CONFIG).write_text(json.dumps(config, indent=2))
         (staging / METRICS).write_text(json.dumps(metrics or {}, indent=2))
         _swap_in(staging, directory)
@@ -159,11 +175,13 @@ def check_features(directory: Path, config: dict) -> None:
 
 
 def load(directory: str | Path, data: str | Path | None = None, *, device: str = "auto", check: bool = True,
-         retrieval: RetrievalConfig | None = None):
+         retrieval: RetrievalConfig | None = None, backbone: str | Path | None = None):
     """Rebuild the `Recommender` from a checkpoint directory; `data` serves other events for the same items.
 
     device: "auto" (CUDA when present, else the CPU), "cpu" or "cuda". `retrieval`: how large catalogs are ranked
     (default: config.json's optional "retrieval" section, else RetrievalConfig's defaults).
+    A scenario adapter is read over its backbone: the directory it names, or `backbone` if given; a backbone other
+    than the one it was trained on is refused. What comes back is a plain Recommender either way.
     """
     from model.serving import Recommender
 
@@ -182,21 +200,37 @@ def load(directory: str | Path, data: str | Path | None = None, *, device: str =
             retrieval = RetrievalConfig.from_dict(dict(config.get("retrieval") or {}))
         except (ModelError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{directory / CONFIG}: retrieval section: {exc}") from exc
+    adapted = "backbone" in config
+    network_dir = find_backbone(directory, config, backbone) if adapted else directory
+    if adapted and check:
+        verify(network_dir, read_config(network_dir))
     try:
-        transformer, tokenizer = load_encoder(directory / ENCODER)
+        transformer, tokenizer = load_encoder(network_dir / ENCODER)
     except Exception as exc:
-        raise CheckpointError(f"{directory / ENCODER}: cannot load the encoder ({exc})") from exc
+        raise CheckpointError(f"{network_dir / ENCODER}: cannot load the encoder ({exc})") from exc
     net = RecommenderNet(model_config, TextEncoder(transformer, tokenizer))
     try:
         weights = load_file(directory / WEIGHTS)
         vectors = load_file(directory / VECTORS)["text_embeddings"]
+        if adapted:
+            shared = load_file(network_dir / WEIGHTS)
     except (SafetensorError, OSError, KeyError) as exc:
         raise CheckpointError(f"{directory}: cannot read the weights ({exc})") from exc
-    missing, unexpected = net.load_state_dict(weights, strict=False)
+    try:
+        if adapted:  # the backbone's network, then the adapter and heads on top, merged into a plain net
+            net.load_state_dict(scenarios.backbone_weights(shared, same_catalog=False), strict=False)
+            scenarios.add_adapter(net, config.get("adapter", {}).get("rank", model_config.lora_rank))
+        missing, unexpected = net.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape than config.json describes
+        raise CheckpointError(f"{directory / WEIGHTS}: does not match config.json ({str(exc)[:300]})") from exc
     missing = [k for k in missing if not k.startswith("encoder.")]
+    if adapted:  # the shared part comes from the backbone; the adapter file must hold all of the rest
+        missing = [k for k in missing if k in scenarios.adapter_state(net)]
     if missing or unexpected:
         raise CheckpointError(f"{directory / WEIGHTS}: does not match config.json "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if adapted:
+        scenarios.merge_and_unload(net)
     dataset = _dataset(directory, config, data)
     if vectors.shape[0] != len(dataset.items) or vectors.shape[0] != model_config.n_items:
         raise CheckpointError(f"{directory / VECTORS}: {vectors.shape[0]} item vectors for "
@@ -206,6 +240,35 @@ def load(directory: str | Path, data: str | Path | None = None, *, device: str =
                               f"the model reads {net.item_text_width}")
     return Recommender(net, dataset, vectors, checkpoint_id=config["checkpoint_id"], metadata=config,
                        device=str(pick_device(device)), retrieval=retrieval)
+
+
+def backbone_reference(directory: str | Path) -> dict:
+    """How an adapter names its backbone: checkpoint id, weights checksum and where it was (absolute path)."""
+    directory = Path(directory)
+    config = read_config(directory)
+    if "backbone" in config:
+        raise CheckpointError(f"{directory} is itself a scenario adapter; a backbone is a full checkpoint "
+                              f"(its backbone is {config['backbone'].get('path')})")
+    return {"checkpoint_id": config["checkpoint_id"], "weights_sha256": scenarios.weights_checksum(config),
+            "path": str(directory.resolve())}
+
+
+def find_backbone(directory: Path, config: dict, override: str | Path | None = None) -> Path:
+    """The backbone directory an adapter reads, checked to be the one it was trained on (id and weights)."""
+    wanted = config["backbone"]
+    where = Path(override) if override is not None else Path(wanted.get("path", ""))
+    if not where.is_absolute() and override is None:
+        where = directory / where
+    if not (where / CONFIG).exists():
+        raise CheckpointError(f"{directory / CONFIG}: its backbone {wanted.get('checkpoint_id')} is not at {where}; "
+                              f"pass the backbone's directory (--base)")
+    found = backbone_reference(where)
+    if (found["checkpoint_id"], found["weights_sha256"]) != (wanted.get("checkpoint_id"), wanted.get("weights_sha256")):
+        raise CheckpointError(
+            f"{directory} is an adapter for backbone {wanted.get('checkpoint_id')} (weights "
+            f"{str(wanted.get('weights_sha256'))[:12]}), but {where} is backbone {found['checkpoint_id']} (weights "
+            f"{found['weights_sha256'][:12]}): load it over the backbone it was trained on, or train it again")
+    return where
 
 
 def _dataset(directory: Path, config: dict, data) -> Dataset:

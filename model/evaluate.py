@@ -190,8 +190,11 @@ def untuned_text_embeddings(recommender) -> tuple[torch.Tensor, str]:
 
 
 def evaluate_model(recommender, dataset=None, *, stage: str = "test", progress: bool = False,
-                   max_users: int | None = None, exclude_history: bool = True) -> dict:
+                   max_users: int | None = None, exclude_history: bool = True, since=None, until=None) -> dict:
     """The recommender and every baseline on the same leave-last-out targets, full-catalog ranking.
+
+    since / until (a time, UTC if naive): only targets in [since, until) count, so a lineage of checkpoints can be
+    scored on the same window, e.g. the weeks after the oldest one's data ends.
 
     `exclude_history` picks the primary mode reported in "summary" and "models"; both modes are always under
     "modes" (they come from the same scores). `dataset` (default: the recommender's) must have its catalog.
@@ -217,6 +220,14 @@ def evaluate_model(recommender, dataset=None, *, stage: str = "test", progress: 
     targets = split.test if stage == "test" else split.valid
     if targets.empty:
         raise ModelError(f"no user of {dataset.meta.source} has {min_history} distinct items: nothing to evaluate")
+    window = {"since": _moment(since, "since"), "until": _moment(until, "until")}
+    if window["since"] is not None:
+        targets = targets[targets["timestamp"] >= window["since"]]
+    if window["until"] is not None:
+        targets = targets[targets["timestamp"] < window["until"]]
+    if targets.empty:
+        raise ModelError(f"no {stage} moment of {dataset.meta.source} falls in the window "
+                         f"[{since or 'start'}, {until or 'end'}): nothing to evaluate")
     if max_users is not None and max_users < len(targets):
         keep = np.random.default_rng(SAMPLE_SEED).choice(len(targets), max_users, replace=False)
         targets = targets.iloc[np.sort(keep)]
@@ -235,6 +246,7 @@ def evaluate_model(recommender, dataset=None, *, stage: str = "test", progress: 
         "modes": {MODES[mode]: ranked[mode] for mode in (True, False)},
         "exclude_history": exclude_history,
         "stage": stage,
+        "window": {name: None if moment is None else moment.isoformat() for name, moment in window.items()},
         "users": primary["model"]["users"],
         "ks": list(KS),
         "dataset": {**_dataset_summary(dataset), "min_history": min_history, "evaluated_users": len(split.test)},
@@ -243,6 +255,17 @@ def evaluate_model(recommender, dataset=None, *, stage: str = "test", progress: 
                       "popularity from": "every user's events before each moment", "text zero-shot from": text_source},
         "seconds": {"total": time.perf_counter() - started, **ranked["seconds"]},
     }
+
+
+def _moment(value, name: str) -> pd.Timestamp | None:
+    """A window bound as given (a time or its text), as a UTC timestamp; naive times are UTC."""
+    if value is None:
+        return None
+    try:
+        moment = pd.Timestamp(value)
+    except (ValueError, TypeError) as exc:
+        raise ModelError(f"{name} {value!r} is not a time (e.g. 2024-03-01 or 2024-03-01T12:00:00Z)") from exc
+    return moment.tz_localize("UTC") if moment.tzinfo is None else moment.tz_convert("UTC")
 
 
 def _dataset_summary(dataset) -> dict:

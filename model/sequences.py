@@ -258,10 +258,11 @@ def serving_tensors(histories: Sequence[UserHistory], now_ns: Sequence[int], max
     return {"items": items, "event_codes": codes, "gap_codes": gaps, "now_codes": now, "lengths": lengths}
 
 
-def training_tensors(histories: Sequence[UserHistory], max_history: int) -> dict:
+def training_tensors(histories: Sequence[UserHistory], max_history: int, since_ns: int | None = None) -> dict:
     """Next-item training: inputs are units 0..L-2, targets units 1..L-1, every position at once.
 
     `now_codes` at position i is the gap to the target's first touch, the moment that prediction is made.
+    since_ns: only targets first touched at or after this moment count (an update); earlier ones stay history.
     """
     B = len(histories)
     T = max(1, min(max_history, max((len(h) - 1 for h in histories), default=1)))
@@ -282,4 +283,6 @@ def training_tensors(histories: Sequence[UserHistory], max_history: int) -> dict
         minutes = (first[1:] - first[:-1]) / NS_PER_MINUTE
         now[b, :n] = gap_bucket(torch.as_tensor(minutes, dtype=torch.float32))
         targets[b, :n] = torch.as_tensor(history.item_index[-n:])
+        if since_ns is not None:
+            targets[b, :n][torch.as_tensor(first[1:] < since_ns)] = -1
     return {"items": items, "event_codes": codes, "gap_codes": gaps, "now_codes": now, "targets": targets}

@@ -29,7 +29,7 @@ from data.features import FEATURES
 from data.quality import quality_report
 from data.schema import Dataset, item_texts
 from data.split import leave_last_out
-from model import checkpoint
+from model import checkpoint, scenarios
 from model.encoder import TextEncoder, load_encoder, pick_device, resolve_encoder
 from model.errors import CheckpointError, ModelError
 from model.evaluate import evaluate_scorer, model_scorer
@@ -166,13 +166,19 @@ class _Interrupt:
 def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = None,
           train_config: TrainConfig | None = None, base_model: str | None = None, resume: bool = False,
           progress: bool = True, log=print, progress_file: str | Path | None = None,
-          preview: str | Path | None = None, preview_after_s: float = 20.0) -> dict:
+          preview: str | Path | None = None, preview_after_s: float = 20.0,
+          backbone: str | Path | None = None, scenario: str = "", parent: str | Path | None = None) -> dict:
     """Train a recommender on `dataset` and write its best checkpoint to `out`; returns the metrics.
 
     progress_file: a JSON file kept up to date with where the run stands (ProgressFile), if given.
     preview: where to copy the best stage-1 checkpoint once, after `preview_after_s` seconds of stage 1 (or when
         stage 1 ends, if sooner), so that a dashboard can serve it while the rest trains. Its behaviour heads are
         still neutral (they add 0): it ranks by text and history alone. The progress file names it.
+    backbone: a full checkpoint to adapt: `out` becomes a scenario adapter over it (model.scenarios), its network
+        shared and frozen, a LoRA adapter and the heads trained; `scenario` names it.
+    parent: a checkpoint to bring up to date (warm start): stage 1 goes on from its weights, learning only from the
+        moments after its data ends (earlier events are history), and `out` records it as its parent (lineage).
+    Either way the encoder is the starting checkpoint's, frozen, and the model's shape is its.
     """
     config = train_config or TrainConfig()
     out = Path(out)
@@ -186,7 +192,11 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
     if split.valid.empty:
         raise ModelError(f"no user has {config.min_history} distinct items: nothing to validate on")
 
-    base = resolve_encoder(base_model)
+    if backbone is not None and parent is not None:
+        raise ModelError("a run adapts a backbone or updates a parent, not both")
+    origin = Path(backbone if backbone is not None else parent) if (backbone or parent) is not None else None
+    origin_config = _origin_config(origin, dataset, adapter=backbone is not None) if origin else None
+    base = resolve_encoder(base_model) if origin is None else origin_config.get("base_encoder", "")
     state_path = out / STATE
     resuming = resume and _resumable(out, log)
     if resuming:  # a head trained on other behaviour features cannot go on learning on these
@@ -198,11 +208,18 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
                        and tuned_weights.is_dir())
     # An interrupted run goes on with the head it was built with (one head, before the folds).
     heads = checkpoint.read_config(out)["model"].get("behaviour_heads", 1) if resuming else BEHAVIOUR_HEADS
-    transformer, tokenizer = load_encoder(tuned_weights if from_checkpoint else base)
+    encoder_source = origin / checkpoint.ENCODER if origin else base
+    transformer, tokenizer = load_encoder(tuned_weights if from_checkpoint else encoder_source)
     encoder = TextEncoder(transformer, tokenizer).to(device)  # item texts are embedded where training runs
-    model_config = RecommenderConfig(n_items=len(dataset.items), n_features=len(FEATURES),
-                                     text_dim=encoder.hidden_size,
-                                     **{"behaviour_heads": heads, **(model_overrides or {})})
+    if origin is None:
+        model_config = RecommenderConfig(n_items=len(dataset.items), n_features=len(FEATURES),
+                                         text_dim=encoder.hidden_size,
+                                         **{"behaviour_heads": heads, **(model_overrides or {})})
+    else:  # the starting checkpoint's shape; its encoder ships tuned (merged) if it was, and stays as it is
+        model_config = RecommenderConfig.from_dict({"temperature": 0.0, **origin_config["model"],
+                                                    "n_items": len(dataset.items), "behaviour_heads": heads,
+                                                    "encoder_tuning": "frozen"})
+    encoder_tag = Path(base).name if origin is None else f"checkpoint-{origin_config['checkpoint_id']}"
     texts = item_texts(dataset)
 
     def embed_items() -> torch.Tensor:  # the catalog as the model reads it, by the encoder as it is now (CPU)
@@ -215,16 +232,31 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
         query_embeddings = encoder.embed(queries, model_config.max_query_tokens)
     else:
         text_embeddings = cached_embeddings(encoder, texts, model_config.max_item_tokens, cache_dir,
-                                            f"items-{Path(base).name}", progress, model_config.lexical_text)
+                                            f"items-{encoder_tag}", progress, model_config.lexical_text)
         query_embeddings = cached_embeddings(encoder, queries, model_config.max_query_tokens, cache_dir,
-                                             f"queries-{Path(base).name}", progress)
+                                             f"queries-{encoder_tag}", progress)
     net = RecommenderNet(model_config, _tuned(encoder, model_config)).to(device)
+    backbone_ref = lineage = None
+    since_ns = None  # an update learns from the moments after this one only
+    if backbone is not None:
+        backbone_ref = {**checkpoint.backbone_reference(origin), "scenario": scenario}
+        _start_from(net, origin, dataset, adapter=True)
+    elif parent is not None:
+        _start_from(net, origin, dataset, adapter=False)
+        lineage, since_ns = _lineage(origin, origin_config)
     recommender = Recommender(net, dataset, text_embeddings, checkpoint_id="training")
-    histories = [h for h in build_histories(split.train, dataset.item_position).values() if len(h) >= 2]
+    histories = [h for h in build_histories(split.train, dataset.item_position).values()
+                 if len(h) >= 2 and (since_ns is None or h.first_touch[-1] >= since_ns)]
+    if not histories:
+        raise ModelError(f"no training moment after {lineage['since']}: the data holds no new events to learn from"
+                         if since_ns is not None else "no user has two distinct training items: nothing to learn")
     rng = np.random.default_rng(config.seed)
     batch_size = config.batch_size or int(np.clip(len(histories) // 60, 16, 128))
-    valid = split.valid if len(split.valid) <= config.eval_users else split.valid.sample(
-        config.eval_users, random_state=config.seed)
+    valid = split.valid
+    if since_ns is not None and (valid["timestamp"] >= pd.Timestamp(since_ns, tz="UTC")).any():
+        valid = valid[valid["timestamp"] >= pd.Timestamp(since_ns, tz="UTC")]  # an update is judged on what is new
+    if len(valid) > config.eval_users:
+        valid = valid.sample(config.eval_users, random_state=config.seed)
     log(f"{len(dataset.items)} items, {len(histories)} training users, {len(split.valid)} validation users "
         f"({len(valid)} ranked per epoch), encoder {model_config.encoder_tuning} on {device}")
 
@@ -243,12 +275,13 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
     last_epoch = config.epochs if stale < config.patience else start_epoch
 
     optimizer = _optimizer(net, config)
+    trainable = scenarios.trainable_parameters(net)
     train_config_dict = dataclasses.asdict(config)
 
     def save(metrics: dict) -> str:
         recommender.refresh_item_vectors()
         return checkpoint.save(out, net, dataset, text_embeddings.cpu(), train_config=train_config_dict,
-                               metrics=metrics, base_encoder=base)
+                               metrics=metrics, base_encoder=base, backbone=backbone_ref, lineage=lineage)
 
     def write_preview() -> None:
         checkpoint.copy_checkpoint(out, preview, skip=(STATE,))
@@ -262,6 +295,7 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
     with _Interrupt() as interrupt:
         for epoch in range(start_epoch + 1, last_epoch + 1):
             net.train()
+            scenarios.set_merged(net, False)  # an adapter trains as LoRA layers, and is evaluated merged
             order = rng.permutation(len(histories))
             losses = []
             steps = range(0, len(order), batch_size)
@@ -269,7 +303,8 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
                                               leave=False)):
                 report.update(stage="stage 1", epoch=epoch, step=step, steps=len(steps), every=0.5)
                 batch = [histories[i] for i in order[start : start + batch_size]]
-                loss = _stage1_loss(net, batch, text_embeddings, query_embeddings, texts, config, device, rng)
+                loss = _stage1_loss(net, batch, text_embeddings, query_embeddings, texts, config, device, rng,
+                                    since_ns=since_ns)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(net.parameters(), 5.0)
@@ -281,6 +316,7 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
                 text_embeddings = embed_items()
                 recommender.text_embeddings = text_embeddings.to(device)
             net.eval()
+            scenarios.set_merged(net, True)
             recommender.refresh_item_vectors()
             metrics = evaluate_scorer(model_scorer(recommender, with_behaviour=False), recommender, valid)
             entry = {"epoch": epoch, "loss": float(np.mean(losses)), "valid_NDCG@10": metrics["NDCG@10"],
@@ -316,7 +352,9 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
     # Back to the best stage-1 weights, then stage 2 on top of them. The checkpoint holds the rest of the network;
     # a tuned encoder goes back to its best epoch from memory (the checkpoint ships it merged), and the catalog is
     # embedded again with it, so the encoder, its embeddings and the network on top are of one epoch.
+    scenarios.set_merged(net, False)
     net.load_state_dict(load_file(out / checkpoint.WEIGHTS), strict=False)
+    scenarios.set_merged(net, True)
     if _tuning(net) and best_encoder and best["epoch"] != history_log[-1]["epoch"]:  # else they are of one already
         with torch.no_grad():
             for name, p in net.encoder.named_parameters():
@@ -347,11 +385,56 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
         "threads": torch.get_num_threads(),
         "encoder_tuning": model_config.encoder_tuning,
         "data_fingerprint": dataset.meta.fingerprint,
+        "trainable_parameters": trainable,
     }
     metrics["checkpoint_id"] = save(metrics)
     state_path.unlink(missing_ok=True)
     report.update(stage="done")
     return metrics
+
+
+def _origin_config(origin: Path, dataset: Dataset, *, adapter: bool) -> dict:
+    """The config of the checkpoint a run starts from, checked whole and fit to start from."""
+    config = checkpoint.read_config(origin)
+    checkpoint.verify(origin, config)
+    checkpoint.check_features(origin, config)
+    if "backbone" in config:
+        what = "a backbone" if adapter else "a parent to update"
+        raise CheckpointError(f"{origin} is a scenario adapter; {what} must be a full checkpoint (its backbone is "
+                              f"{config['backbone'].get('path')}): update the backbone, or train the adapter again")
+    if not adapter:
+        stored = pd.read_parquet(origin / checkpoint.ITEMS, columns=["item_id"])["item_id"].astype(str)
+        if list(stored) != list(dataset.items["item_id"]):
+            raise CheckpointError(f"{origin}: an update keeps the parent's catalog, and this data has another "
+                                  f"({len(dataset.items)} items against {len(stored)}): train a new model on it")
+    return config
+
+
+def _start_from(net: RecommenderNet, origin: Path, dataset: Dataset, *, adapter: bool) -> None:
+    """Load the starting checkpoint's network into `net`: all of it (update), or its shared part under a fresh
+    LoRA adapter (scenario; the ID rows too when the catalog is the backbone's, item for item)."""
+    weights = load_file(origin / checkpoint.WEIGHTS)
+    if adapter:
+        stored = pd.read_parquet(origin / checkpoint.ITEMS, columns=["item_id"])["item_id"].astype(str)
+        same_catalog = list(stored) == list(dataset.items["item_id"])
+        net.load_state_dict(scenarios.backbone_weights(weights, same_catalog), strict=False)
+        scenarios.add_adapter(net, net.config.lora_rank)
+        return
+    own = net.state_dict()
+    # A parent with another number of behaviour heads has another head width: stage 2 fits the heads anew anyway.
+    net.load_state_dict({k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}, strict=False)
+
+
+def _lineage(parent: Path, config: dict) -> tuple[dict, int]:
+    """The lineage an update records (its parent, and theirs), and the moment the parent's data ends (ns)."""
+    events = pd.read_parquet(parent / checkpoint.EVENTS, columns=["timestamp"])["timestamp"]
+    end = pd.Timestamp(events.max())
+    end = end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")
+    before = config.get("lineage", {})
+    lineage = {"parent": config["checkpoint_id"], "parent_path": str(parent.resolve()), "since": end.isoformat(),
+               "generation": int(before.get("generation", 0)) + 1,
+               "ancestors": [config["checkpoint_id"], *before.get("ancestors", [])]}
+    return lineage, int(end.value) + 1  # the parent's last moment is its own: learning starts after it
 
 
 def _resumable(out: Path, log) -> bool:
@@ -406,8 +489,8 @@ def _optimizer(net: RecommenderNet, config: TrainConfig) -> torch.optim.Optimize
 
 def _stage1_loss(net: RecommenderNet, batch, text_embeddings: torch.Tensor, query_embeddings: torch.Tensor,
                  texts: list[str], config: TrainConfig, device: torch.device,
-                 rng: np.random.Generator) -> torch.Tensor:
-    tensors = {k: v.to(device) for k, v in training_tensors(batch, net.config.max_history).items()}
+                 rng: np.random.Generator, since_ns: int | None = None) -> torch.Tensor:
+    tensors = {k: v.to(device) for k, v in training_tensors(batch, net.config.max_history, since_ns).items()}
     text = text_embeddings.to(device)  # (N, H)
     targets = tensors["targets"]  # (B, T), -1 = padding
     if _tuning(net):

@@ -206,3 +206,41 @@ def test_recommend_opens_by_its_name_in_a_toolbar_without_deploy(browser, hostil
     assert page.get_by_role("button", name="Deploy").count() == 0
     assert page.get_by_text("Deploy", exact=True).count() == 0
     page.screenshot(path=str(ARTIFACTS / "recommend-by-name.png"))
+
+
+def test_models_page_compares_two_models_and_links_users(browser, hostile, tiny_encoder, tiny_shop):
+    """Two models of the hostile shop side by side: metrics, moves and agreement render, titles stay text, and a
+    "changed most" link opens that user's comparison."""
+    from model.train import TrainConfig, train
+
+    second = hostile / "second-model"
+    if not (second / "config.json").exists():
+        from data.io import load_dataset
+
+        train(load_dataset(hostile / "data"), second, model_overrides={"dim": 16, "max_item_tokens": 24},
+              base_model=str(tiny_encoder), train_config=TrainConfig(epochs=1, batch_size=16, behaviour_epochs=1,
+                                                                     seed=1), progress=False, log=lambda *_: None)
+    app = App(hostile / "model", hostile / "data")
+    try:
+        page = browser.new_page(viewport={"width": 1440, "height": 3000})
+        dialogs = []
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        page.goto(f"{app.url}/models?model_b={second}")
+        wait_for_page(page)
+        page.get_by_role("heading", name="Models").first.wait_for(timeout=60_000)
+        page.get_by_text("Overlap@10").first.wait_for(timeout=180_000)
+        wait_for_page(page)
+        assert page.locator(".js-plotly-plot").count() >= 1  # the rank moves
+        assert page.locator("img[src='x']").count() == 0 and not dialogs
+        assert "model_b=" in page.url and "model_a=" in page.url
+        link = page.locator("a[href*='user=']").first
+        href = link.get_attribute("href")
+        user = href.split("user=")[1].split("&")[0]
+        page.screenshot(path=str(ARTIFACTS / "models.png"), full_page=True)
+        page.goto(f"{app.url}/{href}")
+        wait_for_page(page)
+        page.get_by_text("Overlap@10").first.wait_for(timeout=180_000)
+        assert f"user={user}" in page.url
+        assert page.get_by_test_id("stException").count() == 0 and page.get_by_test_id("stAlertContentError").count() == 0
+    finally:
+        app.stop()

@@ -31,7 +31,7 @@ def directory_stamp(path: Path) -> float:
     return max((p.stat().st_mtime for p in files), default=0.0)
 
 
-@st.cache_resource(show_spinner="Loading the model…", max_entries=2)
+@st.cache_resource(show_spinner="Loading the model…", max_entries=3)  # the sidebar's, and the Models page's two
 def _load_recommender(model: str, data: str | None, stamp: float):
     import torch
 
@@ -102,3 +102,16 @@ def recommender_or_error():
     except WhyRecError as exc:
         st.error(f"Cannot open the model: {exc}")
         return None
+
+
+def checkpoint_at(model: str):
+    """The checkpoint in directory `model`, served over the sidebar's data when that exists (else its own);
+    a WhyRecError says why it cannot be (the Models page shows it)."""
+    from model.errors import CheckpointError
+
+    path, data = Path(model), data_dir()
+    if not (path / "config.json").exists():
+        raise CheckpointError(f"no model at {model} (a directory written by `python -m model train` or `update`)")
+    use_data = data if data and Path(data).exists() else None
+    stamp = directory_stamp(path) + directory_stamp(Path(use_data or path))
+    return _load_recommender(str(path), use_data, stamp)

@@ -81,10 +81,11 @@ def move_label(row) -> str:
     return f"▲ {int(row.change)}" if row.change > 0 else f"▼ {int(-row.change)}"
 
 
-def rank_slope(changes: pd.DataFrame, k: int) -> go.Figure:
+def rank_slope(changes: pd.DataFrame, k: int, sides: tuple[str, str] = ("Real", "What-if")) -> go.Figure:
     """Bump chart: each item's real rank (left) and what-if rank (right); everything beyond k shares one row.
 
     Items in the what-if top k are named on the right, items that left it on the left (by their real rank).
+    `sides` names the two rankings (the Models page: model A and model B).
     """
     outside = k + 1
     figure = go.Figure()
@@ -97,12 +98,12 @@ def rank_slope(changes: pd.DataFrame, k: int) -> go.Figure:
         figure.add_trace(go.Scatter(
             x=[0, 1], y=y, mode="lines+markers+text", line={"color": MOVES[row.status], "width": 2},
             marker={"size": 9}, text=text, textposition=["middle left", "middle right"], textfont={"size": 11},
-            hovertext=[f"{title}<br>real: {where[0]}", f"{title}<br>what-if: {where[1]} ({row.status})"],
+            hovertext=[f"{title}<br>{sides[0]}: {where[0]}", f"{title}<br>{sides[1]}: {where[1]} ({row.status})"],
             hoverinfo="text"))
     figure.update_yaxes(autorange="reversed", tickvals=list(range(1, outside + 1)), automargin=True,
                         ticktext=[f"#{r}" for r in range(1, outside)] + [f"below #{k}"], gridcolor="#eeeeee")
     left_labels = bool((changes["status"] == "left").any())
-    figure.update_xaxes(range=[-1.3 if left_labels else -0.1, 2.3], tickvals=[0, 1], ticktext=["Real", "What-if"],
+    figure.update_xaxes(range=[-1.3 if left_labels else -0.1, 2.3], tickvals=[0, 1], ticktext=list(sides),
                         showgrid=False, zeroline=False)
     figure.update_layout(title={"text": "How the top ranks moved", "x": 0, "font": {"size": 15}},
                          height=80 + 26 * outside, margin={"l": 10, "r": 10, "t": 40, "b": 10}, plot_bgcolor="white",

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+from array import array
+from bisect import bisect_right
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 import numpy as np
 import pandas as pd
@@ -177,17 +181,30 @@ PRICE_POINT_WIDTH = 0.1
 
 @dataclass(frozen=True)
 class _Pool:
-    """Items to draw from with fixed weights; one draw is one binary search."""
+    """Items to draw from with fixed weights; one draw is one binary search.
 
-    items: np.ndarray
-    cumulative: np.ndarray
+    Plain lists rather than arrays: a draw is one scalar lookup, where numpy's per-call overhead would dominate.
+    """
+
+    items: list[int]
+    cumulative: list[float]  # running sum of the weights, the same floats np.cumsum gives
 
     @classmethod
     def of(cls, items: np.ndarray, weights: np.ndarray) -> _Pool:
-        return cls(items, np.cumsum(weights))
+        return cls(items.tolist(), np.cumsum(weights).tolist())
 
     def draw(self, u: float) -> int:
-        return int(self.items[np.searchsorted(self.cumulative, u * self.cumulative[-1], side="right")])
+        return self.items[bisect_right(self.cumulative, u * self.cumulative[-1])]
+
+
+@dataclass(frozen=True)
+class _Shelves:
+    """What a set of favourite categories stocks: the same for every shopper who favours that set."""
+
+    prices: np.ndarray  # (n,) the known prices on those shelves, sorted
+    brand_options: list[str]  # brands stocked there, in catalog order of their first item
+    brand_levels: np.ndarray  # (len(brand_options),) TIER_LEVEL of each brand
+    attribute_options: list[str]  # attribute words stocked there, in vocabulary order
 
 
 @dataclass
@@ -202,6 +219,45 @@ class _Catalog:
     by_brand: dict[str, _Pool]
     by_attribute: dict[str, _Pool]
     popular: _Pool  # the best-sellers: the top BEST_SELLER_SHARE of items by appeal, weighted by appeal
+    # Plain-list copies for the simulation's scalar lookups (a numpy scalar costs more than the work on it).
+    item_ids: list[str] = field(default_factory=list)
+    category_of: list[str] = field(default_factory=list)
+    price_of: list[float] = field(default_factory=list)
+    # Shoppers share what depends only on their favourite categories (at most 377 sets of 1-3 of 13) and on the
+    # prices near their price point (shop prices take few distinct values): built once per set, not per shopper.
+    _shelves: dict[frozenset, _Shelves] = field(default_factory=dict)
+    _price_values: np.ndarray | None = None  # distinct known prices, sorted
+    _near_price: dict[bytes, _Pool | None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.item_ids = self.items["item_id"].tolist()
+        self.category_of = self.category.tolist()
+        self.price_of = self.price.tolist()
+        self._price_values = np.unique(self.price[~np.isnan(self.price)])
+
+    def shelves(self, categories: list[str]) -> _Shelves:
+        key = frozenset(categories)
+        found = self._shelves.get(key)
+        if found is None:
+            in_favourites = np.isin(self.category, categories)
+            brand_options = list(dict.fromkeys(self.brand[in_favourites]))
+            stocked = {w for i in np.flatnonzero(in_favourites) for w in self.attributes[i]}
+            found = self._shelves[key] = _Shelves(
+                prices=np.sort(self.price[in_favourites & ~np.isnan(self.price)]),
+                brand_options=brand_options,
+                brand_levels=np.array([TIER_LEVEL[BRAND_TIER[b]] for b in brand_options]),
+                attribute_options=sorted(stocked, key=WORD_ORDER.__getitem__),  # vocabulary order, not stock order
+            )
+        return found
+
+    def near_price(self, point: float) -> _Pool | None:
+        """Items of any shelf within PRICE_POINT_WIDTH (in log price) of `point`, weighted by sqrt(appeal)."""
+        near = np.abs(np.log(self._price_values) - np.log(point)) <= PRICE_POINT_WIDTH  # per distinct price
+        key = near.tobytes()
+        if key not in self._near_price:
+            items = np.flatnonzero(np.isin(self.price, self._price_values[near]))
+            self._near_price[key] = _Pool.of(items, np.sqrt(self.appeal[items])) if len(items) else None
+        return self._near_price[key]
 
 
 @dataclass
@@ -217,6 +273,8 @@ class _Shopper:
     activity: float
     cause_mix: np.ndarray  # (len(CAUSES),) probabilities
     at_price_point: _Pool | None  # items of any category within PRICE_POINT_WIDTH of the price point
+    cause_cdf: np.ndarray  # (len(CAUSES),) the cumulative cause mix, as Generator.choice builds it from the mix
+    cause_cdf_list: list[float]  # the same, for one scalar draw
 
 
 @dataclass
@@ -431,25 +489,24 @@ def _draw_shoppers(rng: np.random.Generator, n_users: int, catalog: _Catalog) ->
     names = [c.name for c in CATEGORIES]
     category_appeal = rng.dirichlet(np.full(len(names), 6.0))
     mix = np.array([CAUSE_MIX[c] for c in CAUSES])
+    n_categories_cdf = _choice_cdf(np.array([0.35, 0.45, 0.2])).tolist()  # 1, 2 or 3 favourite categories
     width = max(4, len(str(n_users)))
     shoppers = []
     for n in range(1, n_users + 1):
-        n_categories = rng.choice([1, 2, 3], p=[0.35, 0.45, 0.2])
+        n_categories = 1 + bisect_right(n_categories_cdf, rng.random())
         categories = [names[i] for i in rng.choice(len(names), n_categories, replace=False, p=category_appeal)]
-        in_favourites = np.isin(catalog.category, categories)
-        prices = catalog.price[in_favourites & ~np.isnan(catalog.price)]
+        shelves = catalog.shelves(categories)
         # The band is a slice of the favourite shelves' price range around the shopper's own level.
         level = rng.beta(2.0, 2.0)
-        low, high = np.quantile(prices, [max(0.0, level - 0.3), min(1.0, level + 0.3)])
-        point = float(np.quantile(prices, level))
-        brand_options = list(dict.fromkeys(catalog.brand[in_favourites]))
-        tier_fit = np.array([np.exp(-(((TIER_LEVEL[BRAND_TIER[b]] - level) / 0.35) ** 2)) for b in brand_options])
+        low = _quantile_of_sorted(shelves.prices, max(0.0, level - 0.3))
+        high = _quantile_of_sorted(shelves.prices, min(1.0, level + 0.3))
+        point = _quantile_of_sorted(shelves.prices, level)
+        brand_options = shelves.brand_options
+        tier_fit = np.exp(-(((shelves.brand_levels - level) / 0.35) ** 2))
         n_brands = min(int(rng.integers(1, 3)), len(brand_options))
         brands = [brand_options[i] for i in rng.choice(len(brand_options), n_brands, replace=False,
                                                        p=tier_fit / tier_fit.sum())]
-        attribute_options = list(dict.fromkeys(
-            w for i in np.flatnonzero(in_favourites) for w in catalog.attributes[i]))
-        attribute_options.sort(key=WORD_ORDER.__getitem__)  # stocked words in vocabulary order, not stock order
+        attribute_options = shelves.attribute_options
         n_attributes = min(int(rng.integers(2, 5)), len(attribute_options))
         attributes = [attribute_options[i] for i in np.sort(rng.choice(len(attribute_options), n_attributes,
                                                                        replace=False))]
@@ -461,8 +518,8 @@ def _draw_shoppers(rng: np.random.Generator, n_users: int, catalog: _Catalog) ->
             drift_start[kind], drift_end[kind] = np.round(start, 3).tolist(), np.round(end, 3).tolist()
         cause_mix = np.round(rng.dirichlet(mix * CAUSE_MIX_CONCENTRATION), 3)
         cause_mix = cause_mix / cause_mix.sum()
+        cause_cdf = _choice_cdf(cause_mix)
         low, high = round(float(low), 2), round(float(high), 2)
-        near_point = np.flatnonzero(np.abs(np.log(catalog.price) - np.log(point)) <= PRICE_POINT_WIDTH)
         shoppers.append(_Shopper(
             user_id=f"u{n:0{width}d}",
             categories=categories,
@@ -474,9 +531,32 @@ def _draw_shoppers(rng: np.random.Generator, n_users: int, catalog: _Catalog) ->
             price_point=round(point, 2),
             activity=round(float(rng.lognormal(0.0, 0.6)), 3),
             cause_mix=cause_mix,
-            at_price_point=_Pool.of(near_point, np.sqrt(catalog.appeal[near_point])) if len(near_point) else None,
+            at_price_point=catalog.near_price(point),
+            cause_cdf=cause_cdf,
+            cause_cdf_list=cause_cdf.tolist(),
         ))
     return shoppers
+
+
+def _choice_cdf(p: np.ndarray) -> np.ndarray:
+    """The cumulative table `Generator.choice(..., p=p)` searches: drawing u = rng.random() and taking
+    searchsorted(cdf, u, side="right") gives the same index from the same stream, without choice's per-call checks.
+    """
+    cdf = np.cumsum(p)
+    cdf /= cdf[-1]
+    return cdf
+
+
+def _quantile_of_sorted(values: np.ndarray, q: float) -> float:
+    """np.quantile(values, q) (the default "linear" method, same float operations) of already sorted values,
+    without the O(n) partition np.quantile does on every call."""
+    virtual = (len(values) - 1) * q
+    below = min(int(np.floor(virtual)), len(values) - 1)
+    above = min(below + 1, len(values) - 1)
+    gamma = virtual - below
+    a, b = float(values[below]), float(values[above])
+    difference = b - a
+    return b - difference * (1 - gamma) if gamma >= 0.5 else a + difference * gamma
 
 
 def _taste_record(shopper: _Shopper) -> dict:
@@ -496,57 +576,81 @@ def _taste_record(shopper: _Shopper) -> dict:
 # Behaviour: sessions of views, some carted, some bought at checkout, a few rated days later.
 
 
+class _Log:
+    """The event log as it grows: typed columns (8 bytes or less per value), not lists of Python objects."""
+
+    def __init__(self) -> None:
+        self.user, self.item, self.time = array("q"), array("q"), array("q")
+        self.event, self.cause = array("b"), array("b")
+        self.value = array("d")
+        self.token: list[str | None] = []
+
+    def emit(self, user: int, item: int, time: int, event: int, cause: int, token: str | None,
+             value: float = np.nan) -> None:
+        self.user.append(user)
+        self.item.append(item)
+        self.time.append(time)
+        self.event.append(event)
+        self.cause.append(cause)
+        self.token.append(token)
+        self.value.append(value)
+
+    def columns(self) -> dict:
+        columns = {name: np.frombuffer(getattr(self, name), dtype=dtype) if len(getattr(self, name)) else
+                   np.empty(0, dtype) for name, dtype in (("user", np.int64), ("item", np.int64), ("time", np.int64),
+                                                         ("event", np.int8), ("cause", np.int8), ("value", np.float64))}
+        columns["token"] = np.asarray(self.token, dtype=object)
+        return columns
+
+
+_VIEW, _CART, _PURCHASE, _RATING = range(len(EVENTS))
+_CAUSE_CODE = {cause: code for code, cause in enumerate(CAUSES)}
+
+
 def _simulate(rng: np.random.Generator, shoppers: list[_Shopper], catalog: _Catalog, target_events: int) -> dict:
     span = int((WINDOW_END - WINDOW_START).total_seconds())
     total_activity = sum(s.activity for s in shoppers)
     extra_sessions = max(0.0, target_events / EVENTS_PER_SESSION - MIN_SESSIONS * len(shoppers)) / total_activity
-    hours = HOUR_WEIGHTS / HOUR_WEIGHTS.sum()
-    columns = {k: [] for k in ("user", "item", "time", "event", "cause", "token", "value")}
+    hour_cdf = _choice_cdf(HOUR_WEIGHTS / HOUR_WEIGHTS.sum())
+    log = _Log()
     for user, shopper in enumerate(shoppers):
         n_sessions = MIN_SESSIONS + int(rng.poisson(extra_sessions * shopper.activity))
-        starts = np.sort(rng.integers(0, span // DAY, n_sessions) * DAY
-                         + rng.choice(24, n_sessions, p=hours) * 3600 + rng.integers(0, 3600, n_sessions))
+        days = rng.integers(0, span // DAY, n_sessions) * DAY
+        hours = hour_cdf.searchsorted(rng.random(n_sessions), side="right")  # rng.choice(24, n, p=hours)
+        starts = np.sort(days + hours * 3600 + rng.integers(0, 3600, n_sessions)).tolist()
         history = _History()
         clock = -SESSION_GAP
         for start in starts:
-            clock = max(int(start), clock + SESSION_GAP)  # sessions of one shopper never overlap
+            clock = max(start, clock + SESSION_GAP)  # sessions of one shopper never overlap
             if clock >= span:
                 break
-            clock = _session(rng, user, shopper, catalog, history, clock, span, columns)
-    log = {k: np.asarray(v) for k, v in columns.items()}
-    log["token"] = np.asarray(columns["token"], dtype=object)
-    log["value"] = np.asarray(columns["value"], dtype="float64")
-    log = _chronological(log)
-    keep = log["time"] < span  # a late-night session on 30 April may run past midnight
-    return {k: v[keep] for k, v in log.items()}
+            clock = _session(rng, user, shopper, catalog, history, clock, span, log)
+    columns = _chronological(log.columns())
+    keep = columns["time"] < span  # a late-night session on 30 April may run past midnight
+    return {k: v[keep] for k, v in columns.items()}
 
 
-def _session(rng, user, shopper, catalog, history, clock, span, columns) -> int:
+def _session(rng, user, shopper, catalog, history, clock, span, log) -> int:
     """One visit: views, carts right after their view, a checkout at the end. Returns the clock after it."""
-    mix = shopper.cause_mix
     n_views = 1 + int(rng.poisson(MEAN_EXTRA_VIEWS))
-    intent = rng.choice(len(CAUSES), p=mix)
-    causes = np.where(rng.random(n_views) < SESSION_FOCUS, intent, rng.choice(len(CAUSES), n_views, p=mix))
-    draws = rng.random((n_views, 3))
+    intent = bisect_right(shopper.cause_cdf_list, rng.random())  # rng.choice(len(CAUSES), p=cause_mix)
+    focused = rng.random(n_views) < SESSION_FOCUS
+    causes = np.where(focused, intent, shopper.cause_cdf.searchsorted(rng.random(n_views), side="right")).tolist()
+    draws = rng.random((n_views, 3)).tolist()
     drift = min(1.0, clock / span)
     viewed, carted = [], []
-
-    def emit(time, item, event, cause, token, value=np.nan):
-        for key, v in zip(("user", "item", "time", "event", "cause", "token", "value"),
-                          (user, item, time, EVENTS.index(event), CAUSES.index(cause), token, value)):
-            columns[key].append(v)
-
     for cause_index, (u_taste, u_item, u_cart) in zip(causes, draws):
         item, cause, token = _choose_item(CAUSES[cause_index], shopper, catalog, history, drift, u_taste, u_item)
-        emit(clock, item, "view", cause, token)
+        code = _CAUSE_CODE[cause]
+        log.emit(user, item, clock, _VIEW, code, token)
         viewed.append(item)
-        odds = P_CART[cause] * PRICE_FIT[_price_fit(catalog.price[item], shopper.price_band)]
+        odds = P_CART[cause] * PRICE_FIT[_price_fit(catalog.price_of[item], shopper.price_band)]
         if item in history.bought:
             odds *= REBUY
         if u_cart < odds and all(item != c[0] for c in carted):
             if rng.random() >= BUY_NOW:
                 clock += int(rng.integers(5, 40))
-                emit(clock, item, "cart", cause, token)
+                log.emit(user, item, clock, _CART, code, token)
             carted.append((item, cause, token))
         clock += int(rng.integers(15, 120))
     if carted:
@@ -555,16 +659,17 @@ def _session(rng, user, shopper, catalog, history, clock, span, columns) -> int:
             if rng.random() >= P_BUY[cause]:
                 history.abandoned = [*history.abandoned[-4:], item]
                 continue
-            emit(clock, item, "purchase", cause, token)
+            log.emit(user, item, clock, _PURCHASE, _CAUSE_CODE[cause], token)
             history.bought.add(item)
             history.abandoned = [a for a in history.abandoned if a != item]
             if rng.random() < P_RATE:
                 rated_at = clock + int(rng.integers(1, 15)) * DAY + int(rng.integers(0, DAY))
                 if rated_at < span:
-                    emit(rated_at, item, "rating", cause, token, _rating(rng, cause, catalog.price[item], shopper))
+                    stars = _rating(rng, cause, catalog.price_of[item], shopper)
+                    log.emit(user, item, rated_at, _RATING, _CAUSE_CODE[cause], token, stars)
             clock += int(rng.integers(3, 20))
     history.last_views = [*viewed, *history.last_views][: 2 * len(viewed) + 8]
-    history.last_category = catalog.category[viewed[-1]]
+    history.last_category = catalog.category_of[viewed[-1]]
     return clock
 
 
@@ -589,30 +694,30 @@ def _choose_item(cause, shopper, catalog, history, drift, u_taste, u_item) -> tu
         # A return names the past item it returns to (its id as the token); a return to a shelf names none.
         if history.abandoned and u_taste < 0.35:
             item = history.abandoned[int(u_item * len(history.abandoned))]
-            return item, cause, str(catalog.items["item_id"].iat[item])
+            return item, cause, catalog.item_ids[item]
         if history.last_views and u_taste < 0.75:
             item = history.last_views[int(u_item * len(history.last_views))]
-            return item, cause, str(catalog.items["item_id"].iat[item])
+            return item, cause, catalog.item_ids[item]
         if history.last_category is not None:
             return catalog.by_category[history.last_category].draw(u_item), cause, None
     if cause == "popularity":
         return catalog.popular.draw(u_item), cause, None
     if cause == "noise":
-        return int(u_item * len(catalog.price)), cause, None
+        return int(u_item * len(catalog.price_of)), cause, None
     category = _favourite(shopper, "categories", drift, u_taste)
     return catalog.by_category[category].draw(u_item), "category", category
 
 
 def _favourite(shopper: _Shopper, kind: str, drift: float, u: float) -> str:
     """One favourite of a kind, weighted by where the shopper's taste has drifted to by now (0..1)."""
-    start, end = np.asarray(shopper.drift_start[kind]), np.asarray(shopper.drift_end[kind])
-    weights = np.cumsum((1 - drift) * start + drift * end)
+    weights = list(accumulate((1 - drift) * start + drift * end
+                              for start, end in zip(shopper.drift_start[kind], shopper.drift_end[kind])))
     favourites = getattr(shopper, kind)
-    return favourites[min(int(np.searchsorted(weights, u * weights[-1], side="right")), len(favourites) - 1)]
+    return favourites[min(bisect_right(weights, u * weights[-1]), len(favourites) - 1)]
 
 
 def _price_fit(price: float, band: tuple[float, float]) -> str:
-    if np.isnan(price):
+    if math.isnan(price):
         return "unknown"
     return "below" if price < band[0] else "above" if price > band[1] else "in"
 

@@ -13,6 +13,7 @@ from data.schema import (
     Dataset,
     Locator,
     line_locator,
+    line_numbers_locator,
     make_dataset,
     normalise_events,
     normalise_items,
@@ -32,8 +33,7 @@ def read_table(path: Path) -> tuple[pd.DataFrame, Locator]:
         return _read_parquet(path), row_locator()
     if kind == "jsonl":
         frame = read_json_lines(path)
-        lines = frame.index.to_numpy()
-        return frame.reset_index(drop=True), lambda i: {"line": int(lines[int(i)])}
+        return frame.reset_index(drop=True), line_numbers_locator(frame.index.to_numpy())
     return _read_csv(path), line_locator(first_line=2)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -19,17 +19,39 @@ EVENT_COLUMNS = ("user_id", "item_id", "timestamp", "event", "value")
 REQUIRED_ITEM_COLUMNS = ("item_id", "title")
 REQUIRED_EVENT_COLUMNS = ("user_id", "item_id", "timestamp", "event")
 
-# Where a record sits in its source file, for error messages: a physical line or a record number.
-Locator = Callable[[int], dict]
+@dataclass(frozen=True)
+class Locator:
+    """Where a record sits in its source file, for error messages: a physical line or a record number.
+
+    Record i (0-based) is at `numbers[i]` when the reader kept them (regrouped or filtered records), else at
+    i + first. `locate(i)` gives the keyword arguments of a DataError; `numbers_of(n)` all n places at once.
+    """
+
+    key: str  # "line" or "row"
+    first: int = 1
+    numbers: np.ndarray | None = field(default=None, repr=False)
+
+    def __call__(self, i: int) -> dict:
+        return {self.key: int(self.numbers[int(i)]) if self.numbers is not None else int(i) + self.first}
+
+    def numbers_of(self, n: int) -> np.ndarray:
+        if self.numbers is not None:
+            return np.asarray(self.numbers[:n], dtype=np.int64)
+        return np.arange(self.first, self.first + n, dtype=np.int64)
 
 
 def line_locator(first_line: int = 2) -> Locator:
     """Records of a text file with a header line: record i (0-based) lives on line i + first_line."""
-    return lambda i: {"line": int(i) + first_line}
+    return Locator("line", first_line)
+
+
+def line_numbers_locator(lines: np.ndarray) -> Locator:
+    """Records that were regrouped or filtered: record i came from physical line `lines[i]`."""
+    return Locator("line", numbers=np.asarray(lines))
 
 
 def row_locator() -> Locator:
-    return lambda i: {"row": int(i) + 1}
+    return Locator("row", 1)
 
 
 @dataclass(frozen=True)
@@ -284,10 +306,14 @@ def normalise_events(frame: pd.DataFrame, *, file: str, locate: Locator) -> pd.D
     out["user_id"] = _id_column(frame["user_id"], "user_id", file=file, locate=locate)
     out["item_id"] = _id_column(frame["item_id"], "item_id", file=file, locate=locate)
     out["timestamp"] = parse_timestamps(frame["timestamp"], file=file, locate=locate)
-    kinds = frame["event"].astype("string").str.strip().str.lower()
-    bad = ~kinds.isin(EVENT_TYPES)
+    # Normalise the few distinct spellings, then spread them over the rows by code.
+    codes, spellings = pd.factorize(frame["event"], use_na_sentinel=True)
+    spelled = pd.Series(spellings, dtype="string").str.strip().str.lower()
+    kind_codes = spelled.map({kind: code for code, kind in enumerate(EVENT_TYPES)}).fillna(-1).to_numpy(dtype=np.int8)
+    kinds = np.where(codes >= 0, kind_codes[codes], -1).astype(np.int8)
+    bad = kinds < 0
     if bad.any():
-        i = int(np.flatnonzero(bad.to_numpy())[0])
+        i = int(np.flatnonzero(bad)[0])
         raise DataError(
             f"unknown event type; expected one of {', '.join(EVENT_TYPES)}",
             file=file,
@@ -295,18 +321,18 @@ def normalise_events(frame: pd.DataFrame, *, file: str, locate: Locator) -> pd.D
             value=_raw(frame["event"].iloc[i]),
             **locate(i),
         )
-    out["event"] = pd.Categorical(kinds.astype(str), categories=EVENT_TYPES)
+    out["event"] = pd.Categorical.from_codes(kinds, categories=EVENT_TYPES)
     out["value"] = (
         _number_column(frame["value"], "value", file=file, locate=locate) if "value" in frame else np.nan
     )
     # The record's place in its file, kept aside by make_dataset (not part of the contract's columns).
-    out["source_row"] = [next(iter(locate(i).values())) for i in range(len(frame))]
+    out["source_row"] = locate.numbers_of(len(frame))
     return out.reset_index(drop=True)
 
 
 def parse_timestamps(values: pd.Series, *, file: str, locate: Locator) -> pd.Series:
     """UTC timestamps from unix seconds, unix milliseconds or date strings (ISO 8601 and friends)."""
-    missing = values.isna() | (values.astype("string").str.strip() == "")
+    missing = values.isna() | (_blank_text(values) if _is_text(values) else False)
     if missing.any():
         i = int(np.flatnonzero(missing.to_numpy())[0])
         raise DataError("timestamp is missing", file=file, field="timestamp", value=_raw(values.iloc[i]), **locate(i))
@@ -333,15 +359,29 @@ def parse_timestamps(values: pd.Series, *, file: str, locate: Locator) -> pd.Ser
 
 
 def _id_column(values: pd.Series, name: str, *, file: str, locate: Locator) -> pd.Series:
-    ids = values.astype("string").str.strip()
+    # Work on the distinct raw values, then spread them over the rows: a million users' twenty million events
+    # are cleaned a million times, and hold one shared string object per id rather than one per event.
+    codes, raw = pd.factorize(values, use_na_sentinel=True)
+    raw = pd.Series(raw, dtype=object)
     if pd.api.types.is_float_dtype(values):
         # Ids read as floats (1.0) come back as the integers they were.
-        ids = values.map(lambda v: str(int(v)) if pd.notna(v) and float(v).is_integer() else v).astype("string")
-    blank = ids.isna() | (ids == "")
+        raw = raw.map(lambda v: str(int(v)) if pd.notna(v) and float(v).is_integer() else v)
+    ids = raw.astype("string").str.strip()
+    usable = (ids.notna() & (ids != "")).fillna(False).to_numpy(dtype=bool)
+    blank = codes < 0
+    blank[~blank] = ~usable[codes[~blank]]
     if blank.any():
-        i = int(np.flatnonzero(blank.to_numpy())[0])
+        i = int(np.flatnonzero(blank)[0])
         raise DataError(f"{name} is empty", file=file, field=name, value=_raw(values.iloc[i]), **locate(i))
-    return ids.astype(str).astype(object)
+    return pd.Series(ids.to_numpy(dtype=object)[codes], index=values.index, dtype=object)
+
+
+def _is_text(values: pd.Series) -> bool:
+    return not (pd.api.types.is_numeric_dtype(values) or pd.api.types.is_datetime64_any_dtype(values))
+
+
+def _blank_text(values: pd.Series) -> pd.Series:
+    return (values.astype("string").str.strip() == "").fillna(False).astype(bool)
 
 
 def _text_column(values: pd.Series) -> pd.Series:
@@ -355,7 +395,7 @@ def _number_column(
     values: pd.Series, name: str, *, file: str, locate: Locator, minimum: float | None = None
 ) -> pd.Series:
     numbers = pd.to_numeric(values, errors="coerce").astype("float64")
-    given = values.notna() & (values.astype("string").str.strip() != "")
+    given = values.notna() & ~_blank_text(values) if _is_text(values) else values.notna()
     bad = given & numbers.isna()
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])

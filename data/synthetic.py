@@ -494,7 +494,7 @@ def _draw_shoppers(rng: np.random.Generator, n_users: int, catalog: _Catalog) ->
     shoppers = []
     for n in range(1, n_users + 1):
         n_categories = 1 + bisect_right(n_categories_cdf, rng.random())
-        categories = [names[i] for i in rng.choice(len(names), n_categories, replace=False, p=category_appeal)]
+        categories = [names[i] for i in _choice_without_replacement(rng, n_categories, category_appeal)]
         shelves = catalog.shelves(categories)
         # The band is a slice of the favourite shelves' price range around the shopper's own level.
         level = rng.beta(2.0, 2.0)
@@ -504,19 +504,21 @@ def _draw_shoppers(rng: np.random.Generator, n_users: int, catalog: _Catalog) ->
         brand_options = shelves.brand_options
         tier_fit = np.exp(-(((shelves.brand_levels - level) / 0.35) ** 2))
         n_brands = min(int(rng.integers(1, 3)), len(brand_options))
-        brands = [brand_options[i] for i in rng.choice(len(brand_options), n_brands, replace=False,
-                                                       p=tier_fit / tier_fit.sum())]
+        brands = [brand_options[i] for i in _choice_without_replacement(rng, n_brands, tier_fit / tier_fit.sum())]
         attribute_options = shelves.attribute_options
         n_attributes = min(int(rng.integers(2, 5)), len(attribute_options))
         attributes = [attribute_options[i] for i in np.sort(rng.choice(len(attribute_options), n_attributes,
                                                                        replace=False))]
+        kinds = (("categories", categories), ("brands", brands), ("attributes", attributes))
+        # Per kind of favourite the January weights, then the draw April moves to; last the cause mix.
+        *drawn, cause_mix = _dirichlets(rng, [np.full(len(favourites), 2.0) for _, favourites in kinds for _ in "se"]
+                                        + [mix * CAUSE_MIX_CONCENTRATION])
         drift_start, drift_end = {}, {}
-        for kind, favourites in (("categories", categories), ("brands", brands), ("attributes", attributes)):
-            start = rng.dirichlet(np.full(len(favourites), 2.0))
+        for (kind, _), start, later in zip(kinds, drawn[0::2], drawn[1::2]):
             # Tastes shift, not wholesale: April keeps a third of January's weights.
-            end = 0.3 * start + 0.7 * rng.dirichlet(np.full(len(favourites), 2.0))
+            end = 0.3 * start + 0.7 * later
             drift_start[kind], drift_end[kind] = np.round(start, 3).tolist(), np.round(end, 3).tolist()
-        cause_mix = np.round(rng.dirichlet(mix * CAUSE_MIX_CONCENTRATION), 3)
+        cause_mix = np.round(cause_mix, 3)
         cause_mix = cause_mix / cause_mix.sum()
         cause_cdf = _choice_cdf(cause_mix)
         low, high = round(float(low), 2), round(float(high), 2)
@@ -545,6 +547,40 @@ def _choice_cdf(p: np.ndarray) -> np.ndarray:
     cdf = np.cumsum(p)
     cdf /= cdf[-1]
     return cdf
+
+
+def _choice_without_replacement(rng: np.random.Generator, size: int, p: np.ndarray) -> np.ndarray:
+    """rng.choice(len(p), size, replace=False, p=p), drawn the same way from the same stream (numpy's
+    algorithm: draw, drop repeats, zero what was found, redraw the rest), without choice's per-call checks."""
+    p = np.array(p, dtype=np.float64)
+    found = np.zeros(size, dtype=np.int64)
+    n_found = 0
+    while n_found < size:
+        u = rng.random(size - n_found)
+        if n_found:
+            p[found[:n_found]] = 0
+        cdf = _choice_cdf(p)
+        new = cdf.searchsorted(u, side="right")
+        _, first = np.unique(new, return_index=True)
+        new = new[np.sort(first)]
+        found[n_found:n_found + len(new)] = new
+        n_found += len(new)
+    return found
+
+
+def _dirichlets(rng: np.random.Generator, alphas: list[np.ndarray]) -> list[np.ndarray]:
+    """[rng.dirichlet(a) for a in alphas] (all a > 0.1) from one gamma draw: numpy draws each Dirichlet as
+    standard gammas scaled by 1 / their running sum, and so does this, in the same order and float operations."""
+    gammas = rng.standard_gamma(np.concatenate(alphas))
+    out, at = [], 0
+    for alpha in alphas:
+        drawn = gammas[at:at + len(alpha)]
+        at += len(alpha)
+        total = 0.0
+        for value in drawn.tolist():
+            total = total + value
+        out.append(drawn * (1 / total))
+    return out
 
 
 def _quantile_of_sorted(values: np.ndarray, q: float) -> float:
@@ -633,10 +669,15 @@ def _simulate(rng: np.random.Generator, shoppers: list[_Shopper], catalog: _Cata
 def _session(rng, user, shopper, catalog, history, clock, span, log) -> int:
     """One visit: views, carts right after their view, a checkout at the end. Returns the clock after it."""
     n_views = 1 + int(rng.poisson(MEAN_EXTRA_VIEWS))
-    intent = bisect_right(shopper.cause_cdf_list, rng.random())  # rng.choice(len(CAUSES), p=cause_mix)
-    focused = rng.random(n_views) < SESSION_FOCUS
-    causes = np.where(focused, intent, shopper.cause_cdf.searchsorted(rng.random(n_views), side="right")).tolist()
-    draws = rng.random((n_views, 3)).tolist()
+    # One call for the session's uniforms, in the order separate calls would draw them (the same stream): the
+    # intent (a choice by the cause mix), whether each view follows it, each view's own cause draw, then three
+    # per view.
+    uniforms = rng.random(1 + 5 * n_views)
+    intent = bisect_right(shopper.cause_cdf_list, uniforms[0])
+    focused = uniforms[1:1 + n_views] < SESSION_FOCUS
+    own = shopper.cause_cdf.searchsorted(uniforms[1 + n_views:1 + 2 * n_views], side="right")
+    causes = np.where(focused, intent, own).tolist()
+    draws = uniforms[1 + 2 * n_views:].reshape(n_views, 3).tolist()
     drift = min(1.0, clock / span)
     viewed, carted = [], []
     for cause_index, (u_taste, u_item, u_cart) in zip(causes, draws):

@@ -6,7 +6,7 @@ import math
 from array import array
 from bisect import bisect_right
 from dataclasses import dataclass, field
-from itertools import accumulate
+from itertools import accumulate, pairwise
 
 import numpy as np
 import pandas as pd
@@ -490,6 +490,7 @@ def _draw_shoppers(rng: np.random.Generator, n_users: int, catalog: _Catalog) ->
     category_appeal = rng.dirichlet(np.full(len(names), 6.0))
     mix = np.array([CAUSE_MIX[c] for c in CAUSES])
     n_categories_cdf = _choice_cdf(np.array([0.35, 0.45, 0.2])).tolist()  # 1, 2 or 3 favourite categories
+    cause_alpha = mix * CAUSE_MIX_CONCENTRATION
     width = max(4, len(str(n_users)))
     shoppers = []
     for n in range(1, n_users + 1):
@@ -511,14 +512,17 @@ def _draw_shoppers(rng: np.random.Generator, n_users: int, catalog: _Catalog) ->
                                                                        replace=False))]
         kinds = (("categories", categories), ("brands", brands), ("attributes", attributes))
         # Per kind of favourite the January weights, then the draw April moves to; last the cause mix.
-        *drawn, cause_mix = _dirichlets(rng, [np.full(len(favourites), 2.0) for _, favourites in kinds for _ in "se"]
-                                        + [mix * CAUSE_MIX_CONCENTRATION])
-        drift_start, drift_end = {}, {}
-        for (kind, _), start, later in zip(kinds, drawn[0::2], drawn[1::2]):
-            # Tastes shift, not wholesale: April keeps a third of January's weights.
-            end = 0.3 * start + 0.7 * later
-            drift_start[kind], drift_end[kind] = np.round(start, 3).tolist(), np.round(end, 3).tolist()
-        cause_mix = np.round(cause_mix, 3)
+        sizes = [len(favourites) for _, favourites in kinds for _ in "se"]
+        *drawn, cause_mix = _dirichlets(rng, sizes, cause_alpha)
+        # Tastes shift, not wholesale: April keeps a third of January's weights. Rounded in one call.
+        weights = np.round(np.concatenate([
+            *drawn[0::2], *(0.3 * start + 0.7 * later for start, later in zip(drawn[0::2], drawn[1::2])),
+            cause_mix]), 3)
+        ends = np.cumsum([0, *sizes[0::2], *sizes[0::2], len(mix)])
+        rounded = [weights[a:b].tolist() for a, b in pairwise(ends)]
+        drift_start = {kind: rounded[k] for k, (kind, _) in enumerate(kinds)}
+        drift_end = {kind: rounded[len(kinds) + k] for k, (kind, _) in enumerate(kinds)}
+        cause_mix = weights[ends[-2]:]
         cause_mix = cause_mix / cause_mix.sum()
         cause_cdf = _choice_cdf(cause_mix)
         low, high = round(float(low), 2), round(float(high), 2)
@@ -560,22 +564,21 @@ def _choice_without_replacement(rng: np.random.Generator, size: int, p: np.ndarr
         if n_found:
             p[found[:n_found]] = 0
         cdf = _choice_cdf(p)
-        new = cdf.searchsorted(u, side="right")
-        _, first = np.unique(new, return_index=True)
-        new = new[np.sort(first)]
+        new = list(dict.fromkeys(cdf.searchsorted(u, side="right").tolist()))  # first occurrences, in draw order
         found[n_found:n_found + len(new)] = new
         n_found += len(new)
     return found
 
 
-def _dirichlets(rng: np.random.Generator, alphas: list[np.ndarray]) -> list[np.ndarray]:
-    """[rng.dirichlet(a) for a in alphas] (all a > 0.1) from one gamma draw: numpy draws each Dirichlet as
-    standard gammas scaled by 1 / their running sum, and so does this, in the same order and float operations."""
-    gammas = rng.standard_gamma(np.concatenate(alphas))
+def _dirichlets(rng: np.random.Generator, sizes: list[int], last_alpha: np.ndarray) -> list[np.ndarray]:
+    """[rng.dirichlet(np.full(k, 2.0)) for k in sizes] + [rng.dirichlet(last_alpha)] (every alpha > 0.1) from one
+    gamma draw: numpy draws a Dirichlet as standard gammas scaled by 1 / their running sum, and so does this, in the
+    same order and float operations."""
+    gammas = rng.standard_gamma(np.concatenate([np.full(sum(sizes), 2.0), last_alpha]))
     out, at = [], 0
-    for alpha in alphas:
-        drawn = gammas[at:at + len(alpha)]
-        at += len(alpha)
+    for size in [*sizes, len(last_alpha)]:
+        drawn = gammas[at:at + size]
+        at += size
         total = 0.0
         for value in drawn.tolist():
             total = total + value

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from data.adapters import amazon, movielens, recbole
@@ -12,6 +13,7 @@ from data.errors import DataError
 from data.schema import (
     Dataset,
     Locator,
+    iso_strings,
     line_locator,
     line_numbers_locator,
     make_dataset,
@@ -80,31 +82,60 @@ def load_tables(path: Path, prefer: str | None = None) -> Dataset:
     truth_path = path / "ground_truth.json"
     if truth_path.exists():
         ground_truth = json.loads(truth_path.read_text())
+        causes_path = next((path / f"event_causes{s}" for s in TABLE_SUFFIXES if (path / f"event_causes{s}").exists()),
+                           None)
+        if causes_path is not None:
+            ground_truth["event_causes"] = _read_event_causes(causes_path)
     return make_dataset(items, events, source=str(path), format="table", ground_truth=ground_truth)
 
 
 def write_tables(dataset: Dataset, directory: Path, kind: str = "csv") -> None:
-    """Write a dataset in the WhyRec layout (the inverse of `load_tables`)."""
+    """Write a dataset in the WhyRec layout (the inverse of `load_tables`).
+
+    Parquet keeps timestamps as UTC timestamps; CSV and JSON Lines write them as ISO 8601 strings. A generated
+    dataset's ground truth goes to ground_truth.json, its per-event causes (one row per event) to
+    event_causes.<kind> beside the events.
+    """
+    if kind not in ("csv", "parquet", "jsonl"):
+        raise DataError(f"unknown table kind '{kind}'; use csv, parquet or jsonl")
     directory.mkdir(parents=True, exist_ok=True)
     # What was set aside goes back in, so the files hold what the source held (duplicates included):
     # reading them again sets the same records aside and gives the same fingerprint.
     columns = list(dataset.events.columns)
     events = pd.concat([dataset.events, dataset.set_aside_events[columns]], ignore_index=True)
-    events = events.assign(timestamp=events["timestamp"].map(lambda t: t.isoformat()),
-                           event=events["event"].astype(str))
+    events["event"] = events["event"].astype(str)
     items = pd.concat([dataset.items, dataset.set_aside_items[list(dataset.items.columns)]], ignore_index=True)
-    for stem, frame in (("items", items), ("events", events)):
-        target = directory / f"{stem}.{kind}"
-        if kind == "csv":
-            frame.to_csv(target, index=False)
-        elif kind == "parquet":
-            frame.to_parquet(target, index=False)
-        elif kind == "jsonl":
-            frame.to_json(target, orient="records", lines=True, force_ascii=False)
-        else:
-            raise DataError(f"unknown table kind '{kind}'; use csv, parquet or jsonl")
-    if dataset.ground_truth is not None:
-        (directory / "ground_truth.json").write_text(json.dumps(dataset.ground_truth, indent=1))
+    tables = [("items", items), ("events", events)]
+    truth = dataset.ground_truth
+    if truth is not None and isinstance(truth.get("event_causes"), pd.DataFrame):
+        causes = truth["event_causes"]
+        tables.append(("event_causes", causes.assign(**{c: causes[c].astype(object) for c in ("event", "cause")})))
+        truth = {key: value for key, value in truth.items() if key != "event_causes"}
+    for stem, frame in tables:
+        _write_table(frame, directory / f"{stem}.{kind}", kind)
+    if truth is not None:
+        (directory / "ground_truth.json").write_text(json.dumps(truth, indent=1))
+
+
+def _write_table(frame: pd.DataFrame, target: Path, kind: str) -> None:
+    if kind != "parquet" and "timestamp" in frame:
+        frame = frame.assign(timestamp=iso_strings(frame["timestamp"]))
+    if kind == "csv":
+        frame.to_csv(target, index=False)
+    elif kind == "parquet":
+        frame.to_parquet(target, index=False)
+    else:
+        frame.to_json(target, orient="records", lines=True, force_ascii=False)
+
+
+def _read_event_causes(path: Path) -> pd.DataFrame:
+    """event_causes.* as `generate` holds it: timestamps as UTC, no token as None."""
+    frame, _ = read_table(path)
+    tokens = frame["token"].to_numpy(dtype=object)
+    return frame.assign(
+        timestamp=pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601").astype("datetime64[ns, UTC]"),
+        token=np.where(pd.isna(tokens), None, tokens),
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from data.errors import DataError
-from data.schema import Dataset, line_locator, make_dataset, normalise_events, normalise_items
+from data.schema import Dataset, iso_strings, line_locator, make_dataset, normalise_events, normalise_items
 
 WINDOW_START = pd.Timestamp("2024-01-01", tz="UTC")
 WINDOW_END = pd.Timestamp("2024-05-01", tz="UTC")  # exclusive: January to April 2024
@@ -328,17 +328,14 @@ def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_eve
     log = _simulate(behaviour_rng, shoppers, catalog, target_events)
     items, log, dirt = _plant_dirt(dirt_rng, catalog, shoppers, log)
 
-    stamps = _iso(log["time"])
     kept = ~log["duplicate"]
-    causes = np.asarray(CAUSES, dtype=object)[log["cause"]]
     user_ids = np.asarray([s.user_id for s in shoppers], dtype=object)[log["user"]]
     item_ids = catalog.items["item_id"].to_numpy()[log["item"]]
-    kinds = np.asarray(EVENTS, dtype=object)[log["event"]]
     raw_events = pd.DataFrame({
         "user_id": user_ids,
         "item_id": item_ids,
         "timestamp": WINDOW_START.value // 10**9 + log["time"],
-        "event": kinds,
+        "event": pd.Categorical.from_codes(log["event"], categories=EVENTS),
         "value": log["value"],
     })
     events = normalise_events(raw_events, file="synthetic events", locate=line_locator())
@@ -346,11 +343,14 @@ def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_eve
         "seed": int(seed),
         "window": [WINDOW_START.isoformat(), WINDOW_END.isoformat()],
         "users": {s.user_id: _taste_record(s) for s in shoppers},
-        "event_causes": [
-            list(row)
-            for row in zip(user_ids[kept].tolist(), item_ids[kept].tolist(), stamps[kept].tolist(),
-                           kinds[kept].tolist(), causes[kept].tolist(), log["token"][kept].tolist())
-        ],
+        "event_causes": pd.DataFrame({
+            "user_id": user_ids[kept],
+            "item_id": item_ids[kept],
+            "timestamp": pd.to_datetime(WINDOW_START.value + log["time"][kept] * 10**9, utc=True),
+            "event": pd.Categorical.from_codes(log["event"][kept], categories=EVENTS),
+            "cause": pd.Categorical.from_codes(log["cause"][kept], categories=CAUSES),
+            "token": log["token"][kept],
+        }),
         "vocabulary": {
             "brands": {b: {"category": c.name, "tier": t} for c in CATEGORIES for b, t in c.brands.items()},
             "attributes": {c.name: list(c.attributes) for c in CATEGORIES},
@@ -371,14 +371,21 @@ def event_causes(dataset: Dataset) -> pd.DataFrame:
     truth = dataset.ground_truth
     if not truth or "event_causes" not in truth:
         raise DataError("this dataset has no planted event causes; only generated data carries them")
-    planted = pd.DataFrame(truth["event_causes"], columns=[*EVENT_KEY, "cause", "token"], dtype=object)
-    planted["timestamp"] = pd.to_datetime(planted["timestamp"], utc=True, format="ISO8601").astype(
-        "datetime64[ns, UTC]")
+    planted = truth["event_causes"]
+    if not isinstance(planted, pd.DataFrame):  # a ground_truth.json that still holds the rows as lists
+        planted = pd.DataFrame(planted, columns=[*EVENT_KEY, "cause", "token"], dtype=object)
+    planted = planted.assign(
+        timestamp=pd.to_datetime(planted["timestamp"], utc=True, format="ISO8601").astype("datetime64[ns, UTC]"),
+        event=planted["event"].astype(str),
+    )
     keys = dataset.events[list(EVENT_KEY)].assign(event=dataset.events["event"].astype(str))
-    try:
-        joined = keys.merge(planted, on=list(EVENT_KEY), how="left", validate="many_to_one")
-    except pd.errors.MergeError:
-        raise DataError("the ground truth lists the same event more than once", field="event_causes") from None
+    if _same_rows(keys, planted[list(EVENT_KEY)]):  # as generated: row for row, no join needed
+        joined = planted.reset_index(drop=True)
+    else:
+        try:
+            joined = keys.merge(planted, on=list(EVENT_KEY), how="left", validate="many_to_one")
+        except pd.errors.MergeError:
+            raise DataError("the ground truth lists the same event more than once", field="event_causes") from None
     missing = joined["cause"].isna().to_numpy()
     if missing.any():
         first = joined.iloc[int(np.flatnonzero(missing)[0])]
@@ -389,7 +396,7 @@ def event_causes(dataset: Dataset) -> pd.DataFrame:
         )
     out = dataset.events[list(EVENT_KEY)].copy()
     # Plain objects with None for "no token", like the id columns of the contract (not pandas' NaN strings).
-    out["cause"] = pd.Series(joined["cause"].to_numpy(dtype=object), index=out.index, dtype=object)
+    out["cause"] = pd.Series(joined["cause"].astype(object).to_numpy(dtype=object), index=out.index, dtype=object)
     tokens = joined["token"].to_numpy(dtype=object)
     out["token"] = pd.Series(np.where(pd.isna(tokens), None, tokens), index=out.index, dtype=object)
     return out
@@ -849,5 +856,11 @@ def _plant_dirt(rng, catalog, shoppers, log) -> tuple[pd.DataFrame, dict, dict]:
 
 def _iso(seconds: np.ndarray) -> np.ndarray:
     """Seconds since the window start as the ISO strings `pd.Timestamp.isoformat` writes for UTC."""
-    stamps = np.datetime64(WINDOW_START.tz_localize(None), "s") + seconds.astype("timedelta64[s]")
-    return np.char.add(np.datetime_as_string(stamps, unit="s"), "+00:00").astype(object)
+    return iso_strings(pd.to_datetime(WINDOW_START.value + seconds * 10**9, utc=True))
+
+
+def _same_rows(left: pd.DataFrame, right: pd.DataFrame) -> bool:
+    """True when two key tables hold the same rows in the same order (the columns compared as values)."""
+    if len(left) != len(right):
+        return False
+    return all(np.array_equal(left[c].to_numpy(dtype=object), right[c].to_numpy(dtype=object)) for c in left)

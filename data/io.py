@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -78,15 +79,36 @@ def load_tables(path: Path, prefer: str | None = None) -> Dataset:
     items = normalise_items(raw_items, file=str(items_path), locate=locate_items)
     raw_events, locate_events = read_table(events_path)
     events = normalise_events(raw_events, file=str(events_path), locate=locate_events)
-    ground_truth = None
-    truth_path = path / "ground_truth.json"
-    if truth_path.exists():
-        ground_truth = json.loads(truth_path.read_text())
-        causes_path = next((path / f"event_causes{s}" for s in TABLE_SUFFIXES if (path / f"event_causes{s}").exists()),
-                           None)
-        if causes_path is not None:
-            ground_truth["event_causes"] = _read_event_causes(causes_path)
+    ground_truth = GroundTruth(path) if (path / "ground_truth.json").exists() else None
     return make_dataset(items, events, source=str(path), format="table", ground_truth=ground_truth)
+
+
+class GroundTruth(Mapping):
+    """A generated shop's planted truth (ground_truth.json and event_causes.*), read on first use: a million
+    users' tastes and twenty million causes stay on disk for whoever only wants the items and events."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self._truth: dict | None = None
+
+    def _loaded(self) -> dict:
+        if self._truth is None:
+            truth = json.loads((self.directory / "ground_truth.json").read_text())
+            causes = [self.directory / f"event_causes{s}" for s in TABLE_SUFFIXES]
+            found = next((path for path in causes if path.exists()), None)
+            if found is not None:
+                truth["event_causes"] = _read_event_causes(found)
+            self._truth = truth
+        return self._truth
+
+    def __getitem__(self, key: str):
+        return self._loaded()[key]
+
+    def __iter__(self):
+        return iter(self._loaded())
+
+    def __len__(self) -> int:
+        return len(self._loaded())
 
 
 def write_tables(dataset: Dataset, directory: Path, kind: str = "csv") -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -142,7 +142,7 @@ class Dataset:
     items: pd.DataFrame
     events: pd.DataFrame
     meta: DatasetMeta
-    ground_truth: dict | None = field(default=None, repr=False)  # planted causes, synthetic data only
+    ground_truth: Mapping | None = field(default=None, repr=False)  # planted causes, synthetic data only
     # Records kept out of `items`/`events` because they cannot be used, with a `reason` column:
     # "duplicate" (an exact repeat), "unknown item" (an event whose item is not in the catalog),
     # "unknown user" (an event whose user is not in `users`). The quality report reads them.
@@ -240,7 +240,7 @@ def make_dataset(
     format: str,
     synthetic_clock: bool = False,
     notes: Sequence[str] = (),
-    ground_truth: dict | None = None,
+    ground_truth: Mapping | None = None,
     users: pd.DataFrame | None = None,
 ) -> Dataset:
     """Wrap normalised tables: set aside what cannot be used, sort the events, stamp the fingerprint."""

@@ -123,18 +123,16 @@ def write_tables(dataset: Dataset, directory: Path, kind: str = "csv") -> None:
     directory.mkdir(parents=True, exist_ok=True)
     # What was set aside goes back in, so the files hold what the source held (duplicates included):
     # reading them again sets the same records aside and gives the same fingerprint.
-    columns = list(dataset.events.columns)
-    events = pd.concat([dataset.events, dataset.set_aside_events[columns]], ignore_index=True)
-    events["event"] = events["event"].astype(str)
-    items = pd.concat([dataset.items, dataset.set_aside_items[list(dataset.items.columns)]], ignore_index=True)
-    tables = [("items", items), ("events", events)]
+    tables = [
+        ("items", [dataset.items, dataset.set_aside_items[list(dataset.items.columns)]]),
+        ("events", [dataset.events, dataset.set_aside_events[list(dataset.events.columns)]]),
+    ]
     truth = dataset.ground_truth
     if truth is not None and isinstance(truth.get("event_causes"), pd.DataFrame):
-        causes = truth["event_causes"]
-        tables.append(("event_causes", causes.assign(**{c: causes[c].astype(object) for c in ("event", "cause")})))
+        tables.append(("event_causes", [truth["event_causes"]]))
         truth = {key: value for key, value in truth.items() if key != "event_causes"}
-    for stem, frame in tables:
-        _write_table(frame, directory / f"{stem}.{kind}", kind)
+    for stem, parts in tables:
+        _write_table(parts, directory / f"{stem}.{kind}", kind)
     if truth is not None:
         (directory / "ground_truth.json").write_text(_truth_json(truth))
 
@@ -152,15 +150,50 @@ def _truth_json(truth: dict) -> str:
     return "{\n" + ",\n".join(entries) + "\n}\n"
 
 
-def _write_table(frame: pd.DataFrame, target: Path, kind: str) -> None:
+WRITE_CHUNK_ROWS = 1_000_000  # rows converted at a time: twenty million events are written without a second copy
+
+
+def _write_table(parts: list[pd.DataFrame], target: Path, kind: str) -> None:
+    """The rows of `parts`, one after the other, written a chunk at a time (one Parquet row group per chunk)."""
+    chunks = [part.iloc[start:start + WRITE_CHUNK_ROWS] for part in parts
+              for start in range(0, len(part), WRITE_CHUNK_ROWS)] or [parts[0]]
+    if kind == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = _arrow_schema(parts[0])
+        with pq.ParquetWriter(target, schema) as writer:
+            for chunk in chunks:
+                writer.write_table(pa.Table.from_pandas(_as_text(chunk, kind), schema=schema, preserve_index=False))
+        return
+    with target.open("w", encoding="utf-8", newline="") as out:
+        for n, chunk in enumerate(chunks):
+            if kind == "csv":
+                _as_text(chunk, kind).to_csv(out, index=False, header=n == 0)
+            else:
+                _as_text(chunk, kind).to_json(out, orient="records", lines=True, force_ascii=False)
+
+
+def _as_text(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """Categories (event types, causes) as their names; for text files, timestamps as ISO 8601 strings."""
+    changed = {name: frame[name].astype(str) for name, dtype in frame.dtypes.items()
+               if isinstance(dtype, pd.CategoricalDtype)}
     if kind != "parquet" and "timestamp" in frame:
-        frame = frame.assign(timestamp=iso_strings(frame["timestamp"]))
-    if kind == "csv":
-        frame.to_csv(target, index=False)
-    elif kind == "parquet":
-        frame.to_parquet(target, index=False)
-    else:
-        frame.to_json(target, orient="records", lines=True, force_ascii=False)
+        changed["timestamp"] = iso_strings(frame["timestamp"])
+    return frame.assign(**changed) if changed else frame
+
+
+def _arrow_schema(frame: pd.DataFrame):
+    """Text columns as strings whatever a chunk holds (a chunk of only None would otherwise read as null)."""
+    import pyarrow as pa
+
+    fields = []
+    for name, dtype in frame.dtypes.items():
+        if isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(dtype):
+            fields.append(pa.field(name, pa.string()))
+        else:
+            fields.append(pa.field(name, pa.Array.from_pandas(frame[name].iloc[:0]).type))
+    return pa.schema(fields)
 
 
 def _read_event_causes(path: Path) -> pd.DataFrame:

@@ -260,7 +260,7 @@ class _Catalog:
         return self._near_price[key]
 
 
-@dataclass
+@dataclass(slots=True)  # a million shoppers: no per-instance dict
 class _Shopper:
     user_id: str
     categories: list[str]
@@ -271,10 +271,9 @@ class _Shopper:
     price_band: tuple[float, float]
     price_point: float  # the shopper's own price level on the favourite shelves, inside the band
     activity: float
-    cause_mix: np.ndarray  # (len(CAUSES),) probabilities
+    cause_mix: list[float]  # (len(CAUSES),) probabilities
     at_price_point: _Pool | None  # items of any category within PRICE_POINT_WIDTH of the price point
-    cause_cdf: np.ndarray  # (len(CAUSES),) the cumulative cause mix, as Generator.choice builds it from the mix
-    cause_cdf_list: list[float]  # the same, for one scalar draw
+    cause_cdf: list[float]  # the cumulative cause mix, as Generator.choice builds it from the mix
 
 
 @dataclass
@@ -329,7 +328,9 @@ def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_eve
     items, log, dirt = _plant_dirt(dirt_rng, catalog, shoppers, log)
 
     kept = ~log["duplicate"]
-    user_ids = np.asarray([s.user_id for s in shoppers], dtype=object)[log["user"]]
+    tastes = {s.user_id: _taste_record(s) for s in shoppers}
+    user_ids = np.asarray(list(tastes), dtype=object)[log["user"]]
+    del shoppers  # what is left of them is in `tastes`; the event tables below are the memory peak
     item_ids = catalog.items["item_id"].to_numpy()[log["item"]]
     raw_events = pd.DataFrame({
         "user_id": user_ids,
@@ -339,10 +340,11 @@ def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_eve
         "value": log["value"],
     })
     events = normalise_events(raw_events, file="synthetic events", locate=line_locator())
+    del raw_events
     truth = {
         "seed": int(seed),
         "window": [WINDOW_START.isoformat(), WINDOW_END.isoformat()],
-        "users": {s.user_id: _taste_record(s) for s in shoppers},
+        "users": tastes,
         "event_causes": pd.DataFrame({
             "user_id": user_ids[kept],
             "item_id": item_ids[kept],
@@ -531,7 +533,6 @@ def _draw_shoppers(rng: np.random.Generator, n_users: int, catalog: _Catalog) ->
         drift_end = {kind: rounded[len(kinds) + k] for k, (kind, _) in enumerate(kinds)}
         cause_mix = weights[ends[-2]:]
         cause_mix = cause_mix / cause_mix.sum()
-        cause_cdf = _choice_cdf(cause_mix)
         low, high = round(float(low), 2), round(float(high), 2)
         shoppers.append(_Shopper(
             user_id=f"u{n:0{width}d}",
@@ -543,10 +544,9 @@ def _draw_shoppers(rng: np.random.Generator, n_users: int, catalog: _Catalog) ->
             price_band=(low, high),
             price_point=round(point, 2),
             activity=round(float(rng.lognormal(0.0, 0.6)), 3),
-            cause_mix=cause_mix,
+            cause_mix=cause_mix.tolist(),
             at_price_point=catalog.near_price(point),
-            cause_cdf=cause_cdf,
-            cause_cdf_list=cause_cdf.tolist(),
+            cause_cdf=_choice_cdf(cause_mix).tolist(),
         ))
     return shoppers
 
@@ -607,9 +607,10 @@ def _quantile_of_sorted(values: np.ndarray, q: float) -> float:
 
 def _taste_record(shopper: _Shopper) -> dict:
     return {
-        "categories": list(shopper.categories),
-        "brands": list(shopper.brands),
-        "attributes": list(shopper.attributes),
+        # The shopper's own lists, shared rather than copied (a million shoppers): nothing changes them.
+        "categories": shopper.categories,
+        "brands": shopper.brands,
+        "attributes": shopper.attributes,
         "price_band": [shopper.price_band[0], shopper.price_band[1]],
         "price_point": shopper.price_point,
         "activity": shopper.activity,
@@ -672,8 +673,9 @@ def _simulate(rng: np.random.Generator, shoppers: list[_Shopper], catalog: _Cata
                 break
             clock = _session(rng, user, shopper, catalog, history, clock, span, log)
     columns = _chronological(log.columns())
-    keep = columns["time"] < span  # a late-night session on 30 April may run past midnight
-    return {k: v[keep] for k, v in columns.items()}
+    del log
+    # A late-night session on 30 April may run past midnight.
+    return _reorder(columns, np.flatnonzero(columns["time"] < span))
 
 
 def _session(rng, user, shopper, catalog, history, clock, span, log) -> int:
@@ -683,10 +685,10 @@ def _session(rng, user, shopper, catalog, history, clock, span, log) -> int:
     # intent (a choice by the cause mix), whether each view follows it, each view's own cause draw, then three
     # per view.
     uniforms = rng.random(1 + 5 * n_views)
-    intent = bisect_right(shopper.cause_cdf_list, uniforms[0])
-    focused = uniforms[1:1 + n_views] < SESSION_FOCUS
-    own = shopper.cause_cdf.searchsorted(uniforms[1 + n_views:1 + 2 * n_views], side="right")
-    causes = np.where(focused, intent, own).tolist()
+    drawn = uniforms.tolist()
+    intent = bisect_right(shopper.cause_cdf, drawn[0])
+    causes = [intent if focus < SESSION_FOCUS else bisect_right(shopper.cause_cdf, own)
+              for focus, own in zip(drawn[1:1 + n_views], drawn[1 + n_views:1 + 2 * n_views])]
     draws = uniforms[1 + 2 * n_views:].reshape(n_views, 3).tolist()
     drift = min(1.0, clock / span)
     viewed, carted = [], []
@@ -786,12 +788,20 @@ def _chronological(log: dict) -> dict:
     """The event log sorted by (user, time) as make_dataset sorts it, with no two events of a user at one second.
 
     Unique times make the order independent of how ties are broken, so the cause rows line up with
-    `Dataset.events` by position as well as by key.
+    `Dataset.events` by position as well as by key. Reorders `log` in place and returns it.
     """
     order = np.argsort(log["time"], kind="stable")
     order = order[np.argsort(log["user"][order], kind="stable")]
-    log = {k: v[order] for k, v in log.items()}
+    _reorder(log, order)
     log["time"] = _strictly_increasing(log["user"], log["time"])
+    return log
+
+
+def _reorder(log: dict, index: np.ndarray) -> dict:
+    """Every column of `log` taken at `index`, in place and one column at a time: twenty million events are
+    never held twice over."""
+    for name in list(log):
+        log[name] = log[name][index]
     return log
 
 
@@ -833,13 +843,15 @@ def _plant_dirt(rng, catalog, shoppers, log) -> tuple[pd.DataFrame, dict, dict]:
         "token": np.full(BOT_VIEWS, None, dtype=object),
         "value": np.full(BOT_VIEWS, np.nan),
     }
-    log = _chronological({k: np.concatenate([log[k], burst[k]]) for k in log})
+    for name in list(log):
+        log[name] = np.concatenate([log[name], burst[name]])
+    _chronological(log)
 
     # Two events sent twice: each copy sits right after its original, where make_dataset sets it aside.
     views = np.flatnonzero(log["event"] == EVENTS.index("view"))
     copied = np.sort(rng.choice(views, size=min(2, len(views)), replace=False))
     positions = np.sort(np.r_[np.arange(len(log["time"])), copied])
-    log = {k: v[positions] for k, v in log.items()}
+    _reorder(log, positions)
     log["duplicate"] = np.r_[False, positions[1:] == positions[:-1]]
     copies = np.flatnonzero(log["duplicate"])
     duplicate_keys = [

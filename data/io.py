@@ -134,20 +134,24 @@ def write_tables(dataset: Dataset, directory: Path, kind: str = "csv") -> None:
     for stem, parts in tables:
         _write_table(parts, directory / f"{stem}.{kind}", kind)
     if truth is not None:
-        (directory / "ground_truth.json").write_text(_truth_json(truth))
+        _write_truth(truth, directory / "ground_truth.json")
 
 
-def _truth_json(truth: dict) -> str:
-    """ground_truth.json with one line per entry and one per user: readable, and written by json's C encoder
-    (indenting goes through its pure-Python one, minutes for a million users)."""
-    entries = []
-    for key, value in truth.items():
-        if key == "users" and isinstance(value, dict):
-            users = ",\n".join(f"  {json.dumps(user)}: {json.dumps(taste)}" for user, taste in value.items())
-            entries.append(f' "users": {{\n{users}\n }}')
-        else:
-            entries.append(f" {json.dumps(key)}: {json.dumps(value)}")
-    return "{\n" + ",\n".join(entries) + "\n}\n"
+def _write_truth(truth: Mapping, target: Path) -> None:
+    """ground_truth.json with one line per entry and one per user: readable, written as it goes, and through
+    json's C encoder (indenting goes through its pure-Python one: minutes for a million users)."""
+    with target.open("w", encoding="utf-8") as out:
+        out.write("{")
+        for n, (key, value) in enumerate(truth.items()):
+            out.write(",\n" if n else "\n")
+            if key == "users" and isinstance(value, Mapping):
+                out.write(' "users": {')
+                for m, (user, taste) in enumerate(value.items()):
+                    out.write(f"{',' if m else ''}\n  {json.dumps(user)}: {json.dumps(taste)}")
+                out.write("\n }")
+            else:
+                out.write(f" {json.dumps(key)}: {json.dumps(value)}")
+        out.write("\n}\n")
 
 
 WRITE_CHUNK_ROWS = 1_000_000  # rows converted at a time: twenty million events are written without a second copy

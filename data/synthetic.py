@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from array import array
 from bisect import bisect_right
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate, pairwise
 
@@ -260,9 +261,10 @@ class _Catalog:
         return self._near_price[key]
 
 
-@dataclass(slots=True)  # a million shoppers: no per-instance dict
+@dataclass(slots=True)
 class _Shopper:
-    user_id: str
+    """One shopper as the simulation reads them, built from `_Crowd` when the simulation reaches them."""
+
     categories: list[str]
     brands: list[str]
     attributes: list[str]
@@ -271,9 +273,112 @@ class _Shopper:
     price_band: tuple[float, float]
     price_point: float  # the shopper's own price level on the favourite shelves, inside the band
     activity: float
-    cause_mix: list[float]  # (len(CAUSES),) probabilities
     at_price_point: _Pool | None  # items of any category within PRICE_POINT_WIDTH of the price point
     cause_cdf: list[float]  # the cumulative cause mix, as Generator.choice builds it from the mix
+
+
+_FAVOURITE_KINDS = ("categories", "brands", "attributes")
+
+
+class _Crowd:
+    """Every shopper's planted tastes as flat typed columns: `crowd[i]` builds shopper i's `_Shopper` when the
+    simulation reaches them, `crowd.taste(i)` their ground-truth record. A million shoppers held as objects would
+    take several GB of small lists and floats; as columns they take a few hundred MB."""
+
+    def __init__(self, n_users: int):
+        self.width = max(4, len(str(n_users)))  # user ids u0001.., zero-padded so they sort in crowd order
+        self.names: dict[str, list[str]] = {kind: [] for kind in _FAVOURITE_KINDS}  # code -> name
+        self._codes: dict[str, dict[str, int]] = {kind: {} for kind in _FAVOURITE_KINDS}
+        self.favourites = {kind: array("i") for kind in _FAVOURITE_KINDS}  # codes, user after user
+        self.ends = {kind: array("q", [0]) for kind in _FAVOURITE_KINDS}  # user i's are [ends[i], ends[i + 1])
+        self.drift_start = {kind: array("d") for kind in _FAVOURITE_KINDS}  # aligned with favourites
+        self.drift_end = {kind: array("d") for kind in _FAVOURITE_KINDS}
+        self.band_low, self.band_high, self.price_point, self.activity = array("d"), array("d"), array("d"), array("d")
+        self.cause_mix, self.cause_cdf = array("d"), array("d")  # len(CAUSES) per user
+        self.pool = array("i")  # index into pools
+        self.pools: list[_Pool | None] = []
+        self._pool_codes: dict[int, int] = {}
+
+    def add(self, favourites: dict[str, list[str]], drift_start: dict[str, list[float]],
+            drift_end: dict[str, list[float]], price_band: tuple[float, float], price_point: float, activity: float,
+            cause_mix: list[float], cause_cdf: list[float], at_price_point: _Pool | None) -> None:
+        for kind in _FAVOURITE_KINDS:
+            codes = self._codes[kind]
+            for name in favourites[kind]:
+                if name not in codes:
+                    codes[name] = len(self.names[kind])
+                    self.names[kind].append(name)
+                self.favourites[kind].append(codes[name])
+            self.ends[kind].append(len(self.favourites[kind]))
+            self.drift_start[kind].extend(drift_start[kind])
+            self.drift_end[kind].extend(drift_end[kind])
+        self.band_low.append(price_band[0])
+        self.band_high.append(price_band[1])
+        self.price_point.append(price_point)
+        self.activity.append(activity)
+        self.cause_mix.extend(cause_mix)
+        self.cause_cdf.extend(cause_cdf)
+        if id(at_price_point) not in self._pool_codes:  # pools are shared, held by the catalog's cache
+            self._pool_codes[id(at_price_point)] = len(self.pools)
+            self.pools.append(at_price_point)
+        self.pool.append(self._pool_codes[id(at_price_point)])
+
+    def __len__(self) -> int:
+        return len(self.activity)
+
+    def user_id(self, i: int) -> str:
+        return f"u{i + 1:0{self.width}d}"
+
+    def _listed(self, i: int) -> tuple[dict, dict, dict]:
+        names, start, end = {}, {}, {}
+        for kind in _FAVOURITE_KINDS:
+            a, b = self.ends[kind][i], self.ends[kind][i + 1]
+            names[kind] = [self.names[kind][code] for code in self.favourites[kind][a:b]]
+            start[kind], end[kind] = self.drift_start[kind][a:b].tolist(), self.drift_end[kind][a:b].tolist()
+        return names, start, end
+
+    def __getitem__(self, i: int) -> _Shopper:
+        names, start, end = self._listed(i)
+        k = len(CAUSES)
+        return _Shopper(
+            categories=names["categories"], brands=names["brands"], attributes=names["attributes"],
+            drift_start=start, drift_end=end, price_band=(self.band_low[i], self.band_high[i]),
+            price_point=self.price_point[i], activity=self.activity[i], at_price_point=self.pools[self.pool[i]],
+            cause_cdf=self.cause_cdf[k * i:k * (i + 1)].tolist(),
+        )
+
+    def taste(self, i: int) -> dict:
+        """Shopper i's entry of ground_truth["users"]."""
+        names, start, end = self._listed(i)
+        k = len(CAUSES)
+        return {
+            **names,
+            "price_band": [self.band_low[i], self.band_high[i]],
+            "price_point": self.price_point[i],
+            "activity": self.activity[i],
+            "cause_mix": {c: round(p, 3) for c, p in zip(CAUSES, self.cause_mix[k * i:k * (i + 1)])},
+            "drift": {"start": start, "end": end},
+        }
+
+
+class _Tastes(Mapping):
+    """ground_truth["users"] of a generated shop: {user_id: taste record}, each record built when asked for."""
+
+    def __init__(self, crowd: _Crowd):
+        self.crowd = crowd
+
+    def __getitem__(self, user_id: str) -> dict:
+        number = user_id[1:] if isinstance(user_id, str) and user_id[:1] == "u" else ""
+        i = int(number) - 1 if number.isdigit() else -1
+        if not 0 <= i < len(self.crowd) or self.crowd.user_id(i) != user_id:
+            raise KeyError(user_id)
+        return self.crowd.taste(i)
+
+    def __iter__(self):
+        return (self.crowd.user_id(i) for i in range(len(self.crowd)))
+
+    def __len__(self) -> int:
+        return len(self.crowd)
 
 
 @dataclass
@@ -323,14 +428,12 @@ def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_eve
     # One child stream per stage, so resizing the crowd leaves the catalog as it was.
     catalog_rng, taste_rng, behaviour_rng, dirt_rng = np.random.default_rng(seed).spawn(4)
     catalog = _build_catalog(catalog_rng, n_items)
-    shoppers = _draw_shoppers(taste_rng, n_users, catalog)
-    log = _simulate(behaviour_rng, shoppers, catalog, target_events)
-    items, log, dirt = _plant_dirt(dirt_rng, catalog, shoppers, log)
+    crowd = _draw_shoppers(taste_rng, n_users, catalog)
+    log = _simulate(behaviour_rng, crowd, catalog, target_events)
+    items, log, dirt = _plant_dirt(dirt_rng, catalog, crowd, log)
 
     kept = ~log["duplicate"]
-    tastes = {s.user_id: _taste_record(s) for s in shoppers}
-    user_ids = np.asarray(list(tastes), dtype=object)[log["user"]]
-    del shoppers  # what is left of them is in `tastes`; the event tables below are the memory peak
+    user_ids = np.asarray([crowd.user_id(i) for i in range(len(crowd))], dtype=object)[log["user"]]
     item_ids = catalog.items["item_id"].to_numpy()[log["item"]]
     raw_events = pd.DataFrame({
         "user_id": user_ids,
@@ -344,7 +447,7 @@ def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_eve
     truth = {
         "seed": int(seed),
         "window": [WINDOW_START.isoformat(), WINDOW_END.isoformat()],
-        "users": tastes,
+        "users": _Tastes(crowd),
         "event_causes": pd.DataFrame({
             "user_id": user_ids[kept],
             "item_id": item_ids[kept],
@@ -494,15 +597,14 @@ def _article(word: str) -> str:
 # Shoppers: latent tastes drawn from what the catalog actually stocks.
 
 
-def _draw_shoppers(rng: np.random.Generator, n_users: int, catalog: _Catalog) -> list[_Shopper]:
+def _draw_shoppers(rng: np.random.Generator, n_users: int, catalog: _Catalog) -> _Crowd:
     names = [c.name for c in CATEGORIES]
     category_appeal = rng.dirichlet(np.full(len(names), 6.0))
     mix = np.array([CAUSE_MIX[c] for c in CAUSES])
     n_categories_cdf = _choice_cdf(np.array([0.35, 0.45, 0.2])).tolist()  # 1, 2 or 3 favourite categories
     cause_alpha = mix * CAUSE_MIX_CONCENTRATION
-    width = max(4, len(str(n_users)))
-    shoppers = []
-    for n in range(1, n_users + 1):
+    crowd = _Crowd(n_users)
+    for _ in range(n_users):
         n_categories = 1 + bisect_right(n_categories_cdf, rng.random())
         categories = [names[i] for i in _choice_without_replacement(rng, n_categories, category_appeal)]
         shelves = catalog.shelves(categories)
@@ -534,21 +636,18 @@ def _draw_shoppers(rng: np.random.Generator, n_users: int, catalog: _Catalog) ->
         cause_mix = weights[ends[-2]:]
         cause_mix = cause_mix / cause_mix.sum()
         low, high = round(float(low), 2), round(float(high), 2)
-        shoppers.append(_Shopper(
-            user_id=f"u{n:0{width}d}",
-            categories=categories,
-            brands=brands,
-            attributes=attributes,
+        crowd.add(
+            favourites={"categories": categories, "brands": brands, "attributes": attributes},
             drift_start=drift_start,
             drift_end=drift_end,
             price_band=(low, high),
             price_point=round(point, 2),
             activity=round(float(rng.lognormal(0.0, 0.6)), 3),
             cause_mix=cause_mix.tolist(),
-            at_price_point=catalog.near_price(point),
             cause_cdf=_choice_cdf(cause_mix).tolist(),
-        ))
-    return shoppers
+            at_price_point=catalog.near_price(point),
+        )
+    return crowd
 
 
 def _choice_cdf(p: np.ndarray) -> np.ndarray:
@@ -605,20 +704,6 @@ def _quantile_of_sorted(values: np.ndarray, q: float) -> float:
     return b - difference * (1 - gamma) if gamma >= 0.5 else a + difference * gamma
 
 
-def _taste_record(shopper: _Shopper) -> dict:
-    return {
-        # The shopper's own lists, shared rather than copied (a million shoppers): nothing changes them.
-        "categories": shopper.categories,
-        "brands": shopper.brands,
-        "attributes": shopper.attributes,
-        "price_band": [shopper.price_band[0], shopper.price_band[1]],
-        "price_point": shopper.price_point,
-        "activity": shopper.activity,
-        "cause_mix": {c: round(float(p), 3) for c, p in zip(CAUSES, shopper.cause_mix)},
-        "drift": {"start": shopper.drift_start, "end": shopper.drift_end},
-    }
-
-
 # ---------------------------------------------------------------------------------------------
 # Behaviour: sessions of views, some carted, some bought at checkout, a few rated days later.
 
@@ -654,13 +739,14 @@ _VIEW, _CART, _PURCHASE, _RATING = range(len(EVENTS))
 _CAUSE_CODE = {cause: code for code, cause in enumerate(CAUSES)}
 
 
-def _simulate(rng: np.random.Generator, shoppers: list[_Shopper], catalog: _Catalog, target_events: int) -> dict:
+def _simulate(rng: np.random.Generator, crowd: _Crowd, catalog: _Catalog, target_events: int) -> dict:
     span = int((WINDOW_END - WINDOW_START).total_seconds())
-    total_activity = sum(s.activity for s in shoppers)
-    extra_sessions = max(0.0, target_events / EVENTS_PER_SESSION - MIN_SESSIONS * len(shoppers)) / total_activity
+    total_activity = sum(crowd.activity)
+    extra_sessions = max(0.0, target_events / EVENTS_PER_SESSION - MIN_SESSIONS * len(crowd)) / total_activity
     hour_cdf = _choice_cdf(HOUR_WEIGHTS / HOUR_WEIGHTS.sum())
     log = _Log()
-    for user, shopper in enumerate(shoppers):
+    for user in range(len(crowd)):
+        shopper = crowd[user]
         n_sessions = MIN_SESSIONS + int(rng.poisson(extra_sessions * shopper.activity))
         days = rng.integers(0, span // DAY, n_sessions) * DAY
         hours = hour_cdf.searchsorted(rng.random(n_sessions), side="right")  # rng.choice(24, n, p=hours)
@@ -823,7 +909,7 @@ def _strictly_increasing(users: np.ndarray, times: np.ndarray) -> np.ndarray:
 # Dirt for the quality report: small, planted on purpose, and listed in the ground truth.
 
 
-def _plant_dirt(rng, catalog, shoppers, log) -> tuple[pd.DataFrame, dict, dict]:
+def _plant_dirt(rng, catalog, crowd, log) -> tuple[pd.DataFrame, dict, dict]:
     span = int((WINDOW_END - WINDOW_START).total_seconds())
     items = catalog.items.copy()
     unpriced = np.sort(rng.choice(len(items), size=2, replace=False))
@@ -831,7 +917,7 @@ def _plant_dirt(rng, catalog, shoppers, log) -> tuple[pd.DataFrame, dict, dict]:
     items = normalise_items(items, file="synthetic items", locate=line_locator())
 
     # A scraper-like account: a burst of views, one every second or so, at three in the morning.
-    bot = int(rng.integers(len(shoppers)))
+    bot = int(rng.integers(len(crowd)))
     burst_start = int(rng.integers(0, span // DAY - 1)) * DAY + 3 * 3600 + int(rng.integers(0, 3000))
     burst_times = burst_start + np.sort(rng.choice(60, BOT_VIEWS, replace=False))
     burst = {
@@ -855,13 +941,13 @@ def _plant_dirt(rng, catalog, shoppers, log) -> tuple[pd.DataFrame, dict, dict]:
     log["duplicate"] = np.r_[False, positions[1:] == positions[:-1]]
     copies = np.flatnonzero(log["duplicate"])
     duplicate_keys = [
-        [shoppers[user].user_id, items["item_id"].iloc[item], stamp, "view"]
+        [crowd.user_id(user), items["item_id"].iloc[item], stamp, "view"]
         for user, item, stamp in zip(log["user"][copies], log["item"][copies], _iso(log["time"][copies]))
     ]
     dirt = {
         "duplicate_events": duplicate_keys,
         "items_without_price": items["item_id"].iloc[unpriced].tolist(),
-        "bot_users": [shoppers[bot].user_id],
+        "bot_users": [crowd.user_id(bot)],
     }
     return items, log, dirt
 

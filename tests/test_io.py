@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -222,3 +223,35 @@ def test_iso_strings_write_what_isoformat_writes():
                                        "2024-01-05T10:00:00.000000001Z", "1969-12-31T23:59:59.999999999Z"],
                                       format="ISO8601"))
     assert iso_strings(stamps).tolist() == [stamp.isoformat() for stamp in stamps]
+
+
+def test_set_aside_and_sort_follow_the_plain_pandas_rules():
+    """make_dataset's one-copy path keeps, sets aside and orders events exactly as the plain rules say: repeats of
+    (user, item, timestamp, event) and events on unknown items or users set aside (the later rule naming the
+    reason), the rest sorted by user id then time, ties in file order."""
+    from data.schema import line_locator, make_dataset, normalise_events, normalise_items
+
+    rng = np.random.default_rng(3)
+    n = 400
+    raw = pd.DataFrame({
+        "user_id": rng.choice(["u10", "u2", "u1", "ghost"], n),
+        "item_id": rng.choice(["a", "b", "c", "zz"], n),
+        "timestamp": rng.choice(1_704_067_200 + np.arange(30) * 60, n).astype(str),  # many ties
+        "event": rng.choice(["view", "cart"], n),
+    })
+    items = normalise_items(pd.DataFrame({"item_id": ["a", "b", "c"], "title": ["A", "B", "C"]}),
+                            file="items.csv", locate=line_locator())
+    events = normalise_events(raw, file="events.csv", locate=line_locator())
+    users = pd.DataFrame({"user_id": ["u1", "u2", "u10"]})
+    dataset = make_dataset(items, events, source="test", format="table", users=users)
+
+    reasons = pd.Series(None, index=events.index, dtype=object)
+    reasons[events.duplicated(subset=["user_id", "item_id", "timestamp", "event"])] = "duplicate"
+    reasons[~events["item_id"].isin(items["item_id"])] = "unknown item"
+    reasons[~events["user_id"].isin(users["user_id"])] = "unknown user"
+    kept = events[reasons.isna()].sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+    assert dataset.source_rows.tolist() == kept["source_row"].tolist()
+    pd.testing.assert_frame_equal(dataset.events, kept.drop(columns="source_row"))
+    aside = events[reasons.notna()].assign(reason=reasons[reasons.notna()]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(dataset.set_aside_events, aside)
+    assert set(aside["reason"]) == {"duplicate", "unknown item", "unknown user"}

@@ -432,30 +432,30 @@ def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_eve
     log = _simulate(behaviour_rng, crowd, catalog, target_events)
     items, log, dirt = _plant_dirt(dirt_rng, catalog, crowd, log)
 
-    kept = ~log["duplicate"]
-    user_ids = np.asarray([crowd.user_id(i) for i in range(len(crowd))], dtype=object)[log["user"]]
-    item_ids = catalog.items["item_id"].to_numpy()[log["item"]]
-    raw_events = pd.DataFrame({
-        "user_id": user_ids,
-        "item_id": item_ids,
-        "timestamp": WINDOW_START.value // 10**9 + log["time"],
-        "event": pd.Categorical.from_codes(log["event"], categories=EVENTS),
-        "value": log["value"],
+    # The log's columns become the events and the causes table one by one, each freed once used.
+    kept = np.flatnonzero(~log.pop("duplicate"))
+    user_ids = np.asarray([crowd.user_id(i) for i in range(len(crowd))], dtype=object)[log.pop("user")]
+    item_ids = catalog.items["item_id"].to_numpy()[log.pop("item")]
+    seconds = log.pop("time")
+    kinds = pd.Categorical.from_codes(log.pop("event"), categories=EVENTS)
+    causes = pd.DataFrame({
+        "user_id": user_ids[kept],
+        "item_id": item_ids[kept],
+        "timestamp": pd.to_datetime(WINDOW_START.value + seconds[kept] * 10**9, utc=True),
+        "event": kinds[kept],
+        "cause": pd.Categorical.from_codes(log.pop("cause")[kept], categories=CAUSES),
+        "token": log.pop("token")[kept],
     })
+    raw_events = pd.DataFrame({"user_id": user_ids, "item_id": item_ids, "timestamp": WINDOW_START.value // 10**9 +
+                               seconds, "event": kinds, "value": log.pop("value")})
+    del user_ids, item_ids, seconds, kinds
     events = normalise_events(raw_events, file="synthetic events", locate=line_locator())
     del raw_events
     truth = {
         "seed": int(seed),
         "window": [WINDOW_START.isoformat(), WINDOW_END.isoformat()],
         "users": _Tastes(crowd),
-        "event_causes": pd.DataFrame({
-            "user_id": user_ids[kept],
-            "item_id": item_ids[kept],
-            "timestamp": pd.to_datetime(WINDOW_START.value + log["time"][kept] * 10**9, utc=True),
-            "event": pd.Categorical.from_codes(log["event"][kept], categories=EVENTS),
-            "cause": pd.Categorical.from_codes(log["cause"][kept], categories=CAUSES),
-            "token": log["token"][kept],
-        }),
+        "event_causes": causes,
         "vocabulary": {
             "brands": {b: {"category": c.name, "tier": t} for c in CATEGORIES for b, t in c.brands.items()},
             "attributes": {c.name: list(c.attributes) for c in CATEGORIES},
@@ -924,8 +924,8 @@ def _plant_dirt(rng, catalog, crowd, log) -> tuple[pd.DataFrame, dict, dict]:
         "user": np.full(BOT_VIEWS, bot),
         "item": rng.integers(len(items), size=BOT_VIEWS),
         "time": burst_times,
-        "event": np.full(BOT_VIEWS, EVENTS.index("view")),
-        "cause": np.full(BOT_VIEWS, CAUSES.index("noise")),
+        "event": np.full(BOT_VIEWS, EVENTS.index("view"), dtype=np.int8),
+        "cause": np.full(BOT_VIEWS, CAUSES.index("noise"), dtype=np.int8),
         "token": np.full(BOT_VIEWS, None, dtype=object),
         "value": np.full(BOT_VIEWS, np.nan),
     }

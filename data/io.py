@@ -180,11 +180,17 @@ def _write_table(parts: list[pd.DataFrame], target: Path, kind: str) -> None:
 
 def _as_text(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
     """Categories (event types, causes) as their names; for text files, timestamps as ISO 8601 strings."""
-    changed = {name: frame[name].astype(str) for name, dtype in frame.dtypes.items()
+    changed = {name: _category_names(frame[name]) for name, dtype in frame.dtypes.items()
                if isinstance(dtype, pd.CategoricalDtype)}
     if kind != "parquet" and "timestamp" in frame:
         changed["timestamp"] = iso_strings(frame["timestamp"])
     return frame.assign(**changed) if changed else frame
+
+
+def _category_names(values: pd.Series) -> pd.Series:
+    """A categorical column as plain string objects, one shared object per category (None where missing)."""
+    names = np.append(values.cat.categories.to_numpy(dtype=object), None)
+    return pd.Series(names[values.cat.codes.to_numpy()], index=values.index, dtype=object)  # code -1 -> None
 
 
 def _arrow_schema(frame: pd.DataFrame):

@@ -436,19 +436,19 @@ def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_eve
     kept = np.flatnonzero(~log.pop("duplicate"))
     user_ids = np.asarray([crowd.user_id(i) for i in range(len(crowd))], dtype=object)[log.pop("user")]
     item_ids = catalog.items["item_id"].to_numpy()[log.pop("item")]
-    seconds = log.pop("time")
+    stamps = pd.DatetimeIndex((WINDOW_START.value + log.pop("time") * 10**9).view("datetime64[ns]"), tz="UTC")
     kinds = pd.Categorical.from_codes(log.pop("event"), categories=EVENTS)
     causes = pd.DataFrame({
         "user_id": user_ids[kept],
         "item_id": item_ids[kept],
-        "timestamp": pd.to_datetime(WINDOW_START.value + seconds[kept] * 10**9, utc=True),
+        "timestamp": stamps[kept],
         "event": kinds[kept],
         "cause": pd.Categorical.from_codes(log.pop("cause")[kept], categories=CAUSES),
         "token": log.pop("token")[kept],
     })
-    raw_events = pd.DataFrame({"user_id": user_ids, "item_id": item_ids, "timestamp": WINDOW_START.value // 10**9 +
-                               seconds, "event": kinds, "value": log.pop("value")})
-    del user_ids, item_ids, seconds, kinds
+    raw_events = pd.DataFrame({"user_id": user_ids, "item_id": item_ids, "timestamp": stamps, "event": kinds,
+                               "value": log.pop("value")})
+    del user_ids, item_ids, stamps, kinds
     events = normalise_events(raw_events, file="synthetic events", locate=line_locator())
     del raw_events
     truth = {

@@ -24,6 +24,7 @@ from data.schema import (
 )
 from data.text_files import read_json_lines
 
+REPEATED_COLUMNS = ("user_id", "item_id", "event")  # columns whose values repeat row after row
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
@@ -56,7 +57,12 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(path).to_pandas()
+        # Ids and event names repeat across millions of rows: read as dictionaries (pandas categoricals), they take
+        # a 4-byte code per row, and validation cleans each distinct value once.
+        repeated = [name for name in pq.read_schema(path).names if name in REPEATED_COLUMNS]
+        frame = pq.read_table(path, read_dictionary=repeated).to_pandas()
+        pyarrow.default_memory_pool().release_unused()  # the Arrow copy is gone; give its pages back
+        return frame
     except (pyarrow.ArrowInvalid, OSError) as exc:
         raise DataError(f"not a readable Parquet file ({str(exc).splitlines()[0]})", file=str(path)) from exc
 
@@ -77,8 +83,10 @@ def load_tables(path: Path, prefer: str | None = None) -> Dataset:
     events_path = find_table(path, "events", prefer)
     raw_items, locate_items = read_table(items_path)
     items = normalise_items(raw_items, file=str(items_path), locate=locate_items)
+    del raw_items
     raw_events, locate_events = read_table(events_path)
     events = normalise_events(raw_events, file=str(events_path), locate=locate_events)
+    del raw_events  # the raw table and the validated one are never both held through make_dataset
     ground_truth = GroundTruth(path) if (path / "ground_truth.json").exists() else None
     return make_dataset(items, events, source=str(path), format="table", ground_truth=ground_truth)
 

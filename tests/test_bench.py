@@ -36,3 +36,20 @@ def test_explain_bench_reports_an_item_shap_could_not_compare(tiny_model, tmp_pa
     assert all(a["loo_deletion_top3_drop"] is not None and a["loo_seconds"] > 0 for a in result["agreement"])
     assert all(a["loo_aopc_comprehensiveness"] is not None for a in result["agreement"])
     assert summary["leave_one_out_seconds_median"] > 0
+
+
+def test_scale_bench_measures_every_step_of_a_small_shop_in_its_own_process(tmp_path):
+    from bench import scale
+
+    out = tmp_path / "scale.json"
+    assert scale.main(["--users", "200", "--root", str(tmp_path / "shops"), "--out", str(out)]) == 0
+    (size,) = json.loads(out.read_text())["sizes"]
+    assert (size["users"], size["items"]) == (200, 20)
+    steps = size["steps"]
+    assert list(steps) == ["generate", "load", "quality", "features"]
+    for step in steps.values():
+        assert step["exit_code"] == 0 and step["peak_rss_gb"] > 0 and step["wall_seconds"] >= step["seconds"] > 0
+    # The load step reads back what the generate step wrote.
+    assert steps["load"]["events"] == steps["generate"]["events"] > 200 * 10
+    assert "duplicate_events" in steps["quality"]["findings"] and steps["features"]["sample_rows"] > 0
+    assert not (tmp_path / "shops" / "shop-200").exists()  # removed unless --keep

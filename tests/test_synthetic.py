@@ -358,7 +358,7 @@ def test_a_ground_truth_file_with_the_causes_inside_still_reads(small_shop, tmp_
 @pytest.mark.parametrize("seed", range(5))
 def test_the_generators_shortcuts_draw_what_numpy_draws(seed):
     """The generator's exact forms of numpy's calls give the same values and leave the stream where numpy does."""
-    from data.synthetic import _choice_without_replacement, _dirichlets, _quantile_of_sorted
+    from data.synthetic import _choice_without_replacement, _dirichlets, _quantile_of_sorted, _ScalarDraws
 
     setup = np.random.default_rng(100 + seed)
     for _ in range(200):
@@ -374,6 +374,10 @@ def test_the_generators_shortcuts_draw_what_numpy_draws(seed):
         expected = [numpys.dirichlet(np.full(n, 2.0)) for n in sizes] + [numpys.dirichlet(last)]
         for got, want in zip(_dirichlets(ours, sizes, last), expected, strict=True):
             assert np.array_equal(got, want)
+        assert ours.bit_generator.state == numpys.bit_generator.state
+        scalar = _ScalarDraws(ours)
+        for low, high in ((15, 120), (5, 40), (0, 86_400), (1, 3), (0, 2**32 - 1)):
+            assert (scalar.integers(low, high), scalar.random()) == (int(numpys.integers(low, high)), numpys.random())
         assert ours.bit_generator.state == numpys.bit_generator.state
         values = np.sort(setup.lognormal(3.0, 1.0, size=int(setup.integers(1, 50))).round(2))
         q = float(setup.random())

@@ -189,7 +189,10 @@ class FeatureStore:
         item = self._positions(events["item_id"])  # (n_events,)
         time = _ns_array(events["timestamp"], "timestamp")
         kind = _kind_codes(events["event"])
-        user_code, user_names = pd.factorize(events["user_id"].astype(str), sort=True)
+        users = events["user_id"]
+        if pd.api.types.infer_dtype(users, skipna=False) != "string":  # ids given as numbers: as the strings they are
+            users = users.astype(str)
+        user_code, user_names = pd.factorize(users, sort=True)
 
         # Users: one (user, time)-sorted array; lexsort is stable, so same-moment events keep the input order.
         order = np.lexsort((time, user_code))
@@ -505,11 +508,13 @@ class FeatureStore:
         return _Trail(item[order], time[order], kind[order])
 
     def _positions(self, item_ids) -> np.ndarray:
-        ids = pd.Index(np.asarray(item_ids, dtype=object).astype(str))
-        positions = self._item_lookup.get_indexer(ids)
+        # Looked up once per distinct id (in order of first appearance), then spread over the rows.
+        codes, distinct = pd.factorize(np.asarray(item_ids, dtype=object), use_na_sentinel=False)
+        distinct = pd.Index(np.asarray(distinct, dtype=object).astype(str))
+        positions = self._item_lookup.get_indexer(distinct)
         if (positions < 0).any():
-            raise DataError("unknown item", field="item_id", value=str(ids[int(np.flatnonzero(positions < 0)[0])]))
-        return positions.astype(np.int64)
+            raise DataError("unknown item", field="item_id", value=str(distinct[int(np.flatnonzero(positions < 0)[0])]))
+        return positions.astype(np.int64)[codes]
 
     def _item_selection(self, item_index) -> np.ndarray:
         if item_index is None:

@@ -471,3 +471,11 @@ def test_distinct_moments_are_numpys_unique():
     rng = np.random.default_rng(0)
     for values in (np.empty(0, np.int64), rng.integers(0, 50, 500), rng.integers(-(2**62), 2**62, 1000)):
         assert np.array_equal(_distinct_sorted(values), np.unique(values))
+
+
+def test_items_are_looked_up_per_distinct_id_and_the_first_unknown_is_named(shop):
+    store = FeatureStore(shop)
+    ids = list(store.item_ids)
+    assert store._positions([ids[2], ids[0], ids[2], ids[1], ids[0]]).tolist() == [2, 0, 2, 1, 0]
+    with pytest.raises(DataError, match="missing-one"):
+        store._positions([ids[0], "missing-one", "missing-two", ids[1]])

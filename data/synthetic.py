@@ -407,14 +407,16 @@ def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_eve
     `ground_truth` (JSON-serialisable, written as ground_truth.json by `data.io.write_tables`):
 
     - "seed": the seed; "window": [first, end) of the event clock as ISO strings.
-    - "users": {user_id: {"categories", "brands", "attributes": lists of names/words, "price_band": [low, high],
-      "price_point": the price that price-driven views cluster around,
+    - "users": a mapping {user_id: {"categories", "brands", "attributes": lists of names/words,
+      "price_band": [low, high], "price_point": the price that price-driven views cluster around,
       "activity": relative session rate, "cause_mix": {cause: share of views}, "drift": {"start": {...},
-      "end": {...}} with the weight of each favourite on 1 January and on 30 April (linear in between)}}.
-    - "event_causes": one row [user_id, item_id, timestamp_iso, event, cause, token] per event of
-      `dataset.events`, in the same order. cause is one of CAUSES; token is the brand, attribute word or
-      category name the taste fired on, the id of the past item a "recency" view returns to (an abandoned cart
-      or a recent view: the same item, seen before), else null (a return to the last visit's shelf too). Exact
+      "end": {...}} with the weight of each favourite on 1 January and on 30 April (linear in between)}}, each
+      record built when asked for (a million users are a few arrays until then).
+    - "event_causes": a table (columns user_id, item_id, timestamp, event, cause, token), one row per event of
+      `dataset.events`, in the same order; `write_tables` writes it as event_causes.<kind>. cause is one of
+      CAUSES; token is the brand, attribute word or category name the taste fired on, the id of the past item a
+      "recency" view returns to (an abandoned cart or a recent view: the same item, seen before), else None (a
+      return to the last visit's shelf too). Exact
       duplicate events are planted as dirt and set aside by `make_dataset`; they have no row. Each row carries
       its own key (user, item, timestamp, event), which is unique among the kept events, so `event_causes(dataset)`
       joins on the key and survives any re-ordering.

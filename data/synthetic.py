@@ -769,14 +769,16 @@ def _simulate(rng: np.random.Generator, crowd: _Crowd, catalog: _Catalog, target
     span = int((WINDOW_END - WINDOW_START).total_seconds())
     total_activity = sum(crowd.activity)
     extra_sessions = max(0.0, target_events / EVENTS_PER_SESSION - MIN_SESSIONS * len(crowd)) / total_activity
-    hour_cdf = _choice_cdf(HOUR_WEIGHTS / HOUR_WEIGHTS.sum())
+    hour_cdf = _choice_cdf(HOUR_WEIGHTS / HOUR_WEIGHTS.sum()).tolist()
     log, draws = _Log(), _ScalarDraws(rng)
     for user in range(len(crowd)):
         shopper = crowd[user]
         n_sessions = MIN_SESSIONS + int(rng.poisson(extra_sessions * shopper.activity))
-        days = rng.integers(0, span // DAY, n_sessions) * DAY
-        hours = hour_cdf.searchsorted(rng.random(n_sessions), side="right")  # rng.choice(24, n, p=hours)
-        starts = np.sort(days + hours * 3600 + rng.integers(0, 3600, n_sessions)).tolist()
+        # Session starts: n days, then n hours (a choice by HOUR_WEIGHTS), then n seconds into the hour; drawn one
+        # by one, the same numbers as numpy's three vector calls at a fraction of their cost for a handful.
+        days = [draws.integers(0, span // DAY) * DAY for _ in range(n_sessions)]
+        hours = [bisect_right(hour_cdf, draws.random()) * 3600 for _ in range(n_sessions)]
+        starts = sorted(day + hour + draws.integers(0, 3600) for day, hour in zip(days, hours))
         history = _History()
         clock = -SESSION_GAP
         for start in starts:

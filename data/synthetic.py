@@ -602,14 +602,14 @@ def _article(word: str) -> str:
 
 def _draw_shoppers(rng: np.random.Generator, n_users: int, catalog: _Catalog) -> _Crowd:
     names = [c.name for c in CATEGORIES]
-    category_appeal = rng.dirichlet(np.full(len(names), 6.0))
+    category_appeal = rng.dirichlet(np.full(len(names), 6.0)).tolist()
     mix = np.array([CAUSE_MIX[c] for c in CAUSES])
     n_categories_cdf = _choice_cdf(np.array([0.35, 0.45, 0.2])).tolist()  # 1, 2 or 3 favourite categories
     cause_alpha = mix * CAUSE_MIX_CONCENTRATION
     crowd, draws = _Crowd(n_users), _ScalarDraws(rng)
     for _ in range(n_users):
         n_categories = 1 + bisect_right(n_categories_cdf, draws.random())
-        categories = [names[i] for i in _choice_without_replacement(rng, n_categories, category_appeal)]
+        categories = [names[i] for i in _choice_without_replacement(draws, n_categories, category_appeal)]
         shelves = catalog.shelves(categories)
         # The band is a slice of the favourite shelves' price range around the shopper's own level.
         level = rng.beta(2.0, 2.0)
@@ -619,7 +619,8 @@ def _draw_shoppers(rng: np.random.Generator, n_users: int, catalog: _Catalog) ->
         brand_options = shelves.brand_options
         tier_fit = np.exp(-(((shelves.brand_levels - level) / 0.35) ** 2))
         n_brands = min(draws.integers(1, 3), len(brand_options))
-        brands = [brand_options[i] for i in _choice_without_replacement(rng, n_brands, tier_fit / tier_fit.sum())]
+        brands = [brand_options[i] for i in _choice_without_replacement(draws, n_brands,
+                                                                        (tier_fit / tier_fit.sum()).tolist())]
         attribute_options = shelves.attribute_options
         n_attributes = min(draws.integers(2, 5), len(attribute_options))
         attributes = [attribute_options[i] for i in np.sort(rng.choice(len(attribute_options), n_attributes,
@@ -662,20 +663,20 @@ def _choice_cdf(p: np.ndarray) -> np.ndarray:
     return cdf
 
 
-def _choice_without_replacement(rng: np.random.Generator, size: int, p: np.ndarray) -> np.ndarray:
-    """rng.choice(len(p), size, replace=False, p=p), drawn the same way from the same stream (numpy's
-    algorithm: draw, drop repeats, zero what was found, redraw the rest), without choice's per-call checks."""
-    p = np.array(p, dtype=np.float64)
-    found = np.zeros(size, dtype=np.int64)
-    n_found = 0
-    while n_found < size:
-        u = rng.random(size - n_found)
-        if n_found:
-            p[found[:n_found]] = 0
-        cdf = _choice_cdf(p)
-        new = list(dict.fromkeys(cdf.searchsorted(u, side="right").tolist()))  # first occurrences, in draw order
-        found[n_found:n_found + len(new)] = new
-        n_found += len(new)
+def _choice_without_replacement(draws: _ScalarDraws, size: int, p: list[float]) -> list[int]:
+    """rng.choice(len(p), size, replace=False, p=p), drawn the same way from the same stream (numpy's algorithm:
+    draw, drop repeats, zero what was found, redraw the rest; the same float operations on plain floats), without
+    choice's per-call checks and array overhead."""
+    p = list(p)
+    found: list[int] = []
+    while len(found) < size:
+        u = [draws.random() for _ in range(size - len(found))]
+        for index in found:
+            p[index] = 0.0
+        cumulative = list(accumulate(p))
+        cdf = [c / cumulative[-1] for c in cumulative]
+        new = dict.fromkeys(bisect_right(cdf, x) for x in u)  # first occurrences, in draw order
+        found.extend(new)
     return found
 
 

@@ -194,7 +194,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the shops are written (outside the repository: a 1M-user shop is gigabytes)")
     parser.add_argument("--keep", action="store_true", help="leave the generated shops in --root")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--one-step", choices=list(STEPS), help=argparse.SUPPRESS)  # the child process's entry
+    parser.add_argument("--append", action="store_true",
+                        help="keep the sizes already in --out (a size measured again replaces its entry)")
+    # The child process's entry: run one step on the shop in --root (the size's own directory).
+    parser.add_argument("--one-step", choices=list(STEPS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.one_step:
@@ -204,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
 
     started = machine()
     sizes = [run_size(users, args.steps, args.root, args.keep) for users in args.users]
+    if args.append and args.out.exists():
+        earlier = [size for size in json.loads(args.out.read_text())["sizes"] if size["users"] not in args.users]
+        sizes = sorted(earlier + sizes, key=lambda size: size["users"])
     result = {"benchmark": "scale", "what": "data generate / load / quality report / point-in-time features per "
               "shop size, each step in its own process: wall seconds and its peak RSS",
               "shape": {"items_per_user": ITEMS_PER_USER, "events_per_user": EVENTS_PER_USER, "seed": SEED,

@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("--out", required=True, type=Path, help="directory to write items/events/ground truth")
     generate.add_argument("--users", type=int, default=2000)
     generate.add_argument("--items", type=int, default=1500)
+    generate.add_argument("--events-per-user", type=float, default=None,
+                          help="average events per user (default: 60,000 events in all, the demo shop's size)")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--kind", choices=("csv", "parquet", "jsonl"), default="csv", help="table file type")
 
@@ -43,7 +45,8 @@ def _generate(args) -> int:
         print(f"error: --users {args.users} / --items {args.items}: need at least 10 users and 20 items",
               file=sys.stderr)
         return 2
-    dataset = generate(n_users=args.users, n_items=args.items, seed=args.seed)
+    sizes = {} if args.events_per_user is None else {"target_events": max(1, round(args.events_per_user * args.users))}
+    dataset = generate(n_users=args.users, n_items=args.items, seed=args.seed, **sizes)
     write_tables(dataset, args.out, kind=args.kind)
     summary = dataset.summary()
     print(f"wrote {args.out}: {summary['users']} users, {summary['items']} items, {summary['events']} events "

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from data.adapters import amazon, movielens, recbole
@@ -12,7 +14,9 @@ from data.errors import DataError
 from data.schema import (
     Dataset,
     Locator,
+    iso_strings,
     line_locator,
+    line_numbers_locator,
     make_dataset,
     normalise_events,
     normalise_items,
@@ -20,6 +24,7 @@ from data.schema import (
 )
 from data.text_files import read_json_lines
 
+REPEATED_COLUMNS = ("user_id", "item_id", "event")  # columns whose values repeat row after row
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
@@ -32,8 +37,7 @@ def read_table(path: Path) -> tuple[pd.DataFrame, Locator]:
         return _read_parquet(path), row_locator()
     if kind == "jsonl":
         frame = read_json_lines(path)
-        lines = frame.index.to_numpy()
-        return frame.reset_index(drop=True), lambda i: {"line": int(lines[int(i)])}
+        return frame.reset_index(drop=True), line_numbers_locator(frame.index.to_numpy())
     return _read_csv(path), line_locator(first_line=2)
 
 
@@ -53,7 +57,12 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(path).to_pandas()
+        # Ids and event names repeat across millions of rows: read as dictionaries (pandas categoricals), they take
+        # a 4-byte code per row, and validation cleans each distinct value once.
+        repeated = [name for name in pq.read_schema(path).names if name in REPEATED_COLUMNS]
+        frame = pq.read_table(path, read_dictionary=repeated).to_pandas()
+        pyarrow.default_memory_pool().release_unused()  # the Arrow copy is gone; give its pages back
+        return frame
     except (pyarrow.ArrowInvalid, OSError) as exc:
         raise DataError(f"not a readable Parquet file ({str(exc).splitlines()[0]})", file=str(path)) from exc
 
@@ -74,37 +83,145 @@ def load_tables(path: Path, prefer: str | None = None) -> Dataset:
     events_path = find_table(path, "events", prefer)
     raw_items, locate_items = read_table(items_path)
     items = normalise_items(raw_items, file=str(items_path), locate=locate_items)
+    del raw_items
     raw_events, locate_events = read_table(events_path)
     events = normalise_events(raw_events, file=str(events_path), locate=locate_events)
-    ground_truth = None
-    truth_path = path / "ground_truth.json"
-    if truth_path.exists():
-        ground_truth = json.loads(truth_path.read_text())
+    del raw_events  # the raw table and the validated one are never both held through make_dataset
+    ground_truth = GroundTruth(path) if (path / "ground_truth.json").exists() else None
     return make_dataset(items, events, source=str(path), format="table", ground_truth=ground_truth)
 
 
+class GroundTruth(Mapping):
+    """A generated shop's planted truth (ground_truth.json and event_causes.*), read on first use: a million
+    users' tastes and twenty million causes stay on disk for whoever only wants the items and events."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self._truth: dict | None = None
+
+    def _loaded(self) -> dict:
+        if self._truth is None:
+            truth = json.loads((self.directory / "ground_truth.json").read_text())
+            causes = [self.directory / f"event_causes{s}" for s in TABLE_SUFFIXES]
+            found = next((path for path in causes if path.exists()), None)
+            if found is not None:
+                truth["event_causes"] = _read_event_causes(found)
+            self._truth = truth
+        return self._truth
+
+    def __getitem__(self, key: str):
+        return self._loaded()[key]
+
+    def __iter__(self):
+        return iter(self._loaded())
+
+    def __len__(self) -> int:
+        return len(self._loaded())
+
+
 def write_tables(dataset: Dataset, directory: Path, kind: str = "csv") -> None:
-    """Write a dataset in the WhyRec layout (the inverse of `load_tables`)."""
+    """Write a dataset in the WhyRec layout (the inverse of `load_tables`).
+
+    Parquet keeps timestamps as UTC timestamps; CSV and JSON Lines write them as ISO 8601 strings. A generated
+    dataset's ground truth goes to ground_truth.json, its per-event causes (one row per event) to
+    event_causes.<kind> beside the events.
+    """
+    if kind not in ("csv", "parquet", "jsonl"):
+        raise DataError(f"unknown table kind '{kind}'; use csv, parquet or jsonl")
     directory.mkdir(parents=True, exist_ok=True)
     # What was set aside goes back in, so the files hold what the source held (duplicates included):
     # reading them again sets the same records aside and gives the same fingerprint.
-    columns = list(dataset.events.columns)
-    events = pd.concat([dataset.events, dataset.set_aside_events[columns]], ignore_index=True)
-    events = events.assign(timestamp=events["timestamp"].map(lambda t: t.isoformat()),
-                           event=events["event"].astype(str))
-    items = pd.concat([dataset.items, dataset.set_aside_items[list(dataset.items.columns)]], ignore_index=True)
-    for stem, frame in (("items", items), ("events", events)):
-        target = directory / f"{stem}.{kind}"
-        if kind == "csv":
-            frame.to_csv(target, index=False)
-        elif kind == "parquet":
-            frame.to_parquet(target, index=False)
-        elif kind == "jsonl":
-            frame.to_json(target, orient="records", lines=True, force_ascii=False)
+    tables = [
+        ("items", [dataset.items, dataset.set_aside_items[list(dataset.items.columns)]]),
+        ("events", [dataset.events, dataset.set_aside_events[list(dataset.events.columns)]]),
+    ]
+    truth = dataset.ground_truth
+    if truth is not None and isinstance(truth.get("event_causes"), pd.DataFrame):
+        tables.append(("event_causes", [truth["event_causes"]]))
+        truth = {key: value for key, value in truth.items() if key != "event_causes"}
+    for stem, parts in tables:
+        _write_table(parts, directory / f"{stem}.{kind}", kind)
+    if truth is not None:
+        _write_truth(truth, directory / "ground_truth.json")
+
+
+def _write_truth(truth: Mapping, target: Path) -> None:
+    """ground_truth.json with one line per entry and one per user: readable, written as it goes, and through
+    json's C encoder (indenting goes through its pure-Python one: minutes for a million users)."""
+    with target.open("w", encoding="utf-8") as out:
+        out.write("{")
+        for n, (key, value) in enumerate(truth.items()):
+            out.write(",\n" if n else "\n")
+            if key == "users" and isinstance(value, Mapping):
+                out.write(' "users": {')
+                for m, (user, taste) in enumerate(value.items()):
+                    out.write(f"{',' if m else ''}\n  {json.dumps(user)}: {json.dumps(taste)}")
+                out.write("\n }")
+            else:
+                out.write(f" {json.dumps(key)}: {json.dumps(value)}")
+        out.write("\n}\n")
+
+
+WRITE_CHUNK_ROWS = 1_000_000  # rows converted at a time: twenty million events are written without a second copy
+
+
+def _write_table(parts: list[pd.DataFrame], target: Path, kind: str) -> None:
+    """The rows of `parts`, one after the other, written a chunk at a time (one Parquet row group per chunk)."""
+    chunks = [part.iloc[start:start + WRITE_CHUNK_ROWS] for part in parts
+              for start in range(0, len(part), WRITE_CHUNK_ROWS)] or [parts[0]]
+    if kind == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = _arrow_schema(parts[0])
+        with pq.ParquetWriter(target, schema) as writer:
+            for chunk in chunks:
+                writer.write_table(pa.Table.from_pandas(_as_text(chunk, kind), schema=schema, preserve_index=False))
+        return
+    with target.open("w", encoding="utf-8", newline="") as out:
+        for n, chunk in enumerate(chunks):
+            if kind == "csv":
+                _as_text(chunk, kind).to_csv(out, index=False, header=n == 0)
+            else:
+                _as_text(chunk, kind).to_json(out, orient="records", lines=True, force_ascii=False)
+
+
+def _as_text(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """Categories (event types, causes) as their names; for text files, timestamps as ISO 8601 strings."""
+    changed = {name: _category_names(frame[name]) for name, dtype in frame.dtypes.items()
+               if isinstance(dtype, pd.CategoricalDtype)}
+    if kind != "parquet" and "timestamp" in frame:
+        changed["timestamp"] = iso_strings(frame["timestamp"])
+    return frame.assign(**changed) if changed else frame
+
+
+def _category_names(values: pd.Series) -> pd.Series:
+    """A categorical column as plain string objects, one shared object per category (None where missing)."""
+    names = np.append(values.cat.categories.to_numpy(dtype=object), None)
+    return pd.Series(names[values.cat.codes.to_numpy()], index=values.index, dtype=object)  # code -1 -> None
+
+
+def _arrow_schema(frame: pd.DataFrame):
+    """Text columns as strings whatever a chunk holds (a chunk of only None would otherwise read as null)."""
+    import pyarrow as pa
+
+    fields = []
+    for name, dtype in frame.dtypes.items():
+        if isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(dtype):
+            fields.append(pa.field(name, pa.string()))
         else:
-            raise DataError(f"unknown table kind '{kind}'; use csv, parquet or jsonl")
-    if dataset.ground_truth is not None:
-        (directory / "ground_truth.json").write_text(json.dumps(dataset.ground_truth, indent=1))
+            fields.append(pa.field(name, pa.Array.from_pandas(frame[name].iloc[:0]).type))
+    return pa.schema(fields)
+
+
+def _read_event_causes(path: Path) -> pd.DataFrame:
+    """event_causes.* as `generate` holds it: timestamps as UTC, no token as None."""
+    frame, _ = read_table(path)
+    tokens = frame["token"].to_numpy(dtype=object)
+    return frame.assign(
+        timestamp=pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601").astype("datetime64[ns, UTC]"),
+        token=np.where(pd.isna(tokens), None, tokens),
+    )
 
 
 # ---------------------------------------------------------------------------------------------

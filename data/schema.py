@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -16,20 +16,43 @@ from data.errors import DataError
 EVENT_TYPES = ("view", "cart", "purchase", "rating")
 ITEM_COLUMNS = ("item_id", "title", "category", "brand", "description", "price")
 EVENT_COLUMNS = ("user_id", "item_id", "timestamp", "event", "value")
+SET_ASIDE_REASONS = ("duplicate", "unknown item", "unknown user")  # why make_dataset keeps an event out
 REQUIRED_ITEM_COLUMNS = ("item_id", "title")
 REQUIRED_EVENT_COLUMNS = ("user_id", "item_id", "timestamp", "event")
 
-# Where a record sits in its source file, for error messages: a physical line or a record number.
-Locator = Callable[[int], dict]
+@dataclass(frozen=True)
+class Locator:
+    """Where a record sits in its source file, for error messages: a physical line or a record number.
+
+    Record i (0-based) is at `numbers[i]` when the reader kept them (regrouped or filtered records), else at
+    i + first. `locate(i)` gives the keyword arguments of a DataError; `numbers_of(n)` all n places at once.
+    """
+
+    key: str  # "line" or "row"
+    first: int = 1
+    numbers: np.ndarray | None = field(default=None, repr=False)
+
+    def __call__(self, i: int) -> dict:
+        return {self.key: int(self.numbers[int(i)]) if self.numbers is not None else int(i) + self.first}
+
+    def numbers_of(self, n: int) -> np.ndarray:
+        if self.numbers is not None:
+            return np.asarray(self.numbers[:n], dtype=np.int64)
+        return np.arange(self.first, self.first + n, dtype=np.int64)
 
 
 def line_locator(first_line: int = 2) -> Locator:
     """Records of a text file with a header line: record i (0-based) lives on line i + first_line."""
-    return lambda i: {"line": int(i) + first_line}
+    return Locator("line", first_line)
+
+
+def line_numbers_locator(lines: np.ndarray) -> Locator:
+    """Records that were regrouped or filtered: record i came from physical line `lines[i]`."""
+    return Locator("line", numbers=np.asarray(lines))
 
 
 def row_locator() -> Locator:
-    return lambda i: {"row": int(i) + 1}
+    return Locator("row", 1)
 
 
 @dataclass(frozen=True)
@@ -120,7 +143,7 @@ class Dataset:
     items: pd.DataFrame
     events: pd.DataFrame
     meta: DatasetMeta
-    ground_truth: dict | None = field(default=None, repr=False)  # planted causes, synthetic data only
+    ground_truth: Mapping | None = field(default=None, repr=False)  # planted causes, synthetic data only
     # Records kept out of `items`/`events` because they cannot be used, with a `reason` column:
     # "duplicate" (an exact repeat), "unknown item" (an event whose item is not in the catalog),
     # "unknown user" (an event whose user is not in `users`). The quality report reads them.
@@ -198,6 +221,22 @@ def _none_if_na(value):
     return None if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA else value
 
 
+def iso_strings(timestamps) -> np.ndarray:
+    """UTC timestamps as the ISO 8601 strings `pd.Timestamp.isoformat` writes ("2024-01-05T10:00:00+00:00", with
+    6 or 9 fraction digits when there is a fraction), for a whole column at once. Object array."""
+    ns = pd.DatetimeIndex(pd.to_datetime(timestamps, utc=True)).as_unit("ns").asi8
+    seconds, fraction = np.divmod(ns, 10**9)
+    text = np.datetime_as_string(seconds.astype("datetime64[s]"), unit="s").astype(object)
+    # Fractions are rare (most logs keep whole seconds): formatted one by one, only where there is one.
+    micro = (fraction > 0) & (fraction % 1000 == 0)
+    nano = fraction % 1000 != 0
+    if micro.any():
+        text[micro] += np.array([f".{f // 1000:06d}" for f in fraction[micro].tolist()], dtype=object)
+    if nano.any():
+        text[nano] += np.array([f".{f:09d}" for f in fraction[nano].tolist()], dtype=object)
+    return text + "+00:00"
+
+
 def fingerprint(items: pd.DataFrame, events: pd.DataFrame) -> str:
     digest = hashlib.sha256()
     for frame in (items, events):
@@ -214,7 +253,7 @@ def make_dataset(
     format: str,
     synthetic_clock: bool = False,
     notes: Sequence[str] = (),
-    ground_truth: dict | None = None,
+    ground_truth: Mapping | None = None,
     users: pd.DataFrame | None = None,
 ) -> Dataset:
     """Wrap normalised tables: set aside what cannot be used, sort the events, stamp the fingerprint."""
@@ -222,14 +261,21 @@ def make_dataset(
     set_aside_items = items[repeated_items].assign(reason="duplicate")
     items = items[~repeated_items].reset_index(drop=True)
 
-    reasons = pd.Series(None, index=events.index, dtype="object")
-    reasons[events.duplicated(subset=["user_id", "item_id", "timestamp", "event"], keep="first")] = "duplicate"
-    reasons[~events["item_id"].isin(items["item_id"])] = "unknown item"
+    # A reason code per event rather than a string, and one copy of the kept rows, taken in sorted order:
+    # twenty million events are not held three times over.
+    reason = np.zeros(len(events), dtype=np.int8)  # 0: kept, else 1 + index into SET_ASIDE_REASONS
+    reason[events.duplicated(subset=["user_id", "item_id", "timestamp", "event"], keep="first").to_numpy()] = 1
+    reason[~events["item_id"].isin(items["item_id"]).to_numpy()] = 2
     if users is not None:
-        reasons[~events["user_id"].isin(users["user_id"])] = "unknown user"
-    set_aside_events = events[reasons.notna()].assign(reason=reasons[reasons.notna()])
-    events = events[reasons.isna()]
-    events = events.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+        reason[~events["user_id"].isin(users["user_id"]).to_numpy()] = 3
+    aside = np.flatnonzero(reason)
+    named = np.array([None, *SET_ASIDE_REASONS], dtype=object)[reason[aside]]
+    set_aside_events = events.iloc[aside].assign(reason=pd.Series(named, index=events.index[aside], dtype=object))
+    kept = np.flatnonzero(reason == 0)
+    # Sorted by (user_id, timestamp), ties in file order: user codes in id order, then the clock, stable.
+    user_codes, _ = pd.factorize(events["user_id"].to_numpy()[kept], sort=True)
+    times = pd.DatetimeIndex(events["timestamp"]).asi8[kept]
+    events = events.take(kept[np.lexsort((times, user_codes))]).reset_index(drop=True)
     source_rows = events.pop("source_row").to_numpy() if "source_row" in events else None
     meta = DatasetMeta(
         source=source,
@@ -296,10 +342,14 @@ def normalise_events(frame: pd.DataFrame, *, file: str, locate: Locator) -> pd.D
     out["user_id"] = _id_column(frame["user_id"], "user_id", file=file, locate=locate)
     out["item_id"] = _id_column(frame["item_id"], "item_id", file=file, locate=locate)
     out["timestamp"] = parse_timestamps(frame["timestamp"], file=file, locate=locate)
-    kinds = frame["event"].astype("string").str.strip().str.lower()
-    bad = ~kinds.isin(EVENT_TYPES)
+    # Normalise the few distinct spellings, then spread them over the rows by code.
+    codes, spellings = pd.factorize(frame["event"], use_na_sentinel=True)
+    spelled = pd.Series(spellings, dtype="string").str.strip().str.lower()
+    kind_codes = spelled.map({kind: code for code, kind in enumerate(EVENT_TYPES)}).fillna(-1).to_numpy(dtype=np.int8)
+    kinds = np.where(codes >= 0, kind_codes[codes], -1).astype(np.int8)
+    bad = kinds < 0
     if bad.any():
-        i = int(np.flatnonzero(bad.to_numpy())[0])
+        i = int(np.flatnonzero(bad)[0])
         raise DataError(
             f"unknown event type; expected one of {', '.join(EVENT_TYPES)}",
             file=file,
@@ -307,18 +357,18 @@ def normalise_events(frame: pd.DataFrame, *, file: str, locate: Locator) -> pd.D
             value=_raw(frame["event"].iloc[i]),
             **locate(i),
         )
-    out["event"] = pd.Categorical(kinds.astype(str), categories=EVENT_TYPES)
+    out["event"] = pd.Categorical.from_codes(kinds, categories=EVENT_TYPES)
     out["value"] = (
         _number_column(frame["value"], "value", file=file, locate=locate) if "value" in frame else np.nan
     )
     # The record's place in its file, kept aside by make_dataset (not part of the contract's columns).
-    out["source_row"] = [next(iter(locate(i).values())) for i in range(len(frame))]
+    out["source_row"] = locate.numbers_of(len(frame))
     return out.reset_index(drop=True)
 
 
 def parse_timestamps(values: pd.Series, *, file: str, locate: Locator) -> pd.Series:
     """UTC timestamps from unix seconds, unix milliseconds or date strings (ISO 8601 and friends)."""
-    missing = values.isna() | (values.astype("string").str.strip() == "")
+    missing = values.isna() | (_blank_text(values) if _is_text(values) else False)
     if missing.any():
         i = int(np.flatnonzero(missing.to_numpy())[0])
         raise DataError("timestamp is missing", file=file, field="timestamp", value=_raw(values.iloc[i]), **locate(i))
@@ -345,15 +395,29 @@ def parse_timestamps(values: pd.Series, *, file: str, locate: Locator) -> pd.Ser
 
 
 def _id_column(values: pd.Series, name: str, *, file: str, locate: Locator) -> pd.Series:
-    ids = values.astype("string").str.strip()
+    # Work on the distinct raw values, then spread them over the rows: a million users' twenty million events
+    # are cleaned a million times, and hold one shared string object per id rather than one per event.
+    codes, raw = pd.factorize(values, use_na_sentinel=True)
+    raw = pd.Series(raw, dtype=object)
     if pd.api.types.is_float_dtype(values):
         # Ids read as floats (1.0) come back as the integers they were.
-        ids = values.map(lambda v: str(int(v)) if pd.notna(v) and float(v).is_integer() else v).astype("string")
-    blank = ids.isna() | (ids == "")
+        raw = raw.map(lambda v: str(int(v)) if pd.notna(v) and float(v).is_integer() else v)
+    ids = raw.astype("string").str.strip()
+    usable = (ids.notna() & (ids != "")).fillna(False).to_numpy(dtype=bool)
+    blank = codes < 0
+    blank[~blank] = ~usable[codes[~blank]]
     if blank.any():
-        i = int(np.flatnonzero(blank.to_numpy())[0])
+        i = int(np.flatnonzero(blank)[0])
         raise DataError(f"{name} is empty", file=file, field=name, value=_raw(values.iloc[i]), **locate(i))
-    return ids.astype(str).astype(object)
+    return pd.Series(ids.to_numpy(dtype=object)[codes], index=values.index, dtype=object)
+
+
+def _is_text(values: pd.Series) -> bool:
+    return not (pd.api.types.is_numeric_dtype(values) or pd.api.types.is_datetime64_any_dtype(values))
+
+
+def _blank_text(values: pd.Series) -> pd.Series:
+    return (values.astype("string").str.strip() == "").fillna(False).astype(bool)
 
 
 def _text_column(values: pd.Series) -> pd.Series:
@@ -367,7 +431,7 @@ def _number_column(
     values: pd.Series, name: str, *, file: str, locate: Locator, minimum: float | None = None
 ) -> pd.Series:
     numbers = pd.to_numeric(values, errors="coerce").astype("float64")
-    given = values.notna() & (values.astype("string").str.strip() != "")
+    given = values.notna() & ~_blank_text(values) if _is_text(values) else values.notna()
     bad = given & numbers.isna()
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])

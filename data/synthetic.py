@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import math
+from array import array
+from bisect import bisect_right
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import accumulate, pairwise
 
 import numpy as np
 import pandas as pd
 
 from data.errors import DataError
-from data.schema import Dataset, line_locator, make_dataset, normalise_events, normalise_items
+from data.schema import Dataset, iso_strings, line_locator, make_dataset, normalise_events, normalise_items
 
 WINDOW_START = pd.Timestamp("2024-01-01", tz="UTC")
 WINDOW_END = pd.Timestamp("2024-05-01", tz="UTC")  # exclusive: January to April 2024
@@ -177,17 +183,30 @@ PRICE_POINT_WIDTH = 0.1
 
 @dataclass(frozen=True)
 class _Pool:
-    """Items to draw from with fixed weights; one draw is one binary search."""
+    """Items to draw from with fixed weights; one draw is one binary search.
 
-    items: np.ndarray
-    cumulative: np.ndarray
+    Plain lists rather than arrays: a draw is one scalar lookup, where numpy's per-call overhead would dominate.
+    """
+
+    items: list[int]
+    cumulative: list[float]  # running sum of the weights, the same floats np.cumsum gives
 
     @classmethod
     def of(cls, items: np.ndarray, weights: np.ndarray) -> _Pool:
-        return cls(items, np.cumsum(weights))
+        return cls(items.tolist(), np.cumsum(weights).tolist())
 
     def draw(self, u: float) -> int:
-        return int(self.items[np.searchsorted(self.cumulative, u * self.cumulative[-1], side="right")])
+        return self.items[bisect_right(self.cumulative, u * self.cumulative[-1])]
+
+
+@dataclass(frozen=True)
+class _Shelves:
+    """What a set of favourite categories stocks: the same for every shopper who favours that set."""
+
+    prices: np.ndarray  # (n,) the known prices on those shelves, sorted
+    brand_options: list[str]  # brands stocked there, in catalog order of their first item
+    brand_levels: np.ndarray  # (len(brand_options),) TIER_LEVEL of each brand
+    attribute_options: list[str]  # attribute words stocked there, in vocabulary order
 
 
 @dataclass
@@ -202,11 +221,51 @@ class _Catalog:
     by_brand: dict[str, _Pool]
     by_attribute: dict[str, _Pool]
     popular: _Pool  # the best-sellers: the top BEST_SELLER_SHARE of items by appeal, weighted by appeal
+    # Plain-list copies for the simulation's scalar lookups (a numpy scalar costs more than the work on it).
+    item_ids: list[str] = field(default_factory=list)
+    category_of: list[str] = field(default_factory=list)
+    price_of: list[float] = field(default_factory=list)
+    # Shoppers share what depends only on their favourite categories (at most 377 sets of 1-3 of 13) and on the
+    # prices near their price point (shop prices take few distinct values): built once per set, not per shopper.
+    _shelves: dict[frozenset, _Shelves] = field(default_factory=dict)
+    _price_values: np.ndarray | None = None  # distinct known prices, sorted
+    _near_price: dict[bytes, _Pool | None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.item_ids = self.items["item_id"].tolist()
+        self.category_of = self.category.tolist()
+        self.price_of = self.price.tolist()
+        self._price_values = np.unique(self.price[~np.isnan(self.price)])
+
+    def shelves(self, categories: list[str]) -> _Shelves:
+        key = frozenset(categories)
+        found = self._shelves.get(key)
+        if found is None:
+            in_favourites = np.isin(self.category, categories)
+            brand_options = list(dict.fromkeys(self.brand[in_favourites]))
+            stocked = {w for i in np.flatnonzero(in_favourites) for w in self.attributes[i]}
+            found = self._shelves[key] = _Shelves(
+                prices=np.sort(self.price[in_favourites & ~np.isnan(self.price)]),
+                brand_options=brand_options,
+                brand_levels=np.array([TIER_LEVEL[BRAND_TIER[b]] for b in brand_options]),
+                attribute_options=sorted(stocked, key=WORD_ORDER.__getitem__),  # vocabulary order, not stock order
+            )
+        return found
+
+    def near_price(self, point: float) -> _Pool | None:
+        """Items of any shelf within PRICE_POINT_WIDTH (in log price) of `point`, weighted by sqrt(appeal)."""
+        near = np.abs(np.log(self._price_values) - np.log(point)) <= PRICE_POINT_WIDTH  # per distinct price
+        key = near.tobytes()
+        if key not in self._near_price:
+            items = np.flatnonzero(np.isin(self.price, self._price_values[near]))
+            self._near_price[key] = _Pool.of(items, np.sqrt(self.appeal[items])) if len(items) else None
+        return self._near_price[key]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Shopper:
-    user_id: str
+    """One shopper as the simulation reads them, built from `_Crowd` when the simulation reaches them."""
+
     categories: list[str]
     brands: list[str]
     attributes: list[str]
@@ -215,8 +274,112 @@ class _Shopper:
     price_band: tuple[float, float]
     price_point: float  # the shopper's own price level on the favourite shelves, inside the band
     activity: float
-    cause_mix: np.ndarray  # (len(CAUSES),) probabilities
     at_price_point: _Pool | None  # items of any category within PRICE_POINT_WIDTH of the price point
+    cause_cdf: list[float]  # the cumulative cause mix, as Generator.choice builds it from the mix
+
+
+_FAVOURITE_KINDS = ("categories", "brands", "attributes")
+
+
+class _Crowd:
+    """Every shopper's planted tastes as flat typed columns: `crowd[i]` builds shopper i's `_Shopper` when the
+    simulation reaches them, `crowd.taste(i)` their ground-truth record. A million shoppers held as objects would
+    take several GB of small lists and floats; as columns they take a few hundred MB."""
+
+    def __init__(self, n_users: int):
+        self.width = max(4, len(str(n_users)))  # user ids u0001.., zero-padded so they sort in crowd order
+        self.names: dict[str, list[str]] = {kind: [] for kind in _FAVOURITE_KINDS}  # code -> name
+        self._codes: dict[str, dict[str, int]] = {kind: {} for kind in _FAVOURITE_KINDS}
+        self.favourites = {kind: array("i") for kind in _FAVOURITE_KINDS}  # codes, user after user
+        self.ends = {kind: array("q", [0]) for kind in _FAVOURITE_KINDS}  # user i's are [ends[i], ends[i + 1])
+        self.drift_start = {kind: array("d") for kind in _FAVOURITE_KINDS}  # aligned with favourites
+        self.drift_end = {kind: array("d") for kind in _FAVOURITE_KINDS}
+        self.band_low, self.band_high, self.price_point, self.activity = array("d"), array("d"), array("d"), array("d")
+        self.cause_mix, self.cause_cdf = array("d"), array("d")  # len(CAUSES) per user
+        self.pool = array("i")  # index into pools
+        self.pools: list[_Pool | None] = []
+        self._pool_codes: dict[int, int] = {}
+
+    def add(self, favourites: dict[str, list[str]], drift_start: dict[str, list[float]],
+            drift_end: dict[str, list[float]], price_band: tuple[float, float], price_point: float, activity: float,
+            cause_mix: list[float], cause_cdf: list[float], at_price_point: _Pool | None) -> None:
+        for kind in _FAVOURITE_KINDS:
+            codes = self._codes[kind]
+            for name in favourites[kind]:
+                if name not in codes:
+                    codes[name] = len(self.names[kind])
+                    self.names[kind].append(name)
+                self.favourites[kind].append(codes[name])
+            self.ends[kind].append(len(self.favourites[kind]))
+            self.drift_start[kind].extend(drift_start[kind])
+            self.drift_end[kind].extend(drift_end[kind])
+        self.band_low.append(price_band[0])
+        self.band_high.append(price_band[1])
+        self.price_point.append(price_point)
+        self.activity.append(activity)
+        self.cause_mix.extend(cause_mix)
+        self.cause_cdf.extend(cause_cdf)
+        if id(at_price_point) not in self._pool_codes:  # pools are shared, held by the catalog's cache
+            self._pool_codes[id(at_price_point)] = len(self.pools)
+            self.pools.append(at_price_point)
+        self.pool.append(self._pool_codes[id(at_price_point)])
+
+    def __len__(self) -> int:
+        return len(self.activity)
+
+    def user_id(self, i: int) -> str:
+        return f"u{i + 1:0{self.width}d}"
+
+    def _listed(self, i: int) -> tuple[dict, dict, dict]:
+        names, start, end = {}, {}, {}
+        for kind in _FAVOURITE_KINDS:
+            a, b = self.ends[kind][i], self.ends[kind][i + 1]
+            names[kind] = [self.names[kind][code] for code in self.favourites[kind][a:b]]
+            start[kind], end[kind] = self.drift_start[kind][a:b].tolist(), self.drift_end[kind][a:b].tolist()
+        return names, start, end
+
+    def __getitem__(self, i: int) -> _Shopper:
+        names, start, end = self._listed(i)
+        k = len(CAUSES)
+        return _Shopper(
+            categories=names["categories"], brands=names["brands"], attributes=names["attributes"],
+            drift_start=start, drift_end=end, price_band=(self.band_low[i], self.band_high[i]),
+            price_point=self.price_point[i], activity=self.activity[i], at_price_point=self.pools[self.pool[i]],
+            cause_cdf=self.cause_cdf[k * i:k * (i + 1)].tolist(),
+        )
+
+    def taste(self, i: int) -> dict:
+        """Shopper i's entry of ground_truth["users"]."""
+        names, start, end = self._listed(i)
+        k = len(CAUSES)
+        return {
+            **names,
+            "price_band": [self.band_low[i], self.band_high[i]],
+            "price_point": self.price_point[i],
+            "activity": self.activity[i],
+            "cause_mix": {c: round(p, 3) for c, p in zip(CAUSES, self.cause_mix[k * i:k * (i + 1)])},
+            "drift": {"start": start, "end": end},
+        }
+
+
+class _Tastes(Mapping):
+    """ground_truth["users"] of a generated shop: {user_id: taste record}, each record built when asked for."""
+
+    def __init__(self, crowd: _Crowd):
+        self.crowd = crowd
+
+    def __getitem__(self, user_id: str) -> dict:
+        number = user_id[1:] if isinstance(user_id, str) and user_id[:1] == "u" else ""
+        i = int(number) - 1 if number.isdigit() else -1
+        if not 0 <= i < len(self.crowd) or self.crowd.user_id(i) != user_id:
+            raise KeyError(user_id)
+        return self.crowd.taste(i)
+
+    def __iter__(self):
+        return (self.crowd.user_id(i) for i in range(len(self.crowd)))
+
+    def __len__(self) -> int:
+        return len(self.crowd)
 
 
 @dataclass
@@ -244,14 +407,16 @@ def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_eve
     `ground_truth` (JSON-serialisable, written as ground_truth.json by `data.io.write_tables`):
 
     - "seed": the seed; "window": [first, end) of the event clock as ISO strings.
-    - "users": {user_id: {"categories", "brands", "attributes": lists of names/words, "price_band": [low, high],
-      "price_point": the price that price-driven views cluster around,
+    - "users": a mapping {user_id: {"categories", "brands", "attributes": lists of names/words,
+      "price_band": [low, high], "price_point": the price that price-driven views cluster around,
       "activity": relative session rate, "cause_mix": {cause: share of views}, "drift": {"start": {...},
-      "end": {...}} with the weight of each favourite on 1 January and on 30 April (linear in between)}}.
-    - "event_causes": one row [user_id, item_id, timestamp_iso, event, cause, token] per event of
-      `dataset.events`, in the same order. cause is one of CAUSES; token is the brand, attribute word or
-      category name the taste fired on, the id of the past item a "recency" view returns to (an abandoned cart
-      or a recent view: the same item, seen before), else null (a return to the last visit's shelf too). Exact
+      "end": {...}} with the weight of each favourite on 1 January and on 30 April (linear in between)}}, each
+      record built when asked for (a million users are a few arrays until then).
+    - "event_causes": a table (columns user_id, item_id, timestamp, event, cause, token), one row per event of
+      `dataset.events`, in the same order; `write_tables` writes it as event_causes.<kind>. cause is one of
+      CAUSES; token is the brand, attribute word or category name the taste fired on, the id of the past item a
+      "recency" view returns to (an abandoned cart or a recent view: the same item, seen before), else None (a
+      return to the last visit's shelf too). Exact
       duplicate events are planted as dirt and set aside by `make_dataset`; they have no row. Each row carries
       its own key (user, item, timestamp, event), which is unique among the kept events, so `event_causes(dataset)`
       joins on the key and survives any re-ordering.
@@ -266,33 +431,34 @@ def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_eve
     # One child stream per stage, so resizing the crowd leaves the catalog as it was.
     catalog_rng, taste_rng, behaviour_rng, dirt_rng = np.random.default_rng(seed).spawn(4)
     catalog = _build_catalog(catalog_rng, n_items)
-    shoppers = _draw_shoppers(taste_rng, n_users, catalog)
-    log = _simulate(behaviour_rng, shoppers, catalog, target_events)
-    items, log, dirt = _plant_dirt(dirt_rng, catalog, shoppers, log)
+    crowd = _draw_shoppers(taste_rng, n_users, catalog)
+    log = _simulate(behaviour_rng, crowd, catalog, target_events)
+    items, log, dirt = _plant_dirt(dirt_rng, catalog, crowd, log)
 
-    stamps = _iso(log["time"])
-    kept = ~log["duplicate"]
-    causes = np.asarray(CAUSES, dtype=object)[log["cause"]]
-    user_ids = np.asarray([s.user_id for s in shoppers], dtype=object)[log["user"]]
-    item_ids = catalog.items["item_id"].to_numpy()[log["item"]]
-    kinds = np.asarray(EVENTS, dtype=object)[log["event"]]
-    raw_events = pd.DataFrame({
-        "user_id": user_ids,
-        "item_id": item_ids,
-        "timestamp": WINDOW_START.value // 10**9 + log["time"],
-        "event": kinds,
-        "value": log["value"],
+    # The log's columns become the events and the causes table one by one, each freed once used.
+    kept = np.flatnonzero(~log.pop("duplicate"))
+    user_ids = np.asarray([crowd.user_id(i) for i in range(len(crowd))], dtype=object)[log.pop("user")]
+    item_ids = catalog.items["item_id"].to_numpy()[log.pop("item")]
+    stamps = pd.DatetimeIndex((WINDOW_START.value + log.pop("time") * 10**9).view("datetime64[ns]"), tz="UTC")
+    kinds = pd.Categorical.from_codes(log.pop("event"), categories=EVENTS)
+    causes = pd.DataFrame({
+        "user_id": user_ids[kept],
+        "item_id": item_ids[kept],
+        "timestamp": stamps[kept],
+        "event": kinds[kept],
+        "cause": pd.Categorical.from_codes(log.pop("cause")[kept], categories=CAUSES),
+        "token": log.pop("token")[kept],
     })
+    raw_events = pd.DataFrame({"user_id": user_ids, "item_id": item_ids, "timestamp": stamps, "event": kinds,
+                               "value": log.pop("value")})
+    del user_ids, item_ids, stamps, kinds
     events = normalise_events(raw_events, file="synthetic events", locate=line_locator())
+    del raw_events
     truth = {
         "seed": int(seed),
         "window": [WINDOW_START.isoformat(), WINDOW_END.isoformat()],
-        "users": {s.user_id: _taste_record(s) for s in shoppers},
-        "event_causes": [
-            list(row)
-            for row in zip(user_ids[kept].tolist(), item_ids[kept].tolist(), stamps[kept].tolist(),
-                           kinds[kept].tolist(), causes[kept].tolist(), log["token"][kept].tolist())
-        ],
+        "users": _Tastes(crowd),
+        "event_causes": causes,
         "vocabulary": {
             "brands": {b: {"category": c.name, "tier": t} for c in CATEGORIES for b, t in c.brands.items()},
             "attributes": {c.name: list(c.attributes) for c in CATEGORIES},
@@ -313,14 +479,21 @@ def event_causes(dataset: Dataset) -> pd.DataFrame:
     truth = dataset.ground_truth
     if not truth or "event_causes" not in truth:
         raise DataError("this dataset has no planted event causes; only generated data carries them")
-    planted = pd.DataFrame(truth["event_causes"], columns=[*EVENT_KEY, "cause", "token"], dtype=object)
-    planted["timestamp"] = pd.to_datetime(planted["timestamp"], utc=True, format="ISO8601").astype(
-        "datetime64[ns, UTC]")
+    planted = truth["event_causes"]
+    if not isinstance(planted, pd.DataFrame):  # a ground_truth.json that still holds the rows as lists
+        planted = pd.DataFrame(planted, columns=[*EVENT_KEY, "cause", "token"], dtype=object)
+    planted = planted.assign(
+        timestamp=pd.to_datetime(planted["timestamp"], utc=True, format="ISO8601").astype("datetime64[ns, UTC]"),
+        event=planted["event"].astype(str),
+    )
     keys = dataset.events[list(EVENT_KEY)].assign(event=dataset.events["event"].astype(str))
-    try:
-        joined = keys.merge(planted, on=list(EVENT_KEY), how="left", validate="many_to_one")
-    except pd.errors.MergeError:
-        raise DataError("the ground truth lists the same event more than once", field="event_causes") from None
+    if _same_rows(keys, planted[list(EVENT_KEY)]):  # as generated: row for row, no join needed
+        joined = planted.reset_index(drop=True)
+    else:
+        try:
+            joined = keys.merge(planted, on=list(EVENT_KEY), how="left", validate="many_to_one")
+        except pd.errors.MergeError:
+            raise DataError("the ground truth lists the same event more than once", field="event_causes") from None
     missing = joined["cause"].isna().to_numpy()
     if missing.any():
         first = joined.iloc[int(np.flatnonzero(missing)[0])]
@@ -331,7 +504,7 @@ def event_causes(dataset: Dataset) -> pd.DataFrame:
         )
     out = dataset.events[list(EVENT_KEY)].copy()
     # Plain objects with None for "no token", like the id columns of the contract (not pandas' NaN strings).
-    out["cause"] = pd.Series(joined["cause"].to_numpy(dtype=object), index=out.index, dtype=object)
+    out["cause"] = pd.Series(joined["cause"].astype(object).to_numpy(dtype=object), index=out.index, dtype=object)
     tokens = joined["token"].to_numpy(dtype=object)
     out["token"] = pd.Series(np.where(pd.isna(tokens), None, tokens), index=out.index, dtype=object)
     return out
@@ -427,144 +600,244 @@ def _article(word: str) -> str:
 # Shoppers: latent tastes drawn from what the catalog actually stocks.
 
 
-def _draw_shoppers(rng: np.random.Generator, n_users: int, catalog: _Catalog) -> list[_Shopper]:
+def _draw_shoppers(rng: np.random.Generator, n_users: int, catalog: _Catalog) -> _Crowd:
     names = [c.name for c in CATEGORIES]
-    category_appeal = rng.dirichlet(np.full(len(names), 6.0))
+    category_appeal = rng.dirichlet(np.full(len(names), 6.0)).tolist()
     mix = np.array([CAUSE_MIX[c] for c in CAUSES])
-    width = max(4, len(str(n_users)))
-    shoppers = []
-    for n in range(1, n_users + 1):
-        n_categories = rng.choice([1, 2, 3], p=[0.35, 0.45, 0.2])
-        categories = [names[i] for i in rng.choice(len(names), n_categories, replace=False, p=category_appeal)]
-        in_favourites = np.isin(catalog.category, categories)
-        prices = catalog.price[in_favourites & ~np.isnan(catalog.price)]
+    n_categories_cdf = _choice_cdf(np.array([0.35, 0.45, 0.2])).tolist()  # 1, 2 or 3 favourite categories
+    cause_alpha = mix * CAUSE_MIX_CONCENTRATION
+    crowd, draws = _Crowd(n_users), _ScalarDraws(rng)
+    for _ in range(n_users):
+        n_categories = 1 + bisect_right(n_categories_cdf, draws.random())
+        categories = [names[i] for i in _choice_without_replacement(draws, n_categories, category_appeal)]
+        shelves = catalog.shelves(categories)
         # The band is a slice of the favourite shelves' price range around the shopper's own level.
         level = rng.beta(2.0, 2.0)
-        low, high = np.quantile(prices, [max(0.0, level - 0.3), min(1.0, level + 0.3)])
-        point = float(np.quantile(prices, level))
-        brand_options = list(dict.fromkeys(catalog.brand[in_favourites]))
-        tier_fit = np.array([np.exp(-(((TIER_LEVEL[BRAND_TIER[b]] - level) / 0.35) ** 2)) for b in brand_options])
-        n_brands = min(int(rng.integers(1, 3)), len(brand_options))
-        brands = [brand_options[i] for i in rng.choice(len(brand_options), n_brands, replace=False,
-                                                       p=tier_fit / tier_fit.sum())]
-        attribute_options = list(dict.fromkeys(
-            w for i in np.flatnonzero(in_favourites) for w in catalog.attributes[i]))
-        attribute_options.sort(key=WORD_ORDER.__getitem__)  # stocked words in vocabulary order, not stock order
-        n_attributes = min(int(rng.integers(2, 5)), len(attribute_options))
+        low = _quantile_of_sorted(shelves.prices, max(0.0, level - 0.3))
+        high = _quantile_of_sorted(shelves.prices, min(1.0, level + 0.3))
+        point = _quantile_of_sorted(shelves.prices, level)
+        brand_options = shelves.brand_options
+        tier_fit = np.exp(-(((shelves.brand_levels - level) / 0.35) ** 2))
+        n_brands = min(draws.integers(1, 3), len(brand_options))
+        brands = [brand_options[i] for i in _choice_without_replacement(draws, n_brands,
+                                                                        (tier_fit / tier_fit.sum()).tolist())]
+        attribute_options = shelves.attribute_options
+        n_attributes = min(draws.integers(2, 5), len(attribute_options))
         attributes = [attribute_options[i] for i in np.sort(rng.choice(len(attribute_options), n_attributes,
                                                                        replace=False))]
-        drift_start, drift_end = {}, {}
-        for kind, favourites in (("categories", categories), ("brands", brands), ("attributes", attributes)):
-            start = rng.dirichlet(np.full(len(favourites), 2.0))
-            # Tastes shift, not wholesale: April keeps a third of January's weights.
-            end = 0.3 * start + 0.7 * rng.dirichlet(np.full(len(favourites), 2.0))
-            drift_start[kind], drift_end[kind] = np.round(start, 3).tolist(), np.round(end, 3).tolist()
-        cause_mix = np.round(rng.dirichlet(mix * CAUSE_MIX_CONCENTRATION), 3)
+        kinds = (("categories", categories), ("brands", brands), ("attributes", attributes))
+        # Per kind of favourite the January weights, then the draw April moves to; last the cause mix.
+        sizes = [len(favourites) for _, favourites in kinds for _ in "se"]
+        *drawn, cause_mix = _dirichlets(rng, sizes, cause_alpha)
+        # Tastes shift, not wholesale: April keeps a third of January's weights. Rounded in one call.
+        weights = np.round(np.concatenate([
+            *drawn[0::2], *(0.3 * start + 0.7 * later for start, later in zip(drawn[0::2], drawn[1::2])),
+            cause_mix]), 3)
+        ends = np.cumsum([0, *sizes[0::2], *sizes[0::2], len(mix)])
+        rounded = [weights[a:b].tolist() for a, b in pairwise(ends)]
+        drift_start = {kind: rounded[k] for k, (kind, _) in enumerate(kinds)}
+        drift_end = {kind: rounded[len(kinds) + k] for k, (kind, _) in enumerate(kinds)}
+        cause_mix = weights[ends[-2]:]
         cause_mix = cause_mix / cause_mix.sum()
         low, high = round(float(low), 2), round(float(high), 2)
-        near_point = np.flatnonzero(np.abs(np.log(catalog.price) - np.log(point)) <= PRICE_POINT_WIDTH)
-        shoppers.append(_Shopper(
-            user_id=f"u{n:0{width}d}",
-            categories=categories,
-            brands=brands,
-            attributes=attributes,
+        crowd.add(
+            favourites={"categories": categories, "brands": brands, "attributes": attributes},
             drift_start=drift_start,
             drift_end=drift_end,
             price_band=(low, high),
             price_point=round(point, 2),
             activity=round(float(rng.lognormal(0.0, 0.6)), 3),
-            cause_mix=cause_mix,
-            at_price_point=_Pool.of(near_point, np.sqrt(catalog.appeal[near_point])) if len(near_point) else None,
-        ))
-    return shoppers
+            cause_mix=cause_mix.tolist(),
+            cause_cdf=_choice_cdf(cause_mix).tolist(),
+            at_price_point=catalog.near_price(point),
+        )
+    return crowd
 
 
-def _taste_record(shopper: _Shopper) -> dict:
-    return {
-        "categories": list(shopper.categories),
-        "brands": list(shopper.brands),
-        "attributes": list(shopper.attributes),
-        "price_band": [shopper.price_band[0], shopper.price_band[1]],
-        "price_point": shopper.price_point,
-        "activity": shopper.activity,
-        "cause_mix": {c: round(float(p), 3) for c, p in zip(CAUSES, shopper.cause_mix)},
-        "drift": {"start": shopper.drift_start, "end": shopper.drift_end},
-    }
+def _choice_cdf(p: np.ndarray) -> np.ndarray:
+    """The cumulative table `Generator.choice(..., p=p)` searches: drawing u = rng.random() and taking
+    searchsorted(cdf, u, side="right") gives the same index from the same stream, without choice's per-call checks.
+    """
+    cdf = np.cumsum(p)
+    cdf /= cdf[-1]
+    return cdf
+
+
+def _choice_without_replacement(draws: _ScalarDraws, size: int, p: list[float]) -> list[int]:
+    """rng.choice(len(p), size, replace=False, p=p), drawn the same way from the same stream (numpy's algorithm:
+    draw, drop repeats, zero what was found, redraw the rest; the same float operations on plain floats), without
+    choice's per-call checks and array overhead."""
+    p = list(p)
+    found: list[int] = []
+    while len(found) < size:
+        u = [draws.random() for _ in range(size - len(found))]
+        for index in found:
+            p[index] = 0.0
+        cumulative = list(accumulate(p))
+        cdf = [c / cumulative[-1] for c in cumulative]
+        new = dict.fromkeys(bisect_right(cdf, x) for x in u)  # first occurrences, in draw order
+        found.extend(new)
+    return found
+
+
+def _dirichlets(rng: np.random.Generator, sizes: list[int], last_alpha: np.ndarray) -> list[np.ndarray]:
+    """[rng.dirichlet(np.full(k, 2.0)) for k in sizes] + [rng.dirichlet(last_alpha)] (every alpha > 0.1) from one
+    gamma draw: numpy draws a Dirichlet as standard gammas scaled by 1 / their running sum, and so does this, in the
+    same order and float operations."""
+    gammas = rng.standard_gamma(np.concatenate([np.full(sum(sizes), 2.0), last_alpha]))
+    out, at = [], 0
+    for size in [*sizes, len(last_alpha)]:
+        drawn = gammas[at:at + size]
+        at += size
+        total = 0.0
+        for value in drawn.tolist():
+            total = total + value
+        out.append(drawn * (1 / total))
+    return out
+
+
+def _quantile_of_sorted(values: np.ndarray, q: float) -> float:
+    """np.quantile(values, q) (the default "linear" method, same float operations) of already sorted values,
+    without the O(n) partition np.quantile does on every call."""
+    virtual = (len(values) - 1) * q
+    below = min(int(np.floor(virtual)), len(values) - 1)
+    above = min(below + 1, len(values) - 1)
+    gamma = virtual - below
+    a, b = float(values[below]), float(values[above])
+    difference = b - a
+    return b - difference * (1 - gamma) if gamma >= 0.5 else a + difference * gamma
 
 
 # ---------------------------------------------------------------------------------------------
 # Behaviour: sessions of views, some carted, some bought at checkout, a few rated days later.
 
 
-def _simulate(rng: np.random.Generator, shoppers: list[_Shopper], catalog: _Catalog, target_events: int) -> dict:
+class _ScalarDraws:
+    """`rng.random()` and `rng.integers(low, high)` one number at a time, read straight from the generator's bit
+    stream by numpy's own algorithms (53-bit doubles; Lemire's bounded integers on 32-bit draws): the same numbers
+    from the same stream at a quarter of the per-call cost, which dominates when tens of millions are drawn."""
+
+    def __init__(self, rng: np.random.Generator):
+        interface = rng.bit_generator.ctypes
+        self.random = partial(interface.next_double, interface.state)
+        self._next_uint32 = partial(interface.next_uint32, interface.state)
+
+    def integers(self, low: int, high: int) -> int:
+        """rng.integers(low, high) for 0 < high - low < 2**32."""
+        span = high - low
+        product = self._next_uint32() * span
+        leftover = product & 0xFFFFFFFF
+        if leftover < span:
+            threshold = (0xFFFFFFFF - (span - 1)) % span
+            while leftover < threshold:
+                product = self._next_uint32() * span
+                leftover = product & 0xFFFFFFFF
+        return low + (product >> 32)
+
+
+class _Log:
+    """The event log as it grows: typed columns (8 bytes or less per value), not lists of Python objects."""
+
+    def __init__(self) -> None:
+        self.user, self.item, self.time = array("q"), array("q"), array("q")
+        self.event, self.cause = array("b"), array("b")
+        self.value = array("d")
+        self.token: list[str | None] = []
+
+    def emit(self, user: int, item: int, time: int, event: int, cause: int, token: str | None,
+             value: float = np.nan) -> None:
+        self.user.append(user)
+        self.item.append(item)
+        self.time.append(time)
+        self.event.append(event)
+        self.cause.append(cause)
+        self.token.append(token)
+        self.value.append(value)
+
+    def columns(self) -> dict:
+        columns = {name: np.frombuffer(getattr(self, name), dtype=dtype) if len(getattr(self, name)) else
+                   np.empty(0, dtype) for name, dtype in (("user", np.int64), ("item", np.int64), ("time", np.int64),
+                                                         ("event", np.int8), ("cause", np.int8), ("value", np.float64))}
+        columns["token"] = np.asarray(self.token, dtype=object)
+        return columns
+
+
+_VIEW, _CART, _PURCHASE, _RATING = range(len(EVENTS))
+_CAUSE_CODE = {cause: code for code, cause in enumerate(CAUSES)}
+
+
+def _simulate(rng: np.random.Generator, crowd: _Crowd, catalog: _Catalog, target_events: int) -> dict:
     span = int((WINDOW_END - WINDOW_START).total_seconds())
-    total_activity = sum(s.activity for s in shoppers)
-    extra_sessions = max(0.0, target_events / EVENTS_PER_SESSION - MIN_SESSIONS * len(shoppers)) / total_activity
-    hours = HOUR_WEIGHTS / HOUR_WEIGHTS.sum()
-    columns = {k: [] for k in ("user", "item", "time", "event", "cause", "token", "value")}
-    for user, shopper in enumerate(shoppers):
+    total_activity = sum(crowd.activity)
+    extra_sessions = max(0.0, target_events / EVENTS_PER_SESSION - MIN_SESSIONS * len(crowd)) / total_activity
+    hour_cdf = _choice_cdf(HOUR_WEIGHTS / HOUR_WEIGHTS.sum()).tolist()
+    log, draws = _Log(), _ScalarDraws(rng)
+    for user in range(len(crowd)):
+        shopper = crowd[user]
         n_sessions = MIN_SESSIONS + int(rng.poisson(extra_sessions * shopper.activity))
-        starts = np.sort(rng.integers(0, span // DAY, n_sessions) * DAY
-                         + rng.choice(24, n_sessions, p=hours) * 3600 + rng.integers(0, 3600, n_sessions))
+        # Session starts: n days, then n hours (a choice by HOUR_WEIGHTS), then n seconds into the hour; drawn one
+        # by one, the same numbers as numpy's three vector calls at a fraction of their cost for a handful.
+        days = [draws.integers(0, span // DAY) * DAY for _ in range(n_sessions)]
+        hours = [bisect_right(hour_cdf, draws.random()) * 3600 for _ in range(n_sessions)]
+        starts = sorted(day + hour + draws.integers(0, 3600) for day, hour in zip(days, hours))
         history = _History()
         clock = -SESSION_GAP
         for start in starts:
-            clock = max(int(start), clock + SESSION_GAP)  # sessions of one shopper never overlap
+            clock = max(start, clock + SESSION_GAP)  # sessions of one shopper never overlap
             if clock >= span:
                 break
-            clock = _session(rng, user, shopper, catalog, history, clock, span, columns)
-    log = {k: np.asarray(v) for k, v in columns.items()}
-    log["token"] = np.asarray(columns["token"], dtype=object)
-    log["value"] = np.asarray(columns["value"], dtype="float64")
-    log = _chronological(log)
-    keep = log["time"] < span  # a late-night session on 30 April may run past midnight
-    return {k: v[keep] for k, v in log.items()}
+            clock = _session(rng, draws, user, shopper, catalog, history, clock, span, log)
+    columns = _chronological(log.columns())
+    del log
+    # A late-night session on 30 April may run past midnight.
+    return _reorder(columns, np.flatnonzero(columns["time"] < span))
 
 
-def _session(rng, user, shopper, catalog, history, clock, span, columns) -> int:
+def _session(rng, draws, user, shopper, catalog, history, clock, span, log) -> int:
     """One visit: views, carts right after their view, a checkout at the end. Returns the clock after it."""
-    mix = shopper.cause_mix
     n_views = 1 + int(rng.poisson(MEAN_EXTRA_VIEWS))
-    intent = rng.choice(len(CAUSES), p=mix)
-    causes = np.where(rng.random(n_views) < SESSION_FOCUS, intent, rng.choice(len(CAUSES), n_views, p=mix))
-    draws = rng.random((n_views, 3))
+    # One call for the session's uniforms, in the order separate calls would draw them (the same stream): the
+    # intent (a choice by the cause mix), whether each view follows it, each view's own cause draw, then three
+    # per view.
+    uniforms = rng.random(1 + 5 * n_views)
+    drawn = uniforms.tolist()
+    intent = bisect_right(shopper.cause_cdf, drawn[0])
+    causes = [intent if focus < SESSION_FOCUS else bisect_right(shopper.cause_cdf, own)
+              for focus, own in zip(drawn[1:1 + n_views], drawn[1 + n_views:1 + 2 * n_views])]
+    per_view = uniforms[1 + 2 * n_views:].reshape(n_views, 3).tolist()
     drift = min(1.0, clock / span)
     viewed, carted = [], []
-
-    def emit(time, item, event, cause, token, value=np.nan):
-        for key, v in zip(("user", "item", "time", "event", "cause", "token", "value"),
-                          (user, item, time, EVENTS.index(event), CAUSES.index(cause), token, value)):
-            columns[key].append(v)
-
-    for cause_index, (u_taste, u_item, u_cart) in zip(causes, draws):
+    for cause_index, (u_taste, u_item, u_cart) in zip(causes, per_view):
         item, cause, token = _choose_item(CAUSES[cause_index], shopper, catalog, history, drift, u_taste, u_item)
-        emit(clock, item, "view", cause, token)
+        code = _CAUSE_CODE[cause]
+        log.emit(user, item, clock, _VIEW, code, token)
         viewed.append(item)
-        odds = P_CART[cause] * PRICE_FIT[_price_fit(catalog.price[item], shopper.price_band)]
+        odds = P_CART[cause] * PRICE_FIT[_price_fit(catalog.price_of[item], shopper.price_band)]
         if item in history.bought:
             odds *= REBUY
         if u_cart < odds and all(item != c[0] for c in carted):
-            if rng.random() >= BUY_NOW:
-                clock += int(rng.integers(5, 40))
-                emit(clock, item, "cart", cause, token)
+            if draws.random() >= BUY_NOW:
+                clock += draws.integers(5, 40)
+                log.emit(user, item, clock, _CART, code, token)
             carted.append((item, cause, token))
-        clock += int(rng.integers(15, 120))
+        clock += draws.integers(15, 120)
     if carted:
-        clock += int(rng.integers(60, 400))  # checkout
+        clock += draws.integers(60, 400)  # checkout
         for item, cause, token in carted:
-            if rng.random() >= P_BUY[cause]:
+            if draws.random() >= P_BUY[cause]:
                 history.abandoned = [*history.abandoned[-4:], item]
                 continue
-            emit(clock, item, "purchase", cause, token)
+            log.emit(user, item, clock, _PURCHASE, _CAUSE_CODE[cause], token)
             history.bought.add(item)
             history.abandoned = [a for a in history.abandoned if a != item]
-            if rng.random() < P_RATE:
-                rated_at = clock + int(rng.integers(1, 15)) * DAY + int(rng.integers(0, DAY))
+            if draws.random() < P_RATE:
+                rated_at = clock + draws.integers(1, 15) * DAY + draws.integers(0, DAY)
                 if rated_at < span:
-                    emit(rated_at, item, "rating", cause, token, _rating(rng, cause, catalog.price[item], shopper))
-            clock += int(rng.integers(3, 20))
+                    stars = _rating(rng, cause, catalog.price_of[item], shopper)
+                    log.emit(user, item, rated_at, _RATING, _CAUSE_CODE[cause], token, stars)
+            clock += draws.integers(3, 20)
     history.last_views = [*viewed, *history.last_views][: 2 * len(viewed) + 8]
-    history.last_category = catalog.category[viewed[-1]]
+    history.last_category = catalog.category_of[viewed[-1]]
     return clock
 
 
@@ -589,30 +862,30 @@ def _choose_item(cause, shopper, catalog, history, drift, u_taste, u_item) -> tu
         # A return names the past item it returns to (its id as the token); a return to a shelf names none.
         if history.abandoned and u_taste < 0.35:
             item = history.abandoned[int(u_item * len(history.abandoned))]
-            return item, cause, str(catalog.items["item_id"].iat[item])
+            return item, cause, catalog.item_ids[item]
         if history.last_views and u_taste < 0.75:
             item = history.last_views[int(u_item * len(history.last_views))]
-            return item, cause, str(catalog.items["item_id"].iat[item])
+            return item, cause, catalog.item_ids[item]
         if history.last_category is not None:
             return catalog.by_category[history.last_category].draw(u_item), cause, None
     if cause == "popularity":
         return catalog.popular.draw(u_item), cause, None
     if cause == "noise":
-        return int(u_item * len(catalog.price)), cause, None
+        return int(u_item * len(catalog.price_of)), cause, None
     category = _favourite(shopper, "categories", drift, u_taste)
     return catalog.by_category[category].draw(u_item), "category", category
 
 
 def _favourite(shopper: _Shopper, kind: str, drift: float, u: float) -> str:
     """One favourite of a kind, weighted by where the shopper's taste has drifted to by now (0..1)."""
-    start, end = np.asarray(shopper.drift_start[kind]), np.asarray(shopper.drift_end[kind])
-    weights = np.cumsum((1 - drift) * start + drift * end)
+    weights = list(accumulate((1 - drift) * start + drift * end
+                              for start, end in zip(shopper.drift_start[kind], shopper.drift_end[kind])))
     favourites = getattr(shopper, kind)
-    return favourites[min(int(np.searchsorted(weights, u * weights[-1], side="right")), len(favourites) - 1)]
+    return favourites[min(bisect_right(weights, u * weights[-1]), len(favourites) - 1)]
 
 
 def _price_fit(price: float, band: tuple[float, float]) -> str:
-    if np.isnan(price):
+    if math.isnan(price):
         return "unknown"
     return "below" if price < band[0] else "above" if price > band[1] else "in"
 
@@ -630,12 +903,20 @@ def _chronological(log: dict) -> dict:
     """The event log sorted by (user, time) as make_dataset sorts it, with no two events of a user at one second.
 
     Unique times make the order independent of how ties are broken, so the cause rows line up with
-    `Dataset.events` by position as well as by key.
+    `Dataset.events` by position as well as by key. Reorders `log` in place and returns it.
     """
     order = np.argsort(log["time"], kind="stable")
     order = order[np.argsort(log["user"][order], kind="stable")]
-    log = {k: v[order] for k, v in log.items()}
+    _reorder(log, order)
     log["time"] = _strictly_increasing(log["user"], log["time"])
+    return log
+
+
+def _reorder(log: dict, index: np.ndarray) -> dict:
+    """Every column of `log` taken at `index`, in place and one column at a time: twenty million events are
+    never held twice over."""
+    for name in list(log):
+        log[name] = log[name][index]
     return log
 
 
@@ -657,7 +938,7 @@ def _strictly_increasing(users: np.ndarray, times: np.ndarray) -> np.ndarray:
 # Dirt for the quality report: small, planted on purpose, and listed in the ground truth.
 
 
-def _plant_dirt(rng, catalog, shoppers, log) -> tuple[pd.DataFrame, dict, dict]:
+def _plant_dirt(rng, catalog, crowd, log) -> tuple[pd.DataFrame, dict, dict]:
     span = int((WINDOW_END - WINDOW_START).total_seconds())
     items = catalog.items.copy()
     unpriced = np.sort(rng.choice(len(items), size=2, replace=False))
@@ -665,40 +946,48 @@ def _plant_dirt(rng, catalog, shoppers, log) -> tuple[pd.DataFrame, dict, dict]:
     items = normalise_items(items, file="synthetic items", locate=line_locator())
 
     # A scraper-like account: a burst of views, one every second or so, at three in the morning.
-    bot = int(rng.integers(len(shoppers)))
+    bot = int(rng.integers(len(crowd)))
     burst_start = int(rng.integers(0, span // DAY - 1)) * DAY + 3 * 3600 + int(rng.integers(0, 3000))
     burst_times = burst_start + np.sort(rng.choice(60, BOT_VIEWS, replace=False))
     burst = {
         "user": np.full(BOT_VIEWS, bot),
         "item": rng.integers(len(items), size=BOT_VIEWS),
         "time": burst_times,
-        "event": np.full(BOT_VIEWS, EVENTS.index("view")),
-        "cause": np.full(BOT_VIEWS, CAUSES.index("noise")),
+        "event": np.full(BOT_VIEWS, EVENTS.index("view"), dtype=np.int8),
+        "cause": np.full(BOT_VIEWS, CAUSES.index("noise"), dtype=np.int8),
         "token": np.full(BOT_VIEWS, None, dtype=object),
         "value": np.full(BOT_VIEWS, np.nan),
     }
-    log = _chronological({k: np.concatenate([log[k], burst[k]]) for k in log})
+    for name in list(log):
+        log[name] = np.concatenate([log[name], burst[name]])
+    _chronological(log)
 
     # Two events sent twice: each copy sits right after its original, where make_dataset sets it aside.
     views = np.flatnonzero(log["event"] == EVENTS.index("view"))
     copied = np.sort(rng.choice(views, size=min(2, len(views)), replace=False))
     positions = np.sort(np.r_[np.arange(len(log["time"])), copied])
-    log = {k: v[positions] for k, v in log.items()}
+    _reorder(log, positions)
     log["duplicate"] = np.r_[False, positions[1:] == positions[:-1]]
     copies = np.flatnonzero(log["duplicate"])
     duplicate_keys = [
-        [shoppers[user].user_id, items["item_id"].iloc[item], stamp, "view"]
+        [crowd.user_id(user), items["item_id"].iloc[item], stamp, "view"]
         for user, item, stamp in zip(log["user"][copies], log["item"][copies], _iso(log["time"][copies]))
     ]
     dirt = {
         "duplicate_events": duplicate_keys,
         "items_without_price": items["item_id"].iloc[unpriced].tolist(),
-        "bot_users": [shoppers[bot].user_id],
+        "bot_users": [crowd.user_id(bot)],
     }
     return items, log, dirt
 
 
 def _iso(seconds: np.ndarray) -> np.ndarray:
     """Seconds since the window start as the ISO strings `pd.Timestamp.isoformat` writes for UTC."""
-    stamps = np.datetime64(WINDOW_START.tz_localize(None), "s") + seconds.astype("timedelta64[s]")
-    return np.char.add(np.datetime_as_string(stamps, unit="s"), "+00:00").astype(object)
+    return iso_strings(pd.to_datetime(WINDOW_START.value + seconds * 10**9, utc=True))
+
+
+def _same_rows(left: pd.DataFrame, right: pd.DataFrame) -> bool:
+    """True when two key tables hold the same rows in the same order (the columns compared as values)."""
+    if len(left) != len(right):
+        return False
+    return all(np.array_equal(left[c].to_numpy(dtype=object), right[c].to_numpy(dtype=object)) for c in left)

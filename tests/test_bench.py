@@ -50,3 +50,20 @@ def test_scale_serving_bench_compares_two_stage_with_exact_on_a_scaled_tiny_mode
     settings = ranking["two_stage"]
     assert any(name.startswith("hnsw") for name in settings) and len(settings) == 6
     assert all(0.0 <= s["recall_at_10"] <= 1.0 and s["p50_ms"] > 0 for s in settings.values())
+
+
+def test_scale_bench_measures_every_step_of_a_small_shop_in_its_own_process(tmp_path):
+    from bench import scale
+
+    out = tmp_path / "scale.json"
+    assert scale.main(["--users", "200", "--root", str(tmp_path / "shops"), "--out", str(out)]) == 0
+    (size,) = json.loads(out.read_text())["sizes"]
+    assert (size["users"], size["items"]) == (200, 20)
+    steps = size["steps"]
+    assert list(steps) == ["generate", "load", "quality", "features"]
+    for step in steps.values():
+        assert step["exit_code"] == 0 and step["peak_rss_gb"] > 0 and step["wall_seconds"] >= step["seconds"] > 0
+    # The load step reads back what the generate step wrote.
+    assert steps["load"]["events"] == steps["generate"]["events"] > 200 * 10
+    assert "duplicate_events" in steps["quality"]["findings"] and steps["features"]["sample_rows"] > 0
+    assert not (tmp_path / "shops" / "shop-200").exists()  # removed unless --keep

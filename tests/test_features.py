@@ -463,3 +463,19 @@ def test_the_order_of_the_given_events_does_not_matter():
     t = T0 + 45 * DAY
     for user in ds.user_ids:
         np.testing.assert_array_equal(out_of_order.user_features(user, at=t), in_order.user_features(user, at=t))
+
+
+def test_distinct_moments_are_numpys_unique():
+    from data.features import _distinct_sorted
+
+    rng = np.random.default_rng(0)
+    for values in (np.empty(0, np.int64), rng.integers(0, 50, 500), rng.integers(-(2**62), 2**62, 1000)):
+        assert np.array_equal(_distinct_sorted(values), np.unique(values))
+
+
+def test_items_are_looked_up_per_distinct_id_and_the_first_unknown_is_named(shop):
+    store = FeatureStore(shop)
+    ids = list(store.item_ids)
+    assert store._positions([ids[2], ids[0], ids[2], ids[1], ids[0]]).tolist() == [2, 0, 2, 1, 0]
+    with pytest.raises(DataError, match="missing-one"):
+        store._positions([ids[0], "missing-one", "missing-two", ids[1]])

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from data.errors import DataError
-from data.schema import Locator
+from data.schema import Locator, line_numbers_locator
 
 # Stands in for a multi-character separator ("::" in MovieLens 1M) so the fast C parser can read the file;
 # the ASCII unit separator never occurs in real text.
@@ -83,11 +83,6 @@ def require_fields(frame: pd.DataFrame, fields: Sequence[str], *, file: str, loc
         if blank.any():
             i = int(np.flatnonzero(blank.to_numpy())[0])
             raise DataError("required field is missing", file=file, field=name, **locate(i))
-
-
-def line_numbers_locator(lines: np.ndarray) -> Locator:
-    """Records that were regrouped or filtered: record i came from physical line `lines[i]`."""
-    return lambda i: {"line": int(lines[i])}
 
 
 def file_lines(frame: pd.DataFrame) -> Locator:

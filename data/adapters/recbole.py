@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.adapters.raw_records import file_lines, line_numbers_locator, read_delimited, require_fields
+from data.adapters.raw_records import file_lines, read_delimited, require_fields
 from data.errors import DataError
-from data.schema import Dataset, make_dataset, normalise_events, normalise_items, row_locator
+from data.schema import Dataset, line_numbers_locator, make_dataset, normalise_events, normalise_items, row_locator
 from data.text_files import open_text
 
 ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")

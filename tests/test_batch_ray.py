@@ -1,5 +1,6 @@
-"""The Ray engine on a local 2-CPU Ray (one for the module: Ray takes seconds to start): the same files as the serial
-engine, a rerun that redoes only what is missing, and a worker's failure as one line."""
+"""The Ray engine on a local 2-CPU Ray (one for the module: Ray takes seconds to start) with 2 workers: the same files
+as the serial engine, an interrupted batch that resumes without redoing finished users, and a worker's failure as
+one line."""
 
 import json
 import re
@@ -10,7 +11,7 @@ import ray  # requirements-dev.txt installs it: the engine is tested wherever th
 
 from explain.__main__ import main
 from explain.batch import INDEX, MANIFEST, PLOTLYJS, read_manifest
-from explain.batch_ray import start_local_ray
+from explain.batch_ray import export_batch_ray, start_local_ray
 
 STEPS = 4
 TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")  # provenance "created", in the JSON and on the page
@@ -75,13 +76,33 @@ def same_files(serial, on_ray, fmt, users):
             {k: v for k, v in serial_entries[user].items() if k not in ("sha256", "bytes")}
 
 
-def test_ray_resumes_a_batch_and_writes_the_serial_engines_files(local_ray, tiny_model, users, tmp_path, capsys):
+def cpus_come_back():
+    """Every worker of the batches before is gone: the local Ray's 2 CPUs are free again (a kill is asynchronous)."""
+    for _ in range(100):
+        if ray.available_resources().get("CPU") == 2:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_an_interrupted_ray_batch_resumes_and_writes_the_serial_engines_files(local_ray, tiny_model, users, tmp_path,
+                                                                             capsys):
     serial, on_ray = tmp_path / "serial", tmp_path / "ray"
     assert batch(tiny_model, users, serial, "json") == 0
-    assert batch(tiny_model, users[:2], on_ray, "json", "--engine", "ray", "--workers", "2") == 0
+
+    def interrupt_after_two(done, total, user):
+        if done == 2:
+            raise KeyboardInterrupt  # as Ctrl-C would, with the other two users still being explained
+
+    with pytest.raises(KeyboardInterrupt):
+        export_batch_ray(tiny_model, users, on_ray, fmt="json", k=2, n_steps=STEPS, workers=2,
+                         progress=interrupt_after_two)
+    assert cpus_come_back()
+    _, entries = read_manifest(on_ray / MANIFEST)
     stamps = {p.name: p.stat().st_mtime_ns for p in on_ray.glob("*.json")}
-    assert len(stamps) == 2 and "wrote 2 reports" in capsys.readouterr().out
-    # The same batch with every user: the first two, finished, are kept as they are.
+    assert len(entries) == len(stamps) == 2 and all(user in (on_ray / INDEX).read_text() for user in entries)
+    capsys.readouterr()
+
     assert batch(tiny_model, users, on_ray, "json", "--engine", "ray", "--workers", "2") == 0
     said = capsys.readouterr().out
     assert "wrote 2 reports" in said and "2 finished earlier were kept" in said
@@ -103,8 +124,4 @@ def test_a_worker_that_cannot_load_the_model_is_one_line(local_ray, tmp_path, us
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and str(missing) in err
     assert not (tmp_path / "out").exists()
-    for _ in range(100):  # the batch's workers are gone: their CPUs come back (a kill is asynchronous)
-        if ray.available_resources().get("CPU") == 2:
-            break
-        time.sleep(0.1)
-    assert ray.available_resources().get("CPU") == 2
+    assert cpus_come_back()

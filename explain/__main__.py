@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--drill-down", type=int, default=0, metavar="N",
                         help="also open the top N history items to their words (slower)")
     report.add_argument("--out", required=True, type=Path,
-                        help="FILE.html, FILE.pdf or FILE.json; with --users, a directory")
+                        help="FILE.html, FILE.pdf or FILE.json; with --users, a directory (a report per user, "
+                             "index.html, one plotly.min.js; run again, the batch resumes)")
     report.add_argument("--format", choices=FORMATS, help="with --users: the format of each file (default html)")
     report.add_argument("--engine", choices=ENGINES, default="serial",
                         help="with --users: serial (this process, one user after another) or ray (workers that each "
@@ -137,6 +138,8 @@ def _report(args) -> int:
     _threads()
     if args.users is not None:
         return _batch(args)
+    if args.engine != "serial" or args.address is not None or args.workers is not None:
+        raise ReportError("--engine, --address and --workers are for a batch (--users)")
     if args.user is None and args.query is None:
         raise ReportError("give --user, --query, or both (or --users for a batch)")
     if args.format is not None and args.format != output_format(args.out):

@@ -244,6 +244,7 @@ def test_cli_batch_says_what_it_kept_on_a_rerun(tiny_model, users, tmp_path, cap
     (["--users", "{tmp}/missing.txt"], "--users {tmp}/missing.txt: no such file"),
     (["--users", "nobody"], "none of the 1 user ids is known"),
     (["--users", "{user}", "--workers", "2"], "--address and --workers are for --engine ray"),
+    (["--user", "{user}", "--engine", "ray"], "--engine, --address and --workers are for a batch (--users)"),
     (["--users", "{user}", "--engine", "ray", "--address", "127.0.0.1:1"], "cannot reach a Ray cluster at 127.0.0.1:1"),
     (["--users", "{user}", "--engine", "ray", "--address", "no-port"], "is not HOST:PORT"),
     (["--users", "{user}", "--engine", "ray", "--workers", "0"], "--workers 0 must be 1 or more"),

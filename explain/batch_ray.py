@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -121,7 +122,7 @@ class RayEngine:
             data = str(self.data_dir) if self.data_dir else None
             self.actors = [worker.remote(str(self.model_dir), data, self.threads) for _ in range(count)]
         except BaseException:
-            self.__exit__(None, None, None)
+            self.__exit__(*sys.exc_info())
             raise
         return self
 

@@ -19,7 +19,7 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-$(DEV_STAMP): $(STAMP) requirements-dev.txt
+$(DEV_STAMP): $(STAMP) requirements-dev.txt requirements-dist.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 

@@ -17,6 +17,8 @@ from explain.insights import DEFAULT_K, DEFAULT_PAIRS, DEFAULT_STEPS, DEFAULT_US
 from explain.report import FORMATS
 
 TOP = 5  # entries shown per part
+ENGINES = ("serial", "ray")  # where a batch of reports runs
+LIST_SUFFIXES = (".txt", ".csv", ".tsv", ".lst", ".list")  # --users X.txt names a file, even one that is missing
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,8 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--drill-down", type=int, default=0, metavar="N",
                         help="also open the top N history items to their words (slower)")
     report.add_argument("--out", required=True, type=Path,
-                        help="FILE.html, FILE.pdf or FILE.json; with --users, a directory")
+                        help="FILE.html, FILE.pdf or FILE.json; with --users, a directory (a report per user, "
+                             "index.html, one plotly.min.js; run again, the batch resumes)")
     report.add_argument("--format", choices=FORMATS, help="with --users: the format of each file (default html)")
+    report.add_argument("--engine", choices=ENGINES, default="serial",
+                        help="with --users: serial (this process, one user after another) or ray (workers that each "
+                             "load the model once; needs ray, requirements-dist.txt)")
+    report.add_argument("--address", help="with --engine ray: the Ray cluster to join (HOST:PORT, ray://HOST:PORT or "
+                                          "auto); default: start a local Ray")
+    report.add_argument("--workers", type=int, help="with --engine ray: Ray workers (default: one per CPU)")
     report.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     insights = commands.add_parser("insights", help="compute the Insights page's samples ahead of time, so that its "
@@ -68,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     insights.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     args = parser.parse_args(argv)
-    return run({"item": _item, "pair": _pair, "report": _report, "insights": _insights}, args)
+    return run({"item": _item, "pair": _pair, "report": _report, "insights": _insights}, args,
+               on_interrupt="interrupted (a batch resumes where it stopped when run again)")
 
 
 def _context_arguments(parser: argparse.ArgumentParser) -> None:
@@ -128,6 +138,8 @@ def _report(args) -> int:
     _threads()
     if args.users is not None:
         return _batch(args)
+    if args.engine != "serial" or args.address is not None or args.workers is not None:
+        raise ReportError("--engine, --address and --workers are for a batch (--users)")
     if args.user is None and args.query is None:
         raise ReportError("give --user, --query, or both (or --users for a batch)")
     if args.format is not None and args.format != output_format(args.out):
@@ -150,20 +162,33 @@ def _report(args) -> int:
 
 
 def _batch(args) -> int:
-    from explain.report import ReportError, export_batch
+    from explain.batch import INDEX
+    from explain.report import ReportError
 
     if args.out.suffix.lower().lstrip(".") in FORMATS:
         raise ReportError(f"with --users, --out is a directory (one file per user), not {args.out}")
+    if args.engine != "ray" and (args.address is not None or args.workers is not None):
+        raise ReportError("--address and --workers are for --engine ray")
     users = _user_ids(args.users)
-    recommender = _open(args.model, args.data)
-    result = export_batch(recommender, users, args.out, fmt=args.format or "html", k=args.k, n_steps=args.steps,
-                          query=args.query, drill_down=args.drill_down, progress=not args.no_progress)
-    if not result.written:
+    options = {"fmt": args.format or "html", "k": args.k, "n_steps": args.steps, "query": args.query,
+               "drill_down": args.drill_down, "progress": not args.no_progress}
+    if args.engine == "ray":
+        from explain.batch_ray import export_batch_ray
+
+        result = export_batch_ray(args.model, users, args.out, data_dir=args.data, workers=args.workers,
+                                  address=args.address, **options)
+    else:
+        from explain.batch import export_batch
+
+        result = export_batch(_open(args.model, args.data), users, args.out, **options)
+    if result.failed and not result.written and not result.skipped:
         user, why = next(iter(result.failed.items()))
         raise ReportError(f"no report written: all {len(result.failed)} failed (first, {user}: {why})")
     print(f"wrote {len(result.written)} reports to {args.out} in {result.seconds:.1f} s"
+          + (f"; {len(result.skipped)} finished earlier were kept" if result.skipped else "")
           + (f"; skipped {len(result.unknown)} unknown users" if result.unknown else "")
-          + (f"; {len(result.failed)} failed" if result.failed else ""))
+          + (f"; {len(result.failed)} failed" if result.failed else "")
+          + f"; index: {args.out / INDEX}")
     return 0
 
 
@@ -209,9 +234,17 @@ def _progress_bar(description: str, disable: bool):
 
 
 def _user_ids(given: str) -> list[str]:
-    """User ids from a file (one a line) when `given` names one, else from a comma-separated list."""
+    """User ids from a file (one a line) when `given` names one, else from a comma-separated list; a name that looks
+    like a file (a path, or a list's suffix) but is not there is an error, not one odd user id."""
+    from explain.report import ReportError
+
     path = Path(given)
-    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else given.split(",")
+    if path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines()
+    elif "," not in given and (path.parent != Path(".") or path.suffix.lower() in LIST_SUFFIXES):
+        raise ReportError(f"--users {given}: no such file (give a file with one user id a line, or ids a,b,c)")
+    else:
+        lines = given.split(",")
     return [line.strip() for line in lines if line.strip()]
 
 

@@ -3,7 +3,7 @@
     report = build_report(recommender, user_id=None, query=None, k=10, n_steps=50, *, progress=None)
     write_report(report, "alice.html")      # or .pdf / .json, by suffix; written atomically
     to_html(report), to_pdf(report), report.to_json()       # a file's content, in memory
-    export_batch(recommender, user_ids, out_dir, fmt="html")   # one file per user; unknown users reported
+    report_file_name(user_id, "html")       # a safe file name for a user's report
 
 The ranked list is `Recommender.recommend` and each item's explanation is `explain(...)` for the same user and
 query, so the item explained is the item shown. HTML and PDF draw the dashboard's own charts and fragments
@@ -11,7 +11,7 @@ query, so the item explained is the item shown. HTML and PDF draw the dashboard'
 Security Policy that lets the page fetch nothing); the PDF is the same page with static charts, printed by a
 headless Chromium: the charts become vector drawings and the text stays text. The browser is BROWSER_PATH,
 else the one kaleido would use (its own download, then PATH and the usual install places); nothing is
-downloaded.
+downloaded. A batch, one file per user, is explain.batch.
 """
 
 from __future__ import annotations
@@ -23,12 +23,9 @@ import platform
 import re
 import signal
 import subprocess
-import sys
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -48,9 +45,10 @@ PDF_TIMEOUT_S = 180  # a report of 50 items prints in well under a minute; past 
 NO_BROWSER = "PDF export needs Chromium (or Chrome): apt-get install chromium, or set BROWSER_PATH=/path/to/chromium"
 
 
-def to_html(report: Report) -> str:
-    """One self-contained page: summary, one section per item, provenance; works offline."""
-    return page(report, static=False)
+def to_html(report: Report, *, plotlyjs: str | None = None) -> str:
+    """One self-contained page: summary, one section per item, provenance; works offline. `plotlyjs` names a copy
+    of plotly.js beside the page instead (a batch's shared one, explain.batch), which the page then needs."""
+    return page(report, static=False, plotlyjs=plotlyjs)
 
 
 def to_pdf(report: Report, *, browser: str | Path | None = None) -> bytes:
@@ -58,12 +56,12 @@ def to_pdf(report: Report, *, browser: str | Path | None = None) -> bytes:
     return _print_to_pdf(page(report, static=True), find_browser(browser))
 
 
-def render(report: Report, fmt: str) -> bytes:
-    """The report as the bytes of one file in `fmt` (one of FORMATS)."""
+def render(report: Report, fmt: str, *, plotlyjs: str | None = None) -> bytes:
+    """The report as the bytes of one file in `fmt` (one of FORMATS); `plotlyjs` as in `to_html`."""
     fmt = _format_name(fmt)
     if fmt == "pdf":
         return to_pdf(report)
-    return (to_html(report) if fmt == "html" else report.to_json()).encode("utf-8")
+    return (to_html(report, plotlyjs=plotlyjs) if fmt == "html" else report.to_json()).encode("utf-8")
 
 
 # ---- building ---------------------------------------------------------------------------------------------------
@@ -231,71 +229,7 @@ def _format_name(fmt: str) -> str:
     return name
 
 
-# ---- a batch ----------------------------------------------------------------------------------------------------
-
-@dataclass
-class BatchResult:
-    """What a batch export did: the files written, the users it did not know, and any that failed."""
-
-    written: dict[str, Path]  # user id -> report file
-    unknown: list[str]  # user ids not in the data (with nothing written for them)
-    failed: dict[str, str]  # user id -> why its report could not be made
-    seconds: float
-
-
-def export_batch(recommender, user_ids: Iterable, out_dir: str | Path, fmt: str = "html", k: int = 10,
-                 n_steps: int = 50, *, query: str | None = None, drill_down: int = 0,
-                 progress: bool | Callable[[int, int, str], None] = True) -> BatchResult:
-    """One report file per user in `out_dir`; unknown users are listed (and printed) and the rest exported.
-
-    `progress`: True draws a tqdm bar on stderr, a callable gets (done, total, user id) after each user.
-    """
-    started = time.perf_counter()
-    fmt = _format_name(fmt)
-    _check_parameters(k, n_steps, drill_down)
-    users = list(dict.fromkeys(str(user) for user in user_ids))
-    if not users:
-        raise ReportError("no user ids to export")
-    unknown = {}
-    for user in users:
-        try:
-            recommender.check_user(user)
-        except WhyRecError as exc:
-            unknown[user] = str(exc)
-    known = [user for user in users if user not in unknown]
-    if not known:
-        raise ReportError(f"none of the {len(users)} user ids is known ({'; '.join(list(unknown.values())[:3])}): "
-                          "nothing to export")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ReportError(f"cannot write reports into {out_dir}: it is a file, not a directory")
-    _probe(out_dir, out_dir)
-    if fmt == "pdf":
-        find_browser()  # before hours of explaining, not after
-    if unknown:
-        shown = "; ".join(list(unknown.values())[:5]) + (f"; and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-        print(f"skipping {len(unknown)} of {len(users)} users: {shown}", file=sys.stderr)
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(known), unit="user", desc="reports", file=sys.stderr, disable=progress is not True)
-    written, failed = {}, {}
-    file_names = batch_file_names(known, fmt)
-    try:
-        for done, user in enumerate(known, start=1):
-            try:
-                report = build_report(recommender, user, query, k, n_steps, drill_down=drill_down)
-                written[user] = write_report(report, out_dir / file_names[user])
-            except ReportError as exc:
-                failed[user] = str(exc)
-                bar.write(f"{user}: {exc}", file=sys.stderr)
-            bar.update()
-            if callable(progress):
-                progress(done, len(known), user)
-    finally:
-        bar.close()
-    return BatchResult(written, list(unknown), failed, time.perf_counter() - started)
-
+# ---- file names ------------------------------------------------------------------------------------------------
 
 def report_file_name(user_id: str, fmt: str, hashed: bool = False) -> str:
     """A safe, distinct file name for a user's report: the id itself when it is safe, else a cleaned id + hash of
@@ -305,15 +239,6 @@ def report_file_name(user_id: str, fmt: str, hashed: bool = False) -> str:
     if hashed or safe != user_id or not safe:  # changed ids keep apart by a hash: 'a/b' and 'a_b' get two files
         safe = f"{safe or 'user'}-{hashlib.sha256(user_id.encode()).hexdigest()[:8]}"
     return f"{safe}.{_format_name(fmt)}"
-
-
-def batch_file_names(user_ids: Iterable[str], fmt: str) -> dict[str, str]:
-    """File names for a batch, distinct on a case-insensitive file system too (macOS, Windows): ids whose names
-    differ only in case ('Ann', 'ann') get the hash of the id as well, so neither report overwrites the other."""
-    names = {str(user): report_file_name(user, fmt) for user in user_ids}
-    clashes = Counter(name.casefold() for name in names.values())
-    return {user: report_file_name(user, fmt, hashed=True) if clashes[name.casefold()] > 1 else name
-            for user, name in names.items()}
 
 
 # ---- PDF --------------------------------------------------------------------------------------------------------

@@ -24,9 +24,11 @@ from explain.explanations import FLAGS
 from explain.report_record import Report, ReportItem
 
 PRINT_WIDTH = 680  # px: a chart as wide as an A4 page inside 12 mm margins (794 px at 96 dpi)
-# The page may run its own inline scripts and styles and show data: images, and fetch nothing at all.
+# The page may run its own inline scripts and styles and show data: images, and fetch nothing at all; a batch's
+# report may also load the plotly.js beside it ('self'), and nothing else.
 CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
                            "img-src data:; font-src data:")
+SHARED_PLOTLYJS_POLICY = CONTENT_SECURITY_POLICY.replace("script-src ", "script-src 'self' ")
 STYLE = """
 @page { size: A4; margin: 12mm; }
 body { font-family: "DejaVu Sans", Arial, Helvetica, sans-serif; color: #111; max-width: 1000px; margin: 0 auto;
@@ -61,8 +63,9 @@ HOW_TO_READ = (
     "fit, popularity...). The <b>completeness gap</b> is how far the parts miss the score (smaller is better).")
 
 
-def page(report: Report, *, static: bool) -> str:
-    """The whole page; `static` for print (fixed-width charts, no interaction)."""
+def page(report: Report, *, static: bool, plotlyjs: str | None = None) -> str:
+    """The whole page; `static` for print (fixed-width charts, no interaction). `plotlyjs`: None inlines plotly.js
+    (a self-contained page); a file name loads it from beside the page (the one copy a batch of reports shares)."""
     from plotly.offline import get_plotlyjs
 
     p = report.provenance
@@ -82,12 +85,15 @@ def page(report: Report, *, static: bool) -> str:
     return "\n".join([
         "<!DOCTYPE html>",
         "<html lang='en'><head><meta charset='utf-8'>",
-        f"<meta http-equiv='Content-Security-Policy' content=\"{CONTENT_SECURITY_POLICY}\">",
+        f"<meta http-equiv='Content-Security-Policy' "
+        f"content=\"{CONTENT_SECURITY_POLICY if plotlyjs is None else SHARED_PLOTLYJS_POLICY}\">",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>WhyRec report: {_subject(report, plain=True)}</title>",
         f"<style>{STYLE}</style>",
         "<script>window.PlotlyConfig = {MathJaxConfig: 'local'};</script>",
-        f"<script id='plotly-js'>{get_plotlyjs()}</script>",  # once, for every chart of the page
+        # once, for every chart of the page
+        f"<script id='plotly-js'>{get_plotlyjs()}</script>" if plotlyjs is None else
+        f"<script id='plotly-js' charset='utf-8' src='{escape(plotlyjs)}'></script>",
         "</head><body>",
         *body,
         "</body></html>",

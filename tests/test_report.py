@@ -16,9 +16,7 @@ from explain.report import (
     NO_BROWSER,
     Report,
     ReportError,
-    batch_file_names,
     build_report,
-    export_batch,
     report_file_name,
     to_html,
     write_report,
@@ -322,44 +320,12 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(report, tmp_p
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
 
 
-# ---- batch ------------------------------------------------------------------------------------------------------
-
-def test_batch_reports_unknown_users_and_exports_the_rest(recommender, tmp_path, capsys):
-    users = [str(u) for u in recommender.user_ids[:2]]
-    seen = []
-    result = export_batch(recommender, [users[0], "nobody", users[1], users[0]], tmp_path / "out", fmt="json", k=2,
-                          n_steps=STEPS, progress=lambda done, total, label: seen.append((done, total, label)))
-    assert result.unknown == ["nobody"] and result.failed == {}
-    assert sorted(result.written) == sorted(users)
-    assert "nobody" in capsys.readouterr().err
-    for user_id, path in result.written.items():
-        assert path.parent == tmp_path / "out" and path.suffix == ".json"
-        loaded = Report.from_json(path.read_text())
-        assert loaded.user_id == user_id and len(loaded.items) == 2
-    assert seen == [(1, 2, users[0]), (2, 2, users[1])]
-
-
-def test_batch_of_only_unknown_users_or_a_bad_format_is_refused(recommender, tmp_path):
-    with pytest.raises(ReportError, match="none of the 2 user ids is known"):
-        export_batch(recommender, ["nobody", "nemo"], tmp_path, progress=False)
-    with pytest.raises(ReportError, match="'docx' is not one of"):
-        export_batch(recommender, ["nobody"], tmp_path, fmt="docx", progress=False)
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_file_names_are_safe_and_distinct():
     names = [report_file_name(u, "html") for u in ("u1", "a/b", "a_b", "../../etc/passwd", "", "Ü ü", ".hidden")]
     assert names[0] == "u1.html" and len(set(names)) == len(names)
     for name in names:
         assert "/" not in name and not name.startswith(".") and name.endswith(".html")
     assert set(FORMATS) == {"html", "pdf", "json"}
-
-
-def test_batch_file_names_differ_without_case():
-    """'Ann' and 'ann' would be one file on macOS and Windows: both get the id's hash; 'u1' keeps its name."""
-    names = batch_file_names(["Ann", "ann", "u1"], "html")
-    assert len({name.casefold() for name in names.values()}) == 3
-    assert names["u1"] == "u1.html" and names["Ann"].startswith("Ann-") and names["ann"].startswith("ann-")
 
 
 # ---- command line -----------------------------------------------------------------------------------------------
@@ -376,7 +342,8 @@ def test_cli_writes_a_report_and_a_batch(tiny_model, user, tmp_path, capsys):
                  "--out", str(tmp_path / "batch"), "--format", "html", "--no-progress"]) == 0
     captured = capsys.readouterr()
     assert "wrote 1 reports" in captured.out and "skipped 1 unknown" in captured.out and "nobody" in captured.err
-    assert [p.name for p in (tmp_path / "batch").iterdir()] == [report_file_name(user, "html")]
+    assert sorted(p.name for p in (tmp_path / "batch").iterdir()) == sorted(
+        [report_file_name(user, "html"), "index.html", "manifest.jsonl", "plotly.min.js"])
 
 
 @pytest.mark.parametrize("argv", [

@@ -69,10 +69,12 @@ def render(report: Report, fmt: str) -> bytes:
 # ---- building ---------------------------------------------------------------------------------------------------
 
 def build_report(recommender, user_id=None, query=None, k: int = 10, n_steps: int = 50, *,
-                 progress: Callable[[int, int, str], None] | None = None, drill_down: int = 0) -> Report:
+                 progress: Callable[[int, int, str], None] | None = None, drill_down: int = 0,
+                 cache=None) -> Report:
     """Rank the top-k for a user, a query or both, and explain every item; `progress(done, total, label)` after each.
 
     `drill_down` > 0 also opens that many top history items to their words (one more IG run per history item).
+    `cache` (an explain.cache.ExplanationCache) reads the explanations it holds and keeps the ones computed.
     """
     started = time.perf_counter()
     if user_id is None and query is None:
@@ -82,11 +84,15 @@ def build_report(recommender, user_id=None, query=None, k: int = 10, n_steps: in
         ranked = recommender.recommend(user_id=user_id, query=query, k=int(k))
     except WhyRecError as exc:
         raise ReportError(str(exc)) from exc
-    items = []
+    items, from_cache = [], 0
     for recommendation in ranked:
+        arguments = {"user_id": user_id, "query": query, "n_steps": n_steps, "drill_down": drill_down}
         try:
-            explanation = explain(recommender, recommendation.item_id, user_id=user_id, query=query,
-                                  n_steps=n_steps, drill_down=drill_down)
+            if cache is None:
+                explanation = explain(recommender, recommendation.item_id, **arguments)
+            else:
+                found = cache.explain(recommender, recommendation.item_id, **arguments)
+                explanation, from_cache = found.explanation, from_cache + found.from_cache
         except WhyRecError as exc:
             raise ReportError(f"cannot explain #{recommendation.rank} '{recommendation.item_id}': {exc}") from exc
         items.append(ReportItem(recommendation.rank, recommendation.item_id, recommendation.title,
@@ -96,6 +102,7 @@ def build_report(recommender, user_id=None, query=None, k: int = 10, n_steps: in
     parameters = {"k": int(k), "mode": ranked.mode, "user_id": user_id, "query": query, **path_settings.parameters(),
                   "drill_down": int(drill_down), "exclude_seen": True}
     provenance = _provenance(recommender, parameters, time.perf_counter() - started)
+    provenance["explanations_from_cache"] = from_cache
     return Report(user_id, query, ranked.mode, items, provenance, tuple(ranked.notes))
 
 
@@ -245,7 +252,7 @@ class BatchResult:
 
 def export_batch(recommender, user_ids: Iterable, out_dir: str | Path, fmt: str = "html", k: int = 10,
                  n_steps: int = 50, *, query: str | None = None, drill_down: int = 0,
-                 progress: bool | Callable[[int, int, str], None] = True) -> BatchResult:
+                 progress: bool | Callable[[int, int, str], None] = True, cache=None) -> BatchResult:
     """One report file per user in `out_dir`; unknown users are listed (and printed) and the rest exported.
 
     `progress`: True draws a tqdm bar on stderr, a callable gets (done, total, user id) after each user.
@@ -284,7 +291,7 @@ def export_batch(recommender, user_ids: Iterable, out_dir: str | Path, fmt: str 
     try:
         for done, user in enumerate(known, start=1):
             try:
-                report = build_report(recommender, user, query, k, n_steps, drill_down=drill_down)
+                report = build_report(recommender, user, query, k, n_steps, drill_down=drill_down, cache=cache)
                 written[user] = write_report(report, out_dir / file_names[user])
             except ReportError as exc:
                 failed[user] = str(exc)

@@ -78,3 +78,15 @@ def test_compare_says_where_the_margin_came_from(cache_dir):
     second = visit("views/compare.py", **{k: first.query_params[k] for k in ("user", "a", "b")})
     assert explained_in(second) == "From the cache in"
     assert any(c.startswith("From the cache") for c in said(second))
+
+
+def test_a_report_after_the_panel_takes_its_first_item_from_the_cache(cache_dir, monkeypatch, tiny_model):
+    monkeypatch.setenv("BROWSER_PATH", str(tiny_model / "config.json"))  # no browser: no PDF, and no wait for one
+    visit()  # the Recommend panel explains the first user's #1 at 50 steps
+    at = visit("views/report.py")
+    at.slider(key="rep_k").set_value(2)
+    at.button(key="rep_build").click().run()  # 50 steps, the panel's: #1 is in the cache, #2 is not
+    assert not at.exception, at.exception
+    assert any("1 of 2 explanations from the cache" in c.value for c in at.caption), [c.value for c in at.caption]
+    at.button(key="rep_build").click().run()
+    assert any("2 of 2 explanations from the cache" in c.value for c in at.caption)

@@ -36,3 +36,14 @@ def test_explain_bench_reports_an_item_shap_could_not_compare(tiny_model, tmp_pa
     assert all(a["loo_deletion_top3_drop"] is not None and a["loo_seconds"] > 0 for a in result["agreement"])
     assert all(a["loo_aopc_comprehensiveness"] is not None for a in result["agreement"])
     assert summary["leave_one_out_seconds_median"] > 0
+
+
+def test_cache_bench_runs_to_the_end_and_finds_every_hit_equal_to_the_cold_explanation(tiny_model, tmp_path):
+    from bench import realtime_cache
+
+    out = tmp_path / "realtime_cache.json"
+    assert realtime_cache.main(["--model", str(tiny_model), "--users", "2", "--steps", "4", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["users"] == 2 and result["hits_equal_cold"] is True
+    for measure in ("cold", "disk_hit", "memory_hit", "disk_hit_click_to_chart", "memory_hit_click_to_chart"):
+        assert result[measure]["queries"] == 2 and result[measure]["p50_ms"] > 0

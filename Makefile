@@ -56,7 +56,16 @@ $(DEMO)/model/config.json: $(DEMO)/.training-inputs | $(STAMP)
 $(DEMO)/model/insights.json: $(DEMO)/model/config.json explain/insights.py | $(STAMP)
 	$(PY) -m explain insights --model $(DEMO)/model --data $(DEMO)/data --out $@
 
-demo: $(STAMP) $(DEMO)/data/events.csv $(DEMO)/model/config.json $(DEMO)/model/insights.json
+# The explanations of the users the dashboard opens on and a seeded sample, each one's top 10, computed once into
+# the explanation cache (explain/cache.py: $$WHYREC_CACHE, else $(DEMO)/explanation-cache) so that their first visit
+# is instant. After the Insights sample: the pages come first. Redone (quickly: what is cached is read, not computed)
+# when the code that computes an explanation changes, since the cache keys by it.
+PRECOMPUTED := $(DEMO)/.explanations-precomputed
+$(PRECOMPUTED): $(DEMO)/model/insights.json $(wildcard data/*.py model/*.py explain/*.py) | $(STAMP)
+	$(PY) -m explain precompute --model $(DEMO)/model --data $(DEMO)/data --sample 20 --k 10
+	touch $@
+
+demo: $(STAMP) $(DEMO)/data/events.csv $(DEMO)/model/config.json $(DEMO)/model/insights.json $(PRECOMPUTED)
 
 # The background build's make, named so that `make -n run` (which runs every line that names $(MAKE)) only prints.
 BUILD = $(MAKE)
@@ -65,13 +74,15 @@ SERVE := $(PY) -m streamlit run app.py --server.port $(PORT) --server.headless t
 ifeq ($(MODEL),$(DEMO)/model)
 # A demo model to build (first run, or a changed recipe) trains in the background while the dashboard starts; its
 # pages show the training's progress and turn into the dashboard when the model is in place, and the Insights
-# page's sample is computed after it. Ctrl-C stops both, and the next `make run` resumes the training.
+# page's sample and the cached explanations are computed after it. Ctrl-C stops both, and the next `make run`
+# resumes the training.
 run: $(STAMP) $(DEMO)/data/events.csv $(DEMO)/.training-inputs
 	@trainer=; \
-	if [ ! $(DEMO)/model/config.json -nt $(DEMO)/.training-inputs ] || [ ! -f $(DEMO)/model/insights.json ]; then \
+	if [ ! $(DEMO)/model/config.json -nt $(DEMO)/.training-inputs ] || [ ! -f $(DEMO)/model/insights.json ] \
+			|| [ ! -f $(PRECOMPUTED) ]; then \
 		[ $(DEMO)/model/config.json -nt $(DEMO)/.training-inputs ] || rm -rf $(DEMO)/model; \
-		echo "building the demo model in the background (output: $(DEMO)/training.log)"; \
-		$(BUILD) --no-print-directory $(DEMO)/model/insights.json > $(DEMO)/training.log 2>&1 & trainer=$$!; \
+		echo "building the demo in the background (output: $(DEMO)/training.log)"; \
+		$(BUILD) --no-print-directory $(PRECOMPUTED) > $(DEMO)/training.log 2>&1 & trainer=$$!; \
 	fi; \
 	trap '[ -z "$$trainer" ] || kill -TERM $$trainer 2>/dev/null; wait' EXIT INT TERM; \
 	WHYREC_DATA=$(DATA) WHYREC_MODEL=$(MODEL) $(SERVE)

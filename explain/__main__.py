@@ -1,5 +1,5 @@
 """Command line for explanations: why one item got its score, why one scored above another, exported reports, and
-the Insights page's samples computed ahead of time."""
+the Insights page's samples and the dashboard's explanations computed ahead of time."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from data.cli import run
+from explain.cache import CACHE_ENV, DEFAULT_NAME
 from explain.gradients import BASELINES, DEFAULT_BASELINE, N_STEPS_RANGE
 from explain.insights import DEFAULT_K, DEFAULT_PAIRS, DEFAULT_STEPS, DEFAULT_USERS
+from explain.precompute import PANEL_STEPS
 from explain.report import FORMATS
 
 TOP = 5  # entries shown per part
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                                           "auto); default: start a local Ray")
     report.add_argument("--workers", type=int, help="with --engine ray: Ray workers (default: one per CPU)")
     report.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _cache_argument(report)
 
     insights = commands.add_parser("insights", help="compute the Insights page's samples ahead of time, so that its "
                                                     "first visit is instant")
@@ -76,9 +79,29 @@ def main(argv: list[str] | None = None) -> int:
                           help=f"Integrated Gradients steps for the words (default {DEFAULT_STEPS})")
     insights.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    precompute = commands.add_parser("precompute", help="explain users' top-k into the explanation cache ahead of "
+                                                        "time, so that the dashboard and reports find them there")
+    precompute.add_argument("--model", required=True, type=Path, help="checkpoint directory")
+    precompute.add_argument("--data", type=Path, help="the data the dashboard serves with the model (default: the "
+                                                      "model's own)")
+    users = precompute.add_mutually_exclusive_group(required=True)
+    users.add_argument("--users", type=Path, metavar="FILE", help="a file with one user id a line")
+    users.add_argument("--sample", type=int, metavar="N", help="the users the dashboard lists first and a seeded "
+                                                               "sample, N in all")
+    precompute.add_argument("--k", type=int, default=10, help="items per user (default 10)")
+    precompute.add_argument("--steps", type=int, default=PANEL_STEPS,
+                            help=f"Integrated Gradients steps (default {PANEL_STEPS}, as the Recommend page's)")
+    precompute.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _cache_argument(precompute)
+
     args = parser.parse_args(argv)
-    return run({"item": _item, "pair": _pair, "report": _report, "insights": _insights}, args,
-               on_interrupt="interrupted (a batch resumes where it stopped when run again)")
+    return run({"item": _item, "pair": _pair, "report": _report, "insights": _insights, "precompute": _precompute},
+               args, on_interrupt="interrupted (a batch resumes where it stopped when run again)")
+
+
+def _cache_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache", metavar="DIR", help=f"the explanation cache: a directory, or 'off' (default: "
+                                                       f"${CACHE_ENV}, else {DEFAULT_NAME}/ beside the model)")
 
 
 def _context_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +113,7 @@ def _context_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", choices=tuple(BASELINES), default=DEFAULT_BASELINE,
                         help="what text starts from in IG")
     parser.add_argument("--json", type=Path, help="write the explanation here (explain.base JSON schema)")
+    _cache_argument(parser)
 
 
 def _load(args):
@@ -110,25 +134,56 @@ def _open(model: Path, data: Path | None = None):
 
 
 def _item(args) -> int:
-    from explain import explain, faithfulness
+    from explain import faithfulness
 
     recommender = _load(args)
-    explanation = explain(recommender, args.item, user_id=args.user, query=args.query, n_steps=args.steps,
-                          baseline=args.baseline)
-    measured = faithfulness(recommender, explanation, agreement=args.agreement)
-    print(summary(explanation, measured))
-    _write(explanation, args.json)
+    found = _cache(args).explain(recommender, args.item, user_id=args.user, query=args.query, n_steps=args.steps,
+                                 baseline=args.baseline)
+    measured = faithfulness(recommender, found.explanation, agreement=args.agreement)
+    print(summary(found.explanation, measured))
+    print(found.describe())
+    _write(found.explanation, args.json)
     return 0
 
 
 def _pair(args) -> int:
-    from explain import explain_pair
-
     recommender = _load(args)
-    explanation = explain_pair(recommender, args.a, args.b, user_id=args.user, query=args.query,
-                               n_steps=args.steps, baseline=args.baseline)
-    print(summary(explanation))
-    _write(explanation, args.json)
+    found = _cache(args).explain_pair(recommender, args.a, args.b, user_id=args.user, query=args.query,
+                                      n_steps=args.steps, baseline=args.baseline)
+    print(summary(found.explanation))
+    print(found.describe())
+    _write(found.explanation, args.json)
+    return 0
+
+
+def _cache(args):
+    """The explanation cache the command reads and fills (explain.cache.cache_directory decides where)."""
+    from explain.cache import ExplanationCache, cache_directory
+
+    return ExplanationCache(cache_directory(args.model, args.cache))
+
+
+def _precompute(args) -> int:
+    from explain.errors import ExplanationError
+    from explain.precompute import check_users, demo_users, precompute, read_user_ids
+
+    _threads()
+    cache = _cache(args)
+    if cache.directory is None:
+        raise ExplanationError(f"precompute fills the disk cache: give --cache DIR (${CACHE_ENV} says off)")
+    users = read_user_ids(args.users) if args.users is not None else None
+    if args.sample is not None and args.sample < 1:
+        raise ExplanationError(f"--sample {args.sample} must be 1 or more users")
+    recommender = _open(args.model, args.data)
+    if users is None:
+        users = demo_users(recommender, args.sample)
+    else:
+        check_users(recommender, users, f"--users {args.users}")
+    with _progress_bar("explaining", args.no_progress) as progress:
+        done = precompute(recommender, cache, users, k=args.k, n_steps=args.steps, progress=progress)
+    print(f"{done.explanations} explanations for {done.users} users in {cache.directory}: {done.computed} computed, "
+          f"{done.from_cache} already cached" + (f", {done.refused} cached entries refused and redone"
+                                                 if done.refused else "") + f" ({done.seconds:.1f} s)")
     return 0
 
 
@@ -155,9 +210,10 @@ def _report(args) -> int:
             bar.update(done - bar.n)
 
         report = build_report(recommender, user_id=args.user, query=args.query, k=args.k, n_steps=args.steps,
-                              progress=progress, drill_down=args.drill_down)
+                              progress=progress, drill_down=args.drill_down, cache=_cache(args))
     path = write_report(report, args.out)
-    print(f"wrote {path} ({len(report.items)} items, {report.provenance['seconds']:.1f} s)")
+    print(f"wrote {path} ({len(report.items)} items, {report.provenance['seconds']:.1f} s, "
+          f"{report.provenance['explanations_from_cache']} explanations from the cache)")
     return 0
 
 
@@ -176,11 +232,11 @@ def _batch(args) -> int:
         from explain.batch_ray import export_batch_ray
 
         result = export_batch_ray(args.model, users, args.out, data_dir=args.data, workers=args.workers,
-                                  address=args.address, **options)
+                                  address=args.address, cache_dir=_cache(args).directory, **options)
     else:
         from explain.batch import export_batch
 
-        result = export_batch(_open(args.model, args.data), users, args.out, **options)
+        result = export_batch(_open(args.model, args.data), users, args.out, cache=_cache(args), **options)
     if result.failed and not result.written and not result.skipped:
         user, why = next(iter(result.failed.items()))
         raise ReportError(f"no report written: all {len(result.failed)} failed (first, {user}: {why})")

@@ -115,11 +115,12 @@ def unknown_users(recommender, user_ids: Iterable[str]) -> dict[str, str]:
     return unknown
 
 
-def make_report(recommender, user_id: str, settings: BatchSettings) -> MadeReport:
-    """Build and render one user's report; a ReportError becomes the result's `error`."""
+def make_report(recommender, user_id: str, settings: BatchSettings, cache=None) -> MadeReport:
+    """Build and render one user's report, its explanations read from and added to `cache` (an
+    explain.cache.ExplanationCache) if given; a ReportError becomes the result's `error`."""
     try:
         report = build_report(recommender, user_id, settings.query, settings.k, settings.n_steps,
-                              drill_down=settings.drill_down)
+                              drill_down=settings.drill_down, cache=cache)
         content = render(report, settings.fmt, plotlyjs=settings.plotlyjs)
     except ReportError as exc:
         return MadeReport(user_id, error=str(exc))
@@ -143,8 +144,8 @@ class Engine(Protocol):
 class InProcess:
     """The serial engine: this process's model, one user after another."""
 
-    def __init__(self, recommender) -> None:
-        self.recommender = recommender
+    def __init__(self, recommender, cache=None) -> None:
+        self.recommender, self.cache = recommender, cache
 
     def prepare(self, settings: BatchSettings) -> dict:
         return prepare(self.recommender, settings)
@@ -154,19 +155,20 @@ class InProcess:
 
     def reports(self, user_ids: list[str], settings: BatchSettings) -> Iterator[MadeReport]:
         for user in user_ids:
-            yield make_report(self.recommender, user, settings)
+            yield make_report(self.recommender, user, settings, self.cache)
 
 
 def export_batch(recommender, user_ids: Iterable, out_dir: str | Path, fmt: str = "html", k: int = 10,
                  n_steps: int = 50, *, query: str | None = None, drill_down: int = 0,
-                 progress: bool | Callable[[int, int, str], None] = True) -> BatchResult:
+                 progress: bool | Callable[[int, int, str], None] = True, cache=None) -> BatchResult:
     """One report file per user in `out_dir`, made in this process; unknown users are listed (and printed) and the
     rest exported; users an earlier run finished are skipped.
 
     `progress`: True draws a tqdm bar on stderr, a callable gets (done, total, user id) after each user.
+    `cache`: the explain.cache.ExplanationCache the explanations are read from and added to, if any.
     """
     settings = BatchSettings(fmt, k, n_steps, query, drill_down)
-    return run_batch(InProcess(recommender), user_ids, out_dir, settings, progress=progress)
+    return run_batch(InProcess(recommender, cache), user_ids, out_dir, settings, progress=progress)
 
 
 # ---- the driver: one for every engine ----------------------------------------------------------------------------

@@ -46,11 +46,12 @@ ROOT = Path(__file__).resolve().parents[1]  # the source tree the workers import
 def export_batch_ray(model_dir: str | Path, user_ids: Iterable, out_dir: str | Path, *, data_dir: str | Path | None
                      = None, fmt: str = "html", k: int = 10, n_steps: int = 50, query: str | None = None,
                      drill_down: int = 0, workers: int | None = None, address: str | None = None,
-                     progress=True) -> BatchResult:
+                     progress=True, cache_dir: str | Path | None = None) -> BatchResult:
     """explain.batch.export_batch on Ray: the same files, made by `workers` actors (default: one per CPU of the
-    local Ray or of the cluster at `address`)."""
+    local Ray or of the cluster at `address`), each reading and filling the explanation cache at `cache_dir` if
+    given (safe for several processes: explain.cache)."""
     settings = BatchSettings(fmt, k, n_steps, query, drill_down)
-    with RayEngine(model_dir, data_dir, workers=workers, address=address) as engine:
+    with RayEngine(model_dir, data_dir, workers=workers, address=address, cache_dir=cache_dir) as engine:
         return run_batch(engine, user_ids, out_dir, settings, progress=progress)
 
 
@@ -65,7 +66,7 @@ def import_ray():
 class ReportWorker:
     """One Ray worker: the model loaded once, then reports one user at a time. Errors come back as values."""
 
-    def __init__(self, model_dir: str, data_dir: str | None, threads: int) -> None:
+    def __init__(self, model_dir: str, data_dir: str | None, threads: int, cache_dir: str | None = None) -> None:
         # One CPU is this worker's share: Integrated Gradients' path runs would otherwise take every core.
         os.environ["WHYREC_PATH_THREADS"] = str(threads)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -73,11 +74,13 @@ class ReportWorker:
         from transformers.utils import logging as transformers_logging
 
         from data.errors import WhyRecError
+        from explain.cache import ExplanationCache
         from model.checkpoint import load
 
         torch.set_num_threads(threads)
         transformers_logging.disable_progress_bar()
         self.recommender, self.error = None, None
+        self.cache = ExplanationCache(cache_dir) if cache_dir else None
         try:
             self.recommender = load(Path(model_dir), data=Path(data_dir) if data_dir else None)
         except (WhyRecError, OSError) as exc:
@@ -95,7 +98,7 @@ class ReportWorker:
         return unknown_users(self.recommender, user_ids)
 
     def report(self, user_id: str, settings: BatchSettings) -> MadeReport:
-        return make_report(self.recommender, user_id, settings)
+        return make_report(self.recommender, user_id, settings, self.cache)
 
 
 class RayEngine:
@@ -103,12 +106,13 @@ class RayEngine:
     on leaving."""
 
     def __init__(self, model_dir: str | Path, data_dir: str | Path | None = None, *, workers: int | None = None,
-                 address: str | None = None, threads_per_worker: int = 1) -> None:
+                 address: str | None = None, threads_per_worker: int = 1, cache_dir: str | Path | None = None) -> None:
         if workers is not None and workers < 1:
             raise ReportError(f"--workers {workers} must be 1 or more")
         self.model_dir, self.data_dir = Path(model_dir).resolve(), data_dir and Path(data_dir).resolve()
         self.workers, self.address, self.threads = workers, address, threads_per_worker
         self.actors, self.started_ray = [], False
+        self.cache_dir = str(Path(cache_dir).resolve()) if cache_dir else None
 
     def __enter__(self) -> RayEngine:
         ray = self.ray = import_ray()
@@ -120,7 +124,8 @@ class RayEngine:
             if self.address:  # a local Ray's workers inherit this process's environment; a cluster's are told it
                 worker = worker.options(runtime_env={"env_vars": _worker_environment()})
             data = str(self.data_dir) if self.data_dir else None
-            self.actors = [worker.remote(str(self.model_dir), data, self.threads) for _ in range(count)]
+            self.actors = [worker.remote(str(self.model_dir), data, self.threads, self.cache_dir)
+                           for _ in range(count)]
         except BaseException:
             self.__exit__(*sys.exc_info())
             raise

@@ -67,10 +67,12 @@ def render(report: Report, fmt: str, *, plotlyjs: str | None = None) -> bytes:
 # ---- building ---------------------------------------------------------------------------------------------------
 
 def build_report(recommender, user_id=None, query=None, k: int = 10, n_steps: int = 50, *,
-                 progress: Callable[[int, int, str], None] | None = None, drill_down: int = 0) -> Report:
+                 progress: Callable[[int, int, str], None] | None = None, drill_down: int = 0,
+                 cache=None) -> Report:
     """Rank the top-k for a user, a query or both, and explain every item; `progress(done, total, label)` after each.
 
     `drill_down` > 0 also opens that many top history items to their words (one more IG run per history item).
+    `cache` (an explain.cache.ExplanationCache) reads the explanations it holds and keeps the ones computed.
     """
     started = time.perf_counter()
     if user_id is None and query is None:
@@ -80,11 +82,15 @@ def build_report(recommender, user_id=None, query=None, k: int = 10, n_steps: in
         ranked = recommender.recommend(user_id=user_id, query=query, k=int(k))
     except WhyRecError as exc:
         raise ReportError(str(exc)) from exc
-    items = []
+    items, from_cache = [], 0
     for recommendation in ranked:
+        arguments = {"user_id": user_id, "query": query, "n_steps": n_steps, "drill_down": drill_down}
         try:
-            explanation = explain(recommender, recommendation.item_id, user_id=user_id, query=query,
-                                  n_steps=n_steps, drill_down=drill_down)
+            if cache is None:
+                explanation = explain(recommender, recommendation.item_id, **arguments)
+            else:
+                found = cache.explain(recommender, recommendation.item_id, **arguments)
+                explanation, from_cache = found.explanation, from_cache + found.from_cache
         except WhyRecError as exc:
             raise ReportError(f"cannot explain #{recommendation.rank} '{recommendation.item_id}': {exc}") from exc
         items.append(ReportItem(recommendation.rank, recommendation.item_id, recommendation.title,
@@ -94,6 +100,7 @@ def build_report(recommender, user_id=None, query=None, k: int = 10, n_steps: in
     parameters = {"k": int(k), "mode": ranked.mode, "user_id": user_id, "query": query, **path_settings.parameters(),
                   "drill_down": int(drill_down), "exclude_seen": True}
     provenance = _provenance(recommender, parameters, time.perf_counter() - started)
+    provenance["explanations_from_cache"] = from_cache
     return Report(user_id, query, ranked.mode, items, provenance, tuple(ranked.notes))
 
 

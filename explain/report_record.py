@@ -16,6 +16,7 @@ report is refused with a message that says why):
                          "baseline", "baseline_meaning", "drill_down", "exclude_seen"},
           "created": str,                 # ISO-8601 UTC, when the report was built
           "seconds": float,               # how long it took to build
+          "explanations_from_cache": int, # of the items, how many explanations came from the cache (explain.cache)
           "versions": {str: str | null}   # whyrec, python, torch, transformers, captum, shap, plotly, ...
       },
       "items": [{"rank": int, "item_id": str, "title": str, "score": float,

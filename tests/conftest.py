@@ -9,6 +9,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Tiny models: a path run is a few microseconds of work per op, where a second thread only waits.
 os.environ.setdefault("WHYREC_PATH_THREADS", "1")
+# No test reads another's explanations from disk: the explanation cache is in memory unless a test gives a directory.
+os.environ.setdefault("WHYREC_CACHE", "off")
 
 WORDS = ["the", "a", "and", "of", "for", "with", "to", "in", "on", "is", "are", "red", "blue", "green", "black", "white", "steel", "wool", "cotton", "linen", "leather", "mug", "pan", "pot", "cup", "sock", "shoe", "shirt", "hat", "lamp", "desk", "chair", "bag", "pen", "book", "toy", "game", "phone", "case", "cable", "waterproof", "wireless", "organic", "vintage", "compact", "portable", "classic", "premium", "budget", "soft", "warm", "light", "kitchen", "home", "garden", "sports", "outdoor", "office", "toys", "audio", "running", "bedding", "brand", "category", "item", "shop"]
 

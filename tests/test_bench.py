@@ -67,3 +67,14 @@ def test_scale_bench_measures_every_step_of_a_small_shop_in_its_own_process(tmp_
     assert steps["load"]["events"] == steps["generate"]["events"] > 200 * 10
     assert "duplicate_events" in steps["quality"]["findings"] and steps["features"]["sample_rows"] > 0
     assert not (tmp_path / "shops" / "shop-200").exists()  # removed unless --keep
+
+
+def test_cache_bench_runs_to_the_end_and_finds_every_hit_equal_to_the_cold_explanation(tiny_model, tmp_path):
+    from bench import realtime_cache
+
+    out = tmp_path / "realtime_cache.json"
+    assert realtime_cache.main(["--model", str(tiny_model), "--users", "2", "--steps", "4", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["users"] == 2 and result["hits_equal_cold"] is True
+    for measure in ("cold", "disk_hit", "memory_hit", "disk_hit_click_to_chart", "memory_hit_click_to_chart"):
+        assert result[measure]["queries"] == 2 and result[measure]["p50_ms"] > 0

@@ -18,8 +18,8 @@ MAKE = shutil.which("make")
 pytestmark = pytest.mark.skipif(MAKE is None, reason="make is not installed")
 
 FAKE_PYTHON = """#!/bin/bash
-# Stands in for .venv/bin/python: `-m data generate --out DIR`, `-m model train ... --out DIR ...` and
-# `-m explain insights ... --out FILE`.
+# Stands in for .venv/bin/python: `-m data generate --out DIR`, `-m model train ... --out DIR ...`,
+# `-m explain insights ... --out FILE` and `-m explain precompute ...`.
 log="$(dirname "$0")/../../calls.log"
 out=""; preview=""; previous=""
 for arg in "$@"; do
@@ -36,7 +36,9 @@ case "$2" in
     if [ -n "$preview" ]; then mkdir -p "$preview" && cp "$out/config.json" "$preview/"; fi
     if [ -n "$HANG" ]; then trap 'kill $!; exit 130' INT TERM; sleep 60 & wait $!; exit 1; fi
     rm "$out/train_state.json" ;;
-  explain) echo '{}' > "$out" && echo "insights" >> "$log" ;;
+  explain)
+    if [ "$3" = "precompute" ]; then echo "precompute" >> "$log"
+    else echo '{}' > "$out" && echo "insights" >> "$log"; fi ;;
   streamlit)  # serves until the model it was given is there, or until stopped
     echo "serve $WHYREC_MODEL" >> "$log"
     trap 'kill $! 2>/dev/null; echo "server stopped" >> "$log"; exit 0' INT TERM
@@ -120,6 +122,7 @@ def test_an_interrupted_demo_build_resumes_and_serves_only_a_whole_model(checkou
 
     assert make_demo(checkout).returncode == 0
     assert len([c for c in calls(checkout) if c.startswith("train")]) == 2  # built: reused, not retrained
+    assert calls(checkout).count("precompute") == 1  # the explanations too
 
 
 def test_a_changed_input_starts_the_training_afresh(checkout):
@@ -130,7 +133,8 @@ def test_a_changed_input_starts_the_training_afresh(checkout):
     trains = [c for c in calls(checkout) if c.startswith("train")]
     assert trains[-1].endswith("(no state)")  # the interrupted run of the old recipe was cleared
     assert "--preview demo/model-preview" in trains[-1]
-    assert calls(checkout)[-1] == "insights"  # and the Insights page's sample is computed on the new model
+    # and the Insights page's sample is computed on the new model, then the cached explanations
+    assert calls(checkout)[-2:] == ["insights", "precompute"]
     assert (checkout / "demo" / "model" / "config.json").exists()
 
 

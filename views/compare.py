@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from data.errors import WhyRecError
 from data.features import FEATURES
-from explain import Attribution, Explanation, explain_pair
+from explain import Attribution, Explanation
+from explain.cache import Cached
 from explain.charts import PART_LABELS, legend_html, token_html, waterfall
-from views.explanation_panel import STEP_CHOICES
-from views.loaders import recommender_or_error
+from views.explanation_panel import STEP_CHOICES, explained_in
+from views.loaders import explanation_cache, recommender_or_error
 from views.pickers import audience_picker
 from views.rankings import cached_ranking, catalog_labels
 from views.state import first_visit, remember, restore
@@ -33,13 +32,10 @@ TOP = 8  # rows per contributor table
 WIDGETS = ("cmp_mode", "cmp_user", "cmp_user_query", "cmp_query", "cmp_a", "cmp_b", "cmp_steps")
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def cached_pair(checkpoint_id: str, item_a: str, item_b: str, user_id, query, n_steps: int, _recommender) -> dict:
-    """The margin explanation of A over B, once per (model, A, B, user, query, steps)."""
-    started = time.perf_counter()
-    explanation = explain_pair(_recommender, item_a, item_b, user_id=user_id, query=query, n_steps=n_steps,
-                               drill_down=0)
-    return {"explanation": explanation.to_dict(), "seconds": time.perf_counter() - started}
+def cached_pair(recommender, item_a: str, item_b: str, user_id, query, n_steps: int) -> Cached:
+    """The margin explanation of A over B, computed once for everyone who shares the explanation cache."""
+    return explanation_cache().explain_pair(recommender, item_a, item_b, user_id=user_id, query=query,
+                                            n_steps=n_steps, drill_down=0)
 
 
 def side_words(part: Attribution | None, side: str) -> Attribution | None:
@@ -194,7 +190,7 @@ if item_a == item_b:
 
 try:
     with st.spinner("Explaining the margin…"):
-        result = cached_pair(recommender.checkpoint_id, item_a, item_b, user_id, query, n_steps, recommender)
+        found = cached_pair(recommender, item_a, item_b, user_id, query, n_steps)
     context = recommender.context(user_id, query)
     positions = recommender.item_positions([item_a, item_b])
     scores = sum(recommender.score_parts(context, positions).values())  # (2,)
@@ -202,7 +198,7 @@ try:
 except WhyRecError as exc:
     st.error(md_escape(exc))
     st.stop()
-explanation = Explanation.from_dict(result["explanation"])
+explanation = found.explanation
 ranks = dict(zip(ranked["item_id"], ranked["rank"]))
 item_tokens = explanation.part("item_tokens")
 
@@ -223,7 +219,7 @@ m1.metric("Margin (A − B)", f"{margin:+.3f}", help="score(A) − score(B): pos
 m2.metric("Base value", f"{explanation.base_value:+.3f}", help="What is the same for both items cancels: near 0")
 m3.metric("Completeness gap", f"{explanation.completeness_gap:.1e}",
           help="base value + parts − margin: how far the parts miss the margin")
-m4.metric("Explained in", f"{result['seconds']:.2f} s", help=f"{n_steps} Integrated Gradients steps per item")
+explained_in(m4, found, n_steps, per=" per item")
 st.plotly_chart(waterfall(explanation), width="stretch", config={"displayModeBar": False})
 
 parts = [p for p in explanation.parts if p.in_total and len(p)]

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import time
-
 import pandas as pd
 import streamlit as st
 
 from data.errors import WhyRecError
-from explain import Explanation, explain, faithfulness
+from explain import Explanation, faithfulness
+from explain.cache import Cached
 from explain.charts import behaviour_bars, history_bars, history_token_sections, legend_html, token_html, waterfall
 from explain.faithfulness import MAX_EVALS, shap_tokens
+from views.loaders import explanation_cache
 from views.state import forget
 from views.text import md_escape
 
@@ -41,14 +41,10 @@ whose removal alone lowers the score most (leave-one-out: about the most any 3 c
 """
 
 
-@st.cache_data(show_spinner=False, max_entries=128)
-def cached_explanation(checkpoint_id: str, item_id: str, user_id, query, n_steps: int, drill_down: int,
-                       _recommender) -> dict:
-    """The explanation, once per (model, item, user, query, steps, drill-down)."""
-    started = time.perf_counter()
-    explanation = explain(_recommender, item_id, user_id=user_id, query=query, n_steps=n_steps,
-                          drill_down=drill_down)
-    return {"explanation": explanation.to_dict(), "seconds": time.perf_counter() - started}
+def cached_explanation(recommender, item_id: str, **arguments) -> Cached:
+    """`explain(recommender, item_id, **arguments)`, computed once for every session and process that share the
+    explanation cache (views.loaders.explanation_cache); the result says where it came from."""
+    return explanation_cache().explain(recommender, item_id, **arguments)
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
@@ -82,21 +78,24 @@ def explanation_panel(recommender, ranked, user_id, query) -> None:
     params["item"] = item_id
     try:
         with st.spinner("Explaining…"):
-            result = cached_explanation(recommender.checkpoint_id, item_id, user_id, query, n_steps, 0, recommender)
+            found = cached_explanation(recommender, item_id, user_id=user_id, query=query, n_steps=n_steps,
+                                       drill_down=0)
     except WhyRecError as exc:
         st.error(str(exc))
         return
-    explanation = Explanation.from_dict(result["explanation"])
-    has_history = explanation_body(recommender, explanation, result["seconds"], n_steps)
+    explanation = found.explanation
+    explanation_json = explanation.to_dict()
+    has_history = explanation_body(recommender, found, n_steps)
     past_items(recommender, explanation, user_id, query)
 
     if has_history:
         with st.expander("Words inside the top history items (a drill-down, computed on request)"):
             if st.toggle("Compute", key=f"drill_{item_id}", help="A second Integrated Gradients run per history item"):
                 with st.spinner("Explaining the history items…"):
-                    drilled = cached_explanation(recommender.checkpoint_id, item_id, user_id, query, n_steps, 3,
-                                                 recommender)
-                sections = history_token_sections(Explanation.from_dict(drilled["explanation"]))
+                    drilled = cached_explanation(recommender, item_id, user_id=user_id, query=query,
+                                                 n_steps=n_steps, drill_down=3)
+                st.caption(md_escape(drilled.describe()))
+                sections = history_token_sections(drilled.explanation)
                 if not sections:
                     st.caption("Nothing to show.")
                 for title, fragment in sections:
@@ -105,7 +104,7 @@ def explanation_panel(recommender, ranked, user_id, query) -> None:
 
     st.markdown("**How far to trust it**")
     with st.spinner("Running the deletion test…"):
-        checks = cached_faithfulness(recommender.checkpoint_id, result["explanation"], recommender)
+        checks = cached_faithfulness(recommender.checkpoint_id, explanation_json, recommender)
     f1, f2, f3 = st.columns(3)
     # Whole words, as the shaded text shows them: every piece of a word goes at once.
     top, by_chance = checks["deletion_top3_words_drop"], checks["deletion_random3_words_drop"]
@@ -130,7 +129,7 @@ def explanation_panel(recommender, ranked, user_id, query) -> None:
     with st.expander("Second opinion: SHAP Partition over the same words (computed on request)"):
         if st.toggle("Compute", key=f"second_{item_id}",
                      help=f"SHAP's Partition explainer, {MAX_EVALS} model calls: several times the explanation's time"):
-            second_opinion(recommender, result["explanation"], checks)
+            second_opinion(recommender, explanation_json, checks)
     with st.expander("How to read this"):
         st.markdown(HOW_TO_READ)
 
@@ -228,9 +227,10 @@ def second_opinion(recommender, explanation_json: dict, checks: dict) -> None:
                "tokens that never move ([CLS], [SEP], the field labels the baseline keeps).")
 
 
-def explanation_body(recommender, explanation: Explanation, seconds: float, n_steps: int,
-                     heading: str = "Why this score") -> bool:
-    """One explanation on screen: score, waterfall, words, history and behaviour; says whether it has history."""
+def explanation_body(recommender, found: Cached, n_steps: int, heading: str = "Why this score") -> bool:
+    """One explanation on screen: score, waterfall, words, history and behaviour, and whether it came from the
+    cache or was computed; says whether it has history."""
+    explanation = found.explanation
     title = recommender.dataset.item(explanation.item_id).title
     st.subheader(f"{heading}: {md_escape(title)}")
     for note in explanation.notes:
@@ -240,7 +240,7 @@ def explanation_body(recommender, explanation: Explanation, seconds: float, n_st
     b.metric("Base value", f"{explanation.base_value:.3f}")
     c.metric("Completeness gap", f"{explanation.completeness_gap:.1e}",
              help="base value + parts − score: how far the parts miss the score")
-    d.metric("Explained in", f"{seconds:.2f} s", help=f"{n_steps} Integrated Gradients steps")
+    explained_in(d, found, n_steps)
     st.plotly_chart(waterfall(explanation), width="stretch", config={"displayModeBar": False})
 
     st.markdown("**The item's words**")
@@ -263,6 +263,14 @@ def explanation_body(recommender, explanation: Explanation, seconds: float, n_st
             st.plotly_chart(behaviour, width="stretch", config={"displayModeBar": False})
             st.caption(behaviour_compared_with(explanation))
     return history is not None
+
+
+def explained_in(column, found: Cached, n_steps: int, per: str = "") -> None:
+    """The time an explanation took to show, and a caption saying whether it came from the cache or was computed."""
+    label = "From the cache in" if found.from_cache else "Explained in"
+    value = f"{found.seconds * 1000:.0f} ms" if found.seconds < 1 else f"{found.seconds:.2f} s"
+    column.metric(label, value, help=f"{n_steps} Integrated Gradients steps{per}. {found.describe()}")
+    st.caption(md_escape(found.describe()))
 
 
 def behaviour_compared_with(explanation) -> str:

@@ -86,6 +86,22 @@ def _model_in_training(model: Path) -> Path | None:
     return stage1
 
 
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _explanation_cache(directory: str | None):
+    from explain.cache import ExplanationCache
+
+    return ExplanationCache(directory)
+
+
+def explanation_cache():
+    """The explanation cache every page and session shares: in memory, and on disk where explain.cache's
+    cache_directory says ($WHYREC_CACHE, else explanation-cache/ beside the model directory)."""
+    from explain.cache import cache_directory
+
+    directory = cache_directory(model_dir())
+    return _explanation_cache(None if directory is None else str(directory))
+
+
 def recommender_or_error():
     """The loaded Recommender, or None after one st.error saying what is wrong and what to do."""
     model, data = Path(model_dir()), data_dir()

@@ -8,7 +8,7 @@ import streamlit as st
 from data.errors import WhyRecError
 from explain.charts import PART_LABELS
 from explain.report import build_report, report_file_name, to_html, to_pdf
-from views.loaders import recommender_or_error
+from views.loaders import explanation_cache, recommender_or_error
 from views.pickers import audience_picker, top_k_slider
 from views.state import first_visit
 from views.text import md_escape
@@ -40,7 +40,8 @@ def build(recommender, user_id, query, k: int, n_steps: int) -> dict:
     def progress(done: int, total: int, label: str) -> None:
         bar.progress(done / max(total, 1) * 0.9, text=f"Explained {done} of {total}: {md_escape(label)}")
 
-    report = build_report(recommender, user_id=user_id, query=query, k=k, n_steps=n_steps, progress=progress)
+    report = build_report(recommender, user_id=user_id, query=query, k=k, n_steps=n_steps, progress=progress,
+                          cache=explanation_cache())
     files = {"html": to_html(report).encode("utf-8"), "json": report.to_json().encode("utf-8")}
     bar.progress(0.95, text="Printing the PDF…")
     pdf_error = None
@@ -54,7 +55,8 @@ def build(recommender, user_id, query, k: int, n_steps: int) -> dict:
             for item in report.items]
     return {"settings": (recommender.checkpoint_id, user_id, query, k, n_steps), "files": files,
             "pdf_error": pdf_error, "items": rows, "notes": list(report.notes),
-            "seconds": report.provenance.get("seconds", 0.0)}
+            "seconds": report.provenance.get("seconds", 0.0),
+            "from_cache": report.provenance.get("explanations_from_cache", 0)}
 
 
 st.header("Report")
@@ -110,6 +112,7 @@ said = {"user": built_user, "query": built_query}
 subject = " and ".join(f"{what} “{md_escape(value)}”" for what, value in said.items() if value)
 st.subheader(f"Top {len(built['items'])} for {subject}")
 st.caption(f"{built_steps} Integrated Gradients steps per item · built in {built['seconds']:.1f} s · "
+           f"{built['from_cache']} of {len(built['items'])} explanations from the cache, the rest computed · "
            f"checkpoint {checkpoint_id}")
 if built["settings"] != (recommender.checkpoint_id, user_id, query, k, n_steps):
     st.caption("The settings above have changed since: build again to export them.")

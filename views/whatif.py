@@ -5,20 +5,18 @@ The edits live in the link (views.whatif_link), so a what-if can be bookmarked a
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from data.errors import WhyRecError
 from data.schema import EVENT_TYPES
-from explain import Explanation, explain
+from explain.cache import Cached
 from explain.charts import age_label
 from model.sequences import age_days
 from model.whatif import edited_history, feature_ranges, rank_changes
 from views.explanation_panel import STEP_CHOICES, explanation_body
-from views.loaders import recommender_or_error
+from views.loaders import explanation_cache, recommender_or_error
 from views.pickers import top_k_slider, user_picker
 from views.rankings import cached_ranking, event_label, history_units, move_label, rank_slope, search_catalog
 from views.state import forget, remember, restore
@@ -51,14 +49,11 @@ def add_item() -> None:
         st.session_state.wi_added = [*st.session_state.wi_added, {"item_id": item_id, "event": event}]
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def cached_whatif_explanation(checkpoint_id: str, item_id: str, user_id, query, history: pd.DataFrame | None,
-                              overrides: tuple, n_steps: int, _recommender) -> dict:
-    """The explanation of one item under the edits, once per (model, item, user, edits, steps)."""
-    started = time.perf_counter()
-    explanation = explain(_recommender, item_id, user_id=user_id, query=query, n_steps=n_steps, history=history,
-                          feature_overrides=dict(overrides) or None, drill_down=0)
-    return {"explanation": explanation.to_dict(), "seconds": time.perf_counter() - started}
+def cached_whatif_explanation(recommender, item_id: str, user_id, query, history: pd.DataFrame | None,
+                              overrides: tuple, n_steps: int) -> Cached:
+    """The explanation of one item under the edits: the explanation cache keys by the edits' content."""
+    return explanation_cache().explain(recommender, item_id, user_id=user_id, query=query, n_steps=n_steps,
+                                       history=history, feature_overrides=dict(overrides) or None, drill_down=0)
 
 
 @st.fragment
@@ -77,15 +72,13 @@ def whatif_explanation(recommender, top: pd.DataFrame, user_id, query, history, 
     remember("wi_explain_saved", ("wi_explain", "wi_steps"))
     try:
         with st.spinner("Explaining…"):
-            result = cached_whatif_explanation(recommender.checkpoint_id, item_id, user_id, query, history, overrides,
-                                               n_steps, recommender)
+            found = cached_whatif_explanation(recommender, item_id, user_id, query, history, overrides, n_steps)
     except WhyRecError as exc:
         st.error(md_escape(exc))
         return
     st.caption("The explanation reads the edited history, the query and the features set by hand, so its parts "
                "add up to the what-if score.")
-    explanation_body(recommender, Explanation.from_dict(result["explanation"]), result["seconds"], n_steps,
-                     heading="Why this score under the edits")
+    explanation_body(recommender, found, n_steps, heading="Why this score under the edits")
 
 
 st.header("What-if")

@@ -162,10 +162,17 @@ def _item_section(item: ReportItem, *, static: bool) -> str:
     return "\n".join(out)
 
 
+# A report looks the same wherever it is made: figures take plotly's own template, not the process's default (the
+# dashboard's Streamlit sets its own, whose placeholder colours only Streamlit's front end fills in).
+EXPORT_TEMPLATE = "plotly"
+
+
 def _chart_html(*, static: bool, prefix: str):
     config = {"displayModeBar": False, "displaylogo": False, "staticPlot": static, "responsive": not static}
 
     def chart(figure, name: str) -> str:
+        figure.layout.template = None  # whatever the default put there, gone, so the same template is written
+        figure.layout.template = EXPORT_TEMPLATE
         if static:  # a page wide, and the waterfall shorter, so an item fits two pages
             figure.update_layout(width=PRINT_WIDTH, height=min(figure.layout.height or 340, 280)
                                  if name == "waterfall" else figure.layout.height)

@@ -363,3 +363,13 @@ def test_cli_bad_input_exits_2_with_one_line(tiny_model, user, tmp_path, argv, c
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_a_report_looks_the_same_whatever_the_process_default_template(report, monkeypatch):
+    """The dashboard's Streamlit sets plotly's default template to its own (placeholder colours its front end fills
+    in): a report exported there must not carry it."""
+    import plotly.io as pio
+
+    plain = to_html(report)
+    monkeypatch.setattr(pio.templates, "default", "plotly_dark")
+    assert to_html(report) == plain

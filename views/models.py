@@ -127,8 +127,7 @@ st.caption(f"Test moments (each user's last interaction) of {metrics['users']:,}
            f"full-catalog ranking with the user's own items left out, as `python -m model evaluate` scores.")
 
 st.subheader("One user's or query's list")
-user_ids = [str(u) for u in model_a.user_ids]
-user_id, query = audience_picker("models", user_ids, heading="Rankings for", from_link=linked,
+user_id, query = audience_picker("models", model_a.user_index, heading="Rankings for", from_link=linked,
                                  empty_query="Type a query to see both models' lists for it.")
 k = top_k_slider("Top k", "models_k", len(model_a.item_ids), low=5, high=30, default=10)
 remember("models_saved", WIDGETS)

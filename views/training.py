@@ -85,9 +85,9 @@ def waiting_page(model: Path, progress: dict, *, is_demo: bool) -> None:
 
     @st.fragment(run_every=REFRESH_S)
     def progress_panel() -> None:
-        if (model / "config.json").exists():
-            st.rerun()  # the whole page, now with the model
         now = read_progress(model) or progress
+        if (model / "config.json").exists() or preview(model, now) is not None:
+            st.rerun()  # the whole page, now with the model or its preview
         name = "The demo model" if is_demo else f"The model at `{model}`"
         st.info(f"{name} is being trained: {describe(now)}. This page turns into the dashboard when it is ready.",
                 icon=":material/model_training:")

@@ -46,6 +46,16 @@ def tiny_shop():
 
 
 @pytest.fixture(scope="session")
+def shop_data(tiny_shop, tmp_path_factory) -> Path:
+    """The tiny shop written as files, for the dashboard's data directory."""
+    from data.io import write_tables
+
+    data = tmp_path_factory.mktemp("shop-data")
+    write_tables(tiny_shop, data)
+    return data
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, tiny_encoder, tiny_shop) -> Path:
     """A checkpoint trained for two epochs on the tiny shop with the tiny encoder."""
     from model.train import TrainConfig, train

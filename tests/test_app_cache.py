@@ -3,18 +3,10 @@
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from data.io import write_tables
 from explain.cache import ExplanationCache
 from model.checkpoint import load
 
 APP = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "app.py")
-
-
-@pytest.fixture(scope="module")
-def shop_data(tiny_shop, tmp_path_factory):
-    data = tmp_path_factory.mktemp("shop-data")
-    write_tables(tiny_shop, data)
-    return data
 
 
 @pytest.fixture()

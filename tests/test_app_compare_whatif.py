@@ -5,18 +5,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from data.features import FEATURES
-from data.io import write_tables
 from model.checkpoint import load
 from model.whatif import edited_history, feature_ranges
 
 APP = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "app.py")
-
-
-@pytest.fixture(scope="module")
-def shop_data(tiny_shop, tmp_path_factory):
-    data = tmp_path_factory.mktemp("shop-data")
-    write_tables(tiny_shop, data)
-    return data
 
 
 @pytest.fixture()

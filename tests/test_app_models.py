@@ -7,20 +7,12 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from data.io import write_tables
 from model.checkpoint import CONFIG, load
 from model.comparison import compare_metrics, list_agreement, on_same_data, sample_users
 from model.train import TrainConfig, train
 from model.whatif import rank_changes, ranking
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-
-
-@pytest.fixture(scope="module")
-def shop_data(tiny_shop, tmp_path_factory):
-    data = tmp_path_factory.mktemp("shop-data")
-    write_tables(tiny_shop, data)
-    return data
 
 
 @pytest.fixture(scope="module")

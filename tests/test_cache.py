@@ -5,6 +5,7 @@ import dataclasses
 import inspect
 import json
 import multiprocessing
+import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -274,8 +275,12 @@ def _writer(directory: str, shared: dict, own: dict, text: str, rounds: int) -> 
 
 
 def _reader(directory: str, keys: list, rounds: int, outcomes) -> None:
-    """Read every key `rounds` times; report each refusal, then how many reads found a whole entry."""
+    """Once the first entry is in place, read every key `rounds` times; report each refusal, then how many reads
+    found a whole entry. (Waiting for it: spawned writers may start seconds after the readers on a busy machine.)"""
     cache = ExplanationCache(directory)
+    deadline = time.monotonic() + 240
+    while not cache.entry_path(keys[0]).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
     whole = 0
     for _ in range(rounds):
         for entry_key in keys:

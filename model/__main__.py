@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
                             "of it explained (the demo model; see the README for what it costs)")
     train.add_argument("--lexical-text", action="store_true",
                        help="add the bag-of-words channel beside the encoder (learns made-up names such as brands)")
+    train.add_argument("--batch-size", type=int, default=None,
+                       help="users per step, over all processes under torchrun (default: about 60 steps an epoch, "
+                            "16..128; GPUs take larger ones)")
     train.add_argument("--time-budget", type=float, default=0.0, help="seconds for stage 1 (0: no budget)")
     # Default None: TrainConfig's own default (torch is not imported for --help).
     train.add_argument("--patience", type=int, default=None,
@@ -65,9 +68,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args) -> int:
     from data.io import load_dataset
+    from model import distributed
+    from model.encoder import pick_device
     from model.train import TrainConfig, train
 
-    counts = {"epochs": args.epochs, "patience": args.patience, "behaviour_epochs": args.behaviour_epochs}
+    counts = {"epochs": args.epochs, "patience": args.patience, "behaviour_epochs": args.behaviour_epochs,
+              "batch_size": args.batch_size}
     for option, value in counts.items():
         if value is not None and value < 1:
             print(f"error: --{option.replace('_', '-')} {value} must be at least 1", file=sys.stderr)
@@ -75,13 +81,17 @@ def _train(args) -> int:
     dataset = load_dataset(args.data, format=args.format)
     config = TrainConfig(seed=args.seed, device=args.device, time_budget_s=args.time_budget,
                          **{option: value for option, value in counts.items() if value is not None})
-    metrics = train(dataset, args.out, model_overrides={"encoder_tuning": args.encoder_tuning, "dim": args.dim,
-                                                      "use_id_embedding": not args.no_id_embedding,
-                                                      "lexical_text": args.lexical_text},
-                    train_config=config, base_model=args.base_model, resume=args.resume,
-                    progress_file=args.progress_file)
+    # Under torchrun this process is one of several (model/distributed.py); alone, the group is a no-op.
+    with distributed.process_group(pick_device(args.device)):
+        metrics = train(dataset, args.out, model_overrides={"encoder_tuning": args.encoder_tuning, "dim": args.dim,
+                                                          "use_id_embedding": not args.no_id_embedding,
+                                                          "lexical_text": args.lexical_text},
+                        train_config=config, base_model=args.base_model, resume=args.resume,
+                        progress_file=args.progress_file)
     if metrics.get("interrupted"):
         return 130
+    if "rank" in metrics:  # a helping process under torchrun: process 0 reports
+        return 0
     valid = metrics["valid"]
     print(f"checkpoint {metrics['checkpoint_id']} in {args.out}: validation NDCG@10 {valid['NDCG@10']:.4f}, "
           f"HR@10 {valid['HR@10']:.4f}; trained in {metrics['train_seconds']:.0f} s")

@@ -43,22 +43,31 @@ def train_in_process(rank: int, world: int, port: int, dataset, out: Path, encod
         parameters = list(parameters)
         grads = out.parent / f"grads-{rank}.safetensors"
         if not grads.exists():
-            names = {id(p): name for name, p in net_of_step[0].named_parameters()} if net_of_step else {}
+            names = {id(p): name for name, p in net_of_step[0].named_parameters()}
             save_file({names[id(p)]: p.grad.contiguous() for p in parameters if p.grad is not None}, grads)
         return real_clip(parameters, *args, **kwargs)
 
-    net_of_step = []
+    net_of_step = []  # the network whose gradients the step takes (named for the record)
     real_wrap = distributed.wrap
 
     def recorded_wrap(module):
         net_of_step.append(module.net)
         return real_wrap(module)
 
-    checkpoint.save, torch.nn.utils.clip_grad_norm_, distributed.wrap = recorded_save, recorded_clip, recorded_wrap
+    real_totals = distributed.totals
+
+    def recorded_totals(values, device):  # each process's positions in the first step
+        first = out.parent / f"positions-{rank}"
+        if not first.exists():
+            first.write_text(str(values[1]))
+        return real_totals(values, device)
+
+    checkpoint.save, torch.nn.utils.clip_grad_norm_ = recorded_save, recorded_clip
+    distributed.wrap, distributed.totals = recorded_wrap, recorded_totals
     with distributed.process_group(torch.device("cpu")):
         metrics = train(dataset, out, model_overrides=options["model"], base_model=str(encoder), progress=False,
-                        train_config=TrainConfig(**options["train"]), resume=options.get("resume", False),
-                        progress_file=out.parent / "progress.json", log=lambda *_: None)
+                        train_config=TrainConfig(**options["train"]), progress_file=out.parent / "progress.json",
+                        log=lambda *_: None)
     (out.parent / f"metrics-{rank}.json").write_text(json.dumps(metrics, default=str))
 
 
@@ -86,7 +95,10 @@ def test_two_processes_take_the_step_one_process_takes(tiny_shop, tiny_encoder, 
     assert one["processes"] == 1 and two["processes"] == 2
     assert one["log"][0]["positions"] == two["log"][0]["positions"] > 0
     assert two["log"][0]["loss"] == pytest.approx(one["log"][0]["loss"], rel=1e-5)
-    # The gradients DDP averaged, weighted by each process's share of the positions, are the whole batch's.
+    # The gradients DDP averaged, weighted by each process's share of the positions, are the whole batch's. The two
+    # halves hold different numbers of positions, so a plain average of their mean losses' gradients would not be.
+    halves = [int(float((tmp_path / "two" / f"positions-{rank}").read_text())) for rank in (0, 1)]
+    assert sum(halves) == one["log"][0]["positions"] and halves[0] != halves[1]
     grads_one, grads_two = (load_file(tmp_path / "one" / "grads-0.safetensors"),
                             load_file(tmp_path / "two" / "grads-0.safetensors"))
     assert grads_one.keys() == grads_two.keys() and len(grads_one) > 5

@@ -83,6 +83,7 @@ def stage1_weights(out: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in load_file(out / WEIGHTS).items() if not k.startswith(("behaviour", "feature_"))}
 
 
+@pytest.mark.slow  # four processes start, one after another pair
 def test_two_processes_take_the_step_one_process_takes(tiny_shop, tiny_encoder, tmp_path):
     """One step over the whole batch of users: each process takes half of it and DDP averages the gradients,
     weighted so that the step is the one-process step. Without dropout or pseudo-query draws, which differ by
@@ -130,6 +131,7 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.slow  # two torchrun launches of two processes each
 def test_torchrun_trains_from_the_same_command_and_resumes(tiny_shop, tiny_encoder, tmp_path):
     from model.train import STATE
 

@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
                             "of it explained (the demo model; see the README for what it costs)")
     train.add_argument("--lexical-text", action="store_true",
                        help="add the bag-of-words channel beside the encoder (learns made-up names such as brands)")
+    train.add_argument("--batch-size", type=int, default=None,
+                       help="users per step, over all processes under torchrun (default: about 60 steps an epoch, "
+                            "16..128; GPUs take larger ones)")
     train.add_argument("--time-budget", type=float, default=0.0, help="seconds for stage 1 (0: no budget)")
     # Default None: TrainConfig's own default (torch is not imported for --help).
     train.add_argument("--patience", type=int, default=None,
@@ -96,9 +99,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args) -> int:
     from data.io import load_dataset
+    from model import distributed
+    from model.encoder import pick_device
     from model.train import TrainConfig, train
 
-    counts = {"epochs": args.epochs, "patience": args.patience, "behaviour_epochs": args.behaviour_epochs}
+    counts = {"epochs": args.epochs, "patience": args.patience, "behaviour_epochs": args.behaviour_epochs,
+              "batch_size": args.batch_size}
     for option, value in counts.items():
         if value is not None and value < 1:
             print(f"error: --{option.replace('_', '-')} {value} must be at least 1", file=sys.stderr)
@@ -116,16 +122,20 @@ def _train(args) -> int:
     dataset = load_dataset(args.data, format=args.format)
     config = TrainConfig(seed=args.seed, device=args.device, time_budget_s=args.time_budget,
                          **{option: value for option, value in counts.items() if value is not None})
-    metrics = train(dataset, args.out, model_overrides=None if args.base else overrides, train_config=config,
-                    base_model=args.base_model, resume=args.resume, progress_file=args.progress_file,
-                    preview=args.preview, preview_after_s=args.preview_after, backbone=args.base,
-                    scenario=args.scenario)
+    # Under torchrun this process is one of several (model/distributed.py); alone, the group is a no-op.
+    with distributed.process_group(pick_device(args.device)):
+        metrics = train(dataset, args.out, model_overrides=None if args.base else overrides, train_config=config,
+                        base_model=args.base_model, resume=args.resume, progress_file=args.progress_file,
+                        preview=args.preview, preview_after_s=args.preview_after, backbone=args.base,
+                        scenario=args.scenario)
     return _trained(metrics, args.out)
 
 
 def _trained(metrics: dict, out: Path) -> int:
     if metrics.get("interrupted"):
         return 130
+    if "rank" in metrics:  # a helping process under torchrun: process 0 reports
+        return 0
     valid = metrics["valid"]
     print(f"checkpoint {metrics['checkpoint_id']} in {out}: validation NDCG@10 {valid['NDCG@10']:.4f}, "
           f"HR@10 {valid['HR@10']:.4f}; trained in {metrics['train_seconds']:.0f} s "
@@ -135,6 +145,8 @@ def _trained(metrics: dict, out: Path) -> int:
 
 def _update(args) -> int:
     from data.io import load_dataset
+    from model import distributed
+    from model.encoder import pick_device
     from model.train import TrainConfig, train
 
     for option in ("epochs", "patience"):
@@ -143,7 +155,9 @@ def _update(args) -> int:
             return 2
     dataset = load_dataset(args.data, format=args.format)
     config = TrainConfig(seed=args.seed, device=args.device, epochs=args.epochs, patience=args.patience, lr=args.lr)
-    return _trained(train(dataset, args.out, train_config=config, parent=args.model), args.out)
+    with distributed.process_group(pick_device(args.device)):  # under torchrun too, as `train`
+        metrics = train(dataset, args.out, train_config=config, parent=args.model)
+    return _trained(metrics, args.out)
 
 
 def _evaluate(args) -> int:

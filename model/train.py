@@ -29,7 +29,7 @@ from data.features import FEATURES
 from data.quality import quality_report
 from data.schema import Dataset, item_texts
 from data.split import leave_last_out
-from model import checkpoint, scenarios
+from model import checkpoint, distributed, scenarios
 from model.encoder import TextEncoder, load_encoder, pick_device, resolve_encoder
 from model.errors import CheckpointError, ModelError
 from model.evaluate import evaluate_scorer, model_scorer
@@ -45,7 +45,9 @@ BEHAVIOUR_HEADS = 5  # stage 2 is cross-fitted over this many folds of the valid
 class TrainConfig:
     epochs: int = 30  # an upper bound: early stopping on validation NDCG@10 decides
     patience: int = 3  # epochs without improvement before stopping
-    batch_size: int = 0  # users per step (0: about 60 steps an epoch, 16..128); every history position counts
+    # Users per step, over all processes under torchrun (0: about 60 steps an epoch, 16..128); every history position
+    # counts. GPUs take larger batches well (bf16); a larger batch takes fewer steps an epoch.
+    batch_size: int = 0
     lr: float = 2e-3
     encoder_lr: float = 3e-5  # lora / full tuning only
     weight_decay: float = 0.01
@@ -179,14 +181,19 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
     parent: a checkpoint to bring up to date (warm start): stage 1 goes on from its weights, learning only from the
         moments after its data ends (earlier events are history), and `out` records it as its parent (lineage).
     Either way the encoder is the starting checkpoint's, frozen, and the model's shape is its.
+
+    Under torchrun (model.distributed) every process runs this; stage 1's steps are shared among them, and process 0
+    alone evaluates, logs, writes the checkpoint and the progress file, and fits stage 2.
     """
     config = train_config or TrainConfig()
+    if not distributed.is_main():
+        progress, log, progress_file = False, (lambda *_: None), None
     out = Path(out)
     started = time.perf_counter()
     report = ProgressFile(progress_file, config.epochs)
     report.update()
     torch.manual_seed(config.seed)
-    device = pick_device(config.device)
+    device = distributed.local_device(pick_device(config.device))
     quality_report(dataset).raise_if_blocking()
     split = leave_last_out(dataset, min_history=config.min_history)
     if split.valid.empty:
@@ -198,7 +205,8 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
     origin_config = _origin_config(origin, dataset, adapter=backbone is not None) if origin else None
     base = resolve_encoder(base_model) if origin is None else origin_config.get("base_encoder", "")
     state_path = out / STATE
-    resuming = resume and _resumable(out, log)
+    # Process 0 decides (and may remove a state it cannot resume from) before the others read anything.
+    resuming = distributed.broadcast(resume and _resumable(out, log) if distributed.is_main() else None)
     if resuming:  # a head trained on other behaviour features cannot go on learning on these
         checkpoint.check_features(out, checkpoint.read_config(out))
     # A tuned run resumes from the encoder its checkpoint shipped: the base weights with what the best epoch so far
@@ -231,10 +239,11 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
         text_embeddings = embed_items()
         query_embeddings = encoder.embed(queries, model_config.max_query_tokens)
     else:
-        text_embeddings = cached_embeddings(encoder, texts, model_config.max_item_tokens, cache_dir,
-                                            f"items-{encoder_tag}", progress, model_config.lexical_text)
-        query_embeddings = cached_embeddings(encoder, queries, model_config.max_query_tokens, cache_dir,
-                                             f"queries-{encoder_tag}", progress)
+        with distributed.main_first():  # process 0 fills the cache, the others read it
+            text_embeddings = cached_embeddings(encoder, texts, model_config.max_item_tokens, cache_dir,
+                                                f"items-{encoder_tag}", progress, model_config.lexical_text)
+            query_embeddings = cached_embeddings(encoder, queries, model_config.max_query_tokens, cache_dir,
+                                                 f"queries-{encoder_tag}", progress)
     net = RecommenderNet(model_config, _tuned(encoder, model_config)).to(device)
     backbone_ref = lineage = None
     since_ns = None  # an update learns from the moments after this one only
@@ -258,7 +267,7 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
     if len(valid) > config.eval_users:
         valid = valid.sample(config.eval_users, random_state=config.seed)
     log(f"{len(dataset.items)} items, {len(histories)} training users, {len(split.valid)} validation users "
-        f"({len(valid)} ranked per epoch), encoder {model_config.encoder_tuning} on {device}")
+        f"({len(valid)} ranked per epoch), encoder {model_config.encoder_tuning} on {device}{distributed.describe()}")
 
     history_log: list[dict] = []
     best = {"NDCG@10": -1.0, "epoch": 0}
@@ -276,6 +285,8 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
 
     optimizer = _optimizer(net, config)
     trainable = scenarios.trainable_parameters(net)
+    objective = distributed.wrap(_Stage1Objective(net))
+    world = distributed.world_size()
     train_config_dict = dataclasses.asdict(config)
 
     def save(metrics: dict) -> str:
@@ -294,58 +305,79 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
     best_encoder = _trainable_encoder_weights(net) if from_checkpoint else {}
     with _Interrupt() as interrupt:
         for epoch in range(start_epoch + 1, last_epoch + 1):
-            net.train()
+            objective.train()
             scenarios.set_merged(net, False)  # an adapter trains as LoRA layers, and is evaluated merged
-            order = rng.permutation(len(histories))
-            losses = []
-            steps = range(0, len(order), batch_size)
+            # Every process walks the same order (process 0's), each taking its share of every batch.
+            order = distributed.broadcast(rng.permutation(len(histories)) if distributed.is_main() else None)
+            losses, positions_done = [], 0
+            # Under several processes a last batch smaller than their number is left out (a few users, once).
+            steps = range(0, len(order) - world + 1, batch_size)
+            steps_started = time.perf_counter()
             for step, start in enumerate(tqdm(steps, desc=f"epoch {epoch}", unit="step", disable=not progress,
                                               leave=False)):
                 report.update(stage="stage 1", epoch=epoch, step=step, steps=len(steps), every=0.5)
-                batch = [histories[i] for i in order[start : start + batch_size]]
-                loss = _stage1_loss(net, batch, text_embeddings, query_embeddings, texts, config, device, rng,
-                                    since_ns=since_ns)
+                batch = distributed.shard([histories[i] for i in order[start : start + batch_size]])
+                loss = objective(batch, text_embeddings, query_embeddings, texts, config, device, rng, since_ns)
+                positions = _target_positions(batch, net.config.max_history, since_ns)
+                # The loss is a mean over this process's positions. Weighted by its share of the whole batch's, the
+                # gradients DDP averages are those of the whole batch's mean, as one process would compute them.
+                # The same sum says whether any process was asked to stop, so all stop after the same step.
+                loss_sum, all_positions, stop = distributed.totals(
+                    [loss.item() * positions, positions, interrupt.requested], device)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * (positions * world / all_positions)).backward()
                 nn.utils.clip_grad_norm_(net.parameters(), 5.0)
                 optimizer.step()
-                losses.append(loss.item())
-                if interrupt.requested:
+                losses.append(loss_sum / all_positions)
+                positions_done += all_positions
+                if stop:
+                    interrupt.requested = True
                     break
+            steps_seconds = time.perf_counter() - steps_started
             if _tuning(net) and not interrupt.requested:
                 text_embeddings = embed_items()
                 recommender.text_embeddings = text_embeddings.to(device)
-            net.eval()
-            scenarios.set_merged(net, True)
-            recommender.refresh_item_vectors()
-            metrics = evaluate_scorer(model_scorer(recommender, with_behaviour=False), recommender, valid)
-            entry = {"epoch": epoch, "loss": float(np.mean(losses)), "valid_NDCG@10": metrics["NDCG@10"],
-                     "valid_HR@10": metrics["HR@10"], "seconds": time.perf_counter() - started}
-            history_log.append(entry)
-            log(f"epoch {epoch}: loss {entry['loss']:.4f}, validation NDCG@10 {metrics['NDCG@10']:.4f} "
-                f"HR@10 {metrics['HR@10']:.4f} ({entry['seconds']:.0f} s)")
-            if metrics["NDCG@10"] > best["NDCG@10"]:
-                best = {"NDCG@10": metrics["NDCG@10"], "epoch": epoch, "HR@10": metrics["HR@10"]}
-                best_encoder = _trainable_encoder_weights(net)
-                stale = 0
-                save({"stage": 1, "valid": metrics, "log": history_log})
-            else:
-                stale += 1
-            state_path.write_text(json.dumps({"best": best, "log": history_log}))
-            report.update(stage="stage 1", epoch=epoch + 1, step=0, best_epoch=best["epoch"],
-                          valid_ndcg=best["NDCG@10"])
-            over_budget = config.time_budget_s and time.perf_counter() - stage1_started > config.time_budget_s
-            if not previewed and time.perf_counter() - stage1_started >= preview_after_s:
-                write_preview()
-                previewed = True
-            if stale >= config.patience or interrupt.requested or over_budget:
+            decision = None
+            if distributed.is_main():  # the others wait for its decision
+                net.eval()
+                scenarios.set_merged(net, True)
+                recommender.refresh_item_vectors()
+                metrics = evaluate_scorer(model_scorer(recommender, with_behaviour=False), recommender, valid)
+                entry = {"epoch": epoch, "loss": float(np.mean(losses)), "valid_NDCG@10": metrics["NDCG@10"],
+                         "valid_HR@10": metrics["HR@10"], "seconds": time.perf_counter() - started,
+                         "steps_seconds": steps_seconds, "positions": int(positions_done), "processes": world}
+                history_log.append(entry)
+                log(f"epoch {epoch}: loss {entry['loss']:.4f}, validation NDCG@10 {metrics['NDCG@10']:.4f} "
+                    f"HR@10 {metrics['HR@10']:.4f} ({entry['seconds']:.0f} s)")
+                if metrics["NDCG@10"] > best["NDCG@10"]:
+                    best = {"NDCG@10": metrics["NDCG@10"], "epoch": epoch, "HR@10": metrics["HR@10"]}
+                    best_encoder = _trainable_encoder_weights(net)
+                    stale = 0
+                    save({"stage": 1, "valid": metrics, "log": history_log})
+                else:
+                    stale += 1
+                state_path.write_text(json.dumps({"best": best, "log": history_log}))
+                report.update(stage="stage 1", epoch=epoch + 1, step=0, best_epoch=best["epoch"],
+                              valid_ndcg=best["NDCG@10"])
+                over_budget = config.time_budget_s and time.perf_counter() - stage1_started > config.time_budget_s
+                if not previewed and time.perf_counter() - stage1_started >= preview_after_s:
+                    write_preview()
+                    previewed = True
                 if interrupt.requested:
                     log("interrupted: the best checkpoint so far is kept")
                 elif over_budget:
                     log(f"time budget of {config.time_budget_s:.0f} s reached")
+                decision = {"stop": bool(stale >= config.patience or interrupt.requested or over_budget),
+                            "interrupted": interrupt.requested}
+            decision = distributed.broadcast(decision)
+            if decision["stop"]:
+                interrupt.requested = decision["interrupted"]
                 break
         if interrupt.requested:  # the progress file stays as it was: a reader sees its writer is gone
             return {"interrupted": True, "best": best}
+    del objective  # stage 1's gradients were the last to go through DDP
+    if not distributed.is_main():  # stage 2 is process 0's alone (it fits small heads on held-out moments)
+        return {"stage": 1, "rank": distributed.rank(), "processes": world}
     if not previewed and best["epoch"]:  # stage 1 ended before the preview was due
         write_preview()
 
@@ -383,6 +415,7 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
         "stage2_seconds": time.perf_counter() - stage2_started,
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "processes": world,
         "encoder_tuning": model_config.encoder_tuning,
         "data_fingerprint": dataset.meta.fingerprint,
         "trainable_parameters": trainable,
@@ -485,6 +518,25 @@ def _optimizer(net: RecommenderNet, config: TrainConfig) -> torch.optim.Optimize
     if encoder_params:
         groups.append({"params": encoder_params, "lr": config.encoder_lr})
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+
+
+class _Stage1Objective(nn.Module):
+    """Stage 1's loss as a module's forward: DistributedDataParallel averages the gradients of what forward ran."""
+
+    def __init__(self, net: RecommenderNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, batch, *args) -> torch.Tensor:
+        return _stage1_loss(self.net, batch, *args)
+
+
+def _target_positions(batch, max_history: int, since_ns: int | None) -> int:
+    """How many targets `training_tensors` gives `batch` (the last `max_history` transitions of each history, those
+    at or after `since_ns` if given): what `_stage1_loss` averages over."""
+    if since_ns is None:
+        return sum(min(len(h) - 1, max_history) for h in batch)
+    return sum(int((h.first_touch[len(h) - min(len(h) - 1, max_history):] >= since_ns).sum()) for h in batch)
 
 
 def _stage1_loss(net: RecommenderNet, batch, text_embeddings: torch.Tensor, query_embeddings: torch.Tensor,

@@ -64,3 +64,28 @@ def test_lora_training_on_cuda(tiny_shop, tiny_encoder, tmp_path):
                     train_config=TrainConfig(epochs=3, batch_size=16, device="cuda"))
     assert metrics["device"].startswith("cuda") and metrics["encoder_tuning"] == "lora"
     assert load(out, device="cuda").recommend(query="wool sock", k=3)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices (NCCL takes one per process)")
+def test_torchrun_on_two_gpus_with_nccl(tiny_shop, tiny_encoder, tmp_path):
+    """Two processes, one GPU each, NCCL, bf16 autocast and a large batch: the checkpoint loads and ranks."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from data.io import write_tables
+
+    write_tables(tiny_shop, tmp_path / "shop")
+    out = tmp_path / "model"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "model",
+               "train", "--data", str(tmp_path / "shop"), "--out", str(out), "--base-model", str(tiny_encoder),
+               "--dim", "16", "--epochs", "2", "--batch-size", "512", "--behaviour-epochs", "1", "--device", "cuda"]
+    done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                          timeout=600, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 processes (nccl)" in done.stdout
+    metrics = json.loads((out / "config.json").read_text())["metrics"]
+    assert metrics["processes"] == 2 and metrics["device"] == "cuda:0"
+    assert load(out, device="cuda").recommend(query="wool sock", k=3)

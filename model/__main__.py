@@ -12,6 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from data.cli import run
 from data.io import FORMATS
+from model.quantize import DEFAULT_QUANTIZE, QUANTIZE
 from model.recommender import ENCODER_TUNINGS
 
 
@@ -51,12 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--data", type=Path, help="dataset (default: the data stored with the model)")
     evaluate.add_argument("--format", choices=FORMATS, default="auto")
     evaluate.add_argument("--json", type=Path)
+    evaluate.add_argument("--quantize", choices=QUANTIZE, default="none",
+                          help="int8: re-encode the catalog (and queries) with the int8 encoder and evaluate that "
+                               "(a CPU path; auto: int8 on the CPU); none: the checkpoint's float embeddings")
 
     recommend = commands.add_parser("recommend", help="print the top-k for a user or a query")
     recommend.add_argument("--model", required=True, type=Path)
     recommend.add_argument("--user")
     recommend.add_argument("--query")
     recommend.add_argument("--k", type=int, default=10)
+    recommend.add_argument("--quantize", choices=QUANTIZE, default=DEFAULT_QUANTIZE,
+                           help="how the query is encoded: int8 (CPU), none (float) or auto (int8 on the CPU, "
+                                "float on CUDA); the default is the dashboard's")
 
     args = parser.parse_args(argv)
     return run({"train": _train, "evaluate": _evaluate, "recommend": _recommend}, args,
@@ -92,8 +99,11 @@ def _evaluate(args) -> int:
     from model.checkpoint import load
     from model.evaluate import evaluate_model
 
-    recommender = load(args.model, data=args.data)
+    recommender = load(args.model, data=args.data, quantize=args.quantize)
+    if recommender.quantization == "int8":
+        recommender = recommender.reencoded(progress=True)
     report = evaluate_model(recommender, progress=True)
+    report["quantization"] = recommender.quantization
     print(json.dumps(report["summary"], indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -106,7 +116,7 @@ def _evaluate(args) -> int:
 def _recommend(args) -> int:
     from model.checkpoint import load
 
-    recommender = load(args.model)
+    recommender = load(args.model, quantize=args.quantize)
     ranked = recommender.recommend(user_id=args.user, query=args.query, k=args.k)
     for note in ranked.notes:
         print(f"note: {note}")

@@ -19,6 +19,7 @@ from data.features import FEATURE_NAMES, FEATURES_VERSION
 from data.schema import Dataset, make_dataset
 from model.encoder import TextEncoder, load_encoder, pick_device
 from model.errors import CheckpointError
+from model.quantize import int8_encoder, resolve_quantize
 from model.recommender import RecommenderConfig, RecommenderNet
 
 FORMAT = "whyrec-checkpoint"
@@ -144,10 +145,14 @@ def check_features(directory: Path, config: dict) -> None:
         )
 
 
-def load(directory: str | Path, data: str | Path | None = None, *, device: str = "auto", check: bool = True):
+def load(directory: str | Path, data: str | Path | None = None, *, device: str = "auto", check: bool = True,
+         quantize: str = "none"):
     """Rebuild the `Recommender` from a checkpoint directory; `data` serves other events for the same items.
 
     device: "auto" (CUDA when present, else the CPU), "cpu" or "cuda".
+    quantize: "none" (the float encoder everywhere), "int8" (queries and catalog re-encoding by the int8 encoder
+    that model.quantize derives from this checkpoint's, a CPU path) or "auto" (int8 on the CPU, none on CUDA).
+    The checkpoint itself is never changed.
     """
     from model.serving import Recommender
 
@@ -183,8 +188,12 @@ def load(directory: str | Path, data: str | Path | None = None, *, device: str =
     if vectors.ndim != 2 or vectors.shape[1] != net.item_text_width:
         raise CheckpointError(f"{directory / VECTORS}: item text embeddings of width {tuple(vectors.shape[1:])}, "
                               f"the model reads {net.item_text_width}")
+    serving_device = pick_device(device)
+    text_encoder = None
+    if resolve_quantize(quantize, serving_device) == "int8":
+        text_encoder = int8_encoder(net.encoder)
     return Recommender(net, dataset, vectors, checkpoint_id=config["checkpoint_id"], metadata=config,
-                       device=str(pick_device(device)))
+                       device=str(serving_device), text_encoder=text_encoder)
 
 
 def _dataset(directory: Path, config: dict, data) -> Dataset:

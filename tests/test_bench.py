@@ -36,3 +36,27 @@ def test_explain_bench_reports_an_item_shap_could_not_compare(tiny_model, tmp_pa
     assert all(a["loo_deletion_top3_drop"] is not None and a["loo_seconds"] > 0 for a in result["agreement"])
     assert all(a["loo_aopc_comprehensiveness"] is not None for a in result["agreement"])
     assert summary["leave_one_out_seconds_median"] > 0
+
+
+def test_realtime_bench_runs_and_compares_every_encoder(tiny_model, tmp_path):
+    """bench.realtime end to end on the tiny model (as both models): every encoder measured, the verdict says which."""
+    from bench import realtime
+
+    out = tmp_path / "realtime.json"
+    assert realtime.main(["--demo-model", str(tiny_model), "--amazon-model", str(tiny_model), "--queries", "6",
+                          "--rounds", "1", "--users", "2", "--max-users", "20", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    demo = result["models"]["demo"]
+    encoders = (realtime.FLOAT, realtime.TORCH_INT8, realtime.ORT_INT8)
+    assert set(demo["query_encoding"]) == set(encoders)
+    assert demo["query_encoding"][realtime.FLOAT]["speedup_vs_float32"] == 1.0
+    agreement = demo["catalog_encoding"]["agreement"]
+    assert agreement["float32 re-encoded vs the checkpoint's embeddings"]["min"] > 0.9999
+    assert agreement[realtime.ORT_INT8]["item_embeddings_cosine"]["min"] > 0.99
+    for name in encoders[1:]:
+        assert 0.0 <= demo["query_rankings"][name]["top10_overlap_mean"] <= 1.0
+        assert demo["test_ndcg"][name]["users"] == demo["test_ndcg"][realtime.FLOAT]["users"] == 20
+    assert demo["word_deletion"]["users"] == 2
+    assert set(result["verdict"]) == set(encoders[1:])
+    # The second model read the ONNX graph derived for the first (the same encoder): from the cache.
+    assert "derive_cached_s" in result["models"]["amazon_scientific"]["derive"][realtime.ORT_INT8]

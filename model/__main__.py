@@ -65,8 +65,12 @@ def main(argv: list[str] | None = None) -> int:
                            help="how the query is encoded: int8 (CPU), none (float) or auto (int8 on the CPU, "
                                 "float on CUDA); the default is the dashboard's")
 
+    quantize = commands.add_parser("quantize", help="derive the int8 encoder of a checkpoint now (it is kept in "
+                                   "the encoder cache, so that the dashboard's first load does not derive it)")
+    quantize.add_argument("--model", required=True, type=Path)
+
     args = parser.parse_args(argv)
-    return run({"train": _train, "evaluate": _evaluate, "recommend": _recommend}, args,
+    return run({"train": _train, "evaluate": _evaluate, "recommend": _recommend, "quantize": _quantize}, args,
                on_interrupt="interrupted: the last good checkpoint is kept")
 
 
@@ -122,6 +126,15 @@ def _recommend(args) -> int:
         print(f"note: {note}")
     for item in ranked:
         print(f"{item.rank:>3}  {item.score:8.3f}  {item.item_id:<12} {item.title[:70]}")
+    return 0
+
+
+def _quantize(args) -> int:
+    from model.checkpoint import load
+
+    recommender = load(args.model, quantize="int8")
+    transformer = recommender.text_encoder.transformer
+    print(f"int8 encoder of {recommender.checkpoint_id}: {transformer.graph} (sha256 {transformer.checksum[:16]}…)")
     return 0
 
 

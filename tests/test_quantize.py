@@ -167,3 +167,16 @@ def test_real_encoder_int8_agrees_with_float(tmp_path):
     assert cosines(*queries).min() > 0.98
     top = [(q @ c.T).topk(3, dim=1).indices for q, c in ((queries[0], exact), (queries[1], quantised))]
     assert (top[0][:, 0] == top[1][:, 0]).all()
+
+
+def test_command_line_derives_and_serves_int8(tiny_model, capsys):
+    from model.__main__ import main
+
+    assert main(["quantize", "--model", str(tiny_model)]) == 0
+    assert "int8 encoder of" in capsys.readouterr().out
+    assert main(["recommend", "--model", str(tiny_model), "--query", "wool sock", "--k", "3",
+                 "--quantize", "int8"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 3
+    with pytest.raises(SystemExit) as refused:
+        main(["recommend", "--model", str(tiny_model), "--query", "wool sock", "--quantize", "int4"])
+    assert refused.value.code == 2

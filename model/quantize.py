@@ -67,7 +67,7 @@ class Int8Transformer(nn.Module):
     """A Hugging Face encoder's call (input ids or input embeddings, attention mask -> last hidden state) answered
     by an int8 ONNX Runtime session. The word-embedding table is the float model's own (shared, not copied)."""
 
-    def __init__(self, transformer: nn.Module, graph: Path, checksum: str) -> None:
+    def __init__(self, transformer: nn.Module, graph_bytes: bytes, graph: Path, checksum: str) -> None:
         super().__init__()
         import onnxruntime
 
@@ -80,7 +80,8 @@ class Int8Transformer(nn.Module):
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        # From the bytes whose checksum was verified, not the path: another process may replace the file.
+        self.session = onnxruntime.InferenceSession(graph_bytes, options, providers=["CPUExecutionProvider"])
 
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings
@@ -109,10 +110,11 @@ def int8_encoder(encoder: TextEncoder, cache_dir: str | os.PathLike | None = Non
     key = _graph_key(transformer)
     graph, meta = cache / f"{key}.int8.onnx", cache / f"{key}.json"
     with _BUILDING:
-        checksum = _cached_checksum(graph, meta)
-        if checksum is None:
-            checksum = _derive(transformer, encoder.max_positions, graph, meta)
-    return TextEncoder(Int8Transformer(transformer, graph, checksum), encoder.tokenizer)
+        graph_bytes = _cached_graph(graph, meta)
+        if graph_bytes is None:
+            graph_bytes = _derive(transformer, encoder.max_positions, graph, meta)
+    checksum = hashlib.sha256(graph_bytes).hexdigest()
+    return TextEncoder(Int8Transformer(transformer, graph_bytes, graph, checksum), encoder.tokenizer)
 
 
 def _versions() -> dict:
@@ -130,24 +132,17 @@ def _graph_key(transformer: nn.Module) -> str:
     return digest.hexdigest()[:20]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _cached_checksum(graph: Path, meta: Path) -> str | None:
-    """The graph's checksum when the cached graph is there and whole; None when it must be derived."""
+def _cached_graph(graph: Path, meta: Path) -> bytes | None:
+    """The cached graph when it is there and matches its recorded checksum; None when it must be derived."""
     try:
         expected = json.loads(meta.read_text())["sha256"]
-        return expected if _sha256(graph) == expected else None
+        graph_bytes = graph.read_bytes()
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return graph_bytes if hashlib.sha256(graph_bytes).hexdigest() == expected else None
 
 
-def _derive(transformer: nn.Module, max_positions: int, graph: Path, meta: Path) -> str:
+def _derive(transformer: nn.Module, max_positions: int, graph: Path, meta: Path) -> bytes:
     """Export the transformer from input embeddings, quantise it, and put graph and checksum in place."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -163,12 +158,13 @@ def _derive(transformer: nn.Module, max_positions: int, graph: Path, meta: Path)
             quantize_dynamic(float_graph, int8_graph, weight_type=QuantType.QInt8, per_channel=True)
         finally:
             quiet.setLevel(level)
-        checksum = _sha256(int8_graph)
+        graph_bytes = int8_graph.read_bytes()
+        checksum = hashlib.sha256(graph_bytes).hexdigest()
         os.replace(int8_graph, graph)  # atomic: another process reads the old graph or the new one, whole
     staged = meta.with_name(f".{meta.name}.{os.getpid()}.{threading.get_ident()}")
     staged.write_text(json.dumps({"sha256": checksum, **_versions()}, indent=2))
     os.replace(staged, meta)
-    return checksum
+    return graph_bytes
 
 
 class _FromEmbeddings(nn.Module):

@@ -53,7 +53,9 @@ $(DEMO)/model/config.json: $(DEMO)/.training-inputs | $(STAMP)
 	rm -rf $(DEMO)/model $(PREVIEW) && mv $(TRAINING) $(DEMO)/model
 
 # The Insights page's default sample, computed once beside the model so that the page's first visit is instant.
+# The int8 query encoder (model.quantize) is derived here too, into the encoder cache, for the same reason.
 $(DEMO)/model/insights.json: $(DEMO)/model/config.json explain/insights.py | $(STAMP)
+	$(PY) -m model quantize --model $(DEMO)/model
 	$(PY) -m explain insights --model $(DEMO)/model --data $(DEMO)/data --out $@
 
 # The explanations of the users the dashboard opens on and a seeded sample, each one's top 10, computed once into
@@ -104,6 +106,7 @@ bench: $(DEV_STAMP) demo
 	$(PY) -m bench.quality
 	$(PY) -m bench.explain --model $(DEMO)/model
 	$(PY) -m bench.explain_truth --model $(DEMO)/model --data $(DEMO)/data
+	$(PY) -m bench.realtime --demo-model $(DEMO)/model
 
 clean:
 	rm -rf $(DEMO) .pytest_cache test-artifacts

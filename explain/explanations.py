@@ -137,8 +137,9 @@ def explained_context(recommender, user_id, query, history, feature_overrides=No
         at = at.tz_localize("UTC") if at.tzinfo is None else at.tz_convert("UTC")
     try:
         with TOKENIZING:
+            # Exact: the float encoder, which the gradients walk through, encodes the query (model.quantize).
             return recommender.context(user_id, query, history=history, feature_overrides=feature_overrides,
-                                       at=at)
+                                       at=at, exact=True)
     except WhyRecError as exc:
         raise ExplanationError(f"cannot explain for this context: {exc}") from exc
 

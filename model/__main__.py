@@ -12,6 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from data.cli import run
 from data.io import FORMATS
+from model.quantize import DEFAULT_QUANTIZE, QUANTIZE
 from model.recommender import ENCODER_TUNINGS
 
 # The model-shape options' defaults: a scenario adapter takes its shape from its backbone, so with --base any other
@@ -85,15 +86,26 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--until", default=None, help="score only the test moments before this time")
     evaluate.add_argument("--base", type=Path, default=None,
                           help="for a scenario adapter: its backbone's directory, if it has moved")
+    evaluate.add_argument("--quantize", choices=QUANTIZE, default="none",
+                          help="int8: re-encode the catalog (and queries) with the int8 encoder and evaluate that "
+                               "(a CPU path; auto: int8 on the CPU); none: the checkpoint's float embeddings")
 
     recommend = commands.add_parser("recommend", help="print the top-k for a user or a query")
     recommend.add_argument("--model", required=True, type=Path)
     recommend.add_argument("--user")
     recommend.add_argument("--query")
     recommend.add_argument("--k", type=int, default=10)
+    recommend.add_argument("--quantize", choices=QUANTIZE, default=DEFAULT_QUANTIZE,
+                           help="how the query is encoded: int8 (CPU), none (float) or auto (int8 on the CPU, "
+                                "float on CUDA); the default is the dashboard's")
+
+    quantize = commands.add_parser("quantize", help="derive the int8 encoder of a checkpoint now (it is kept in "
+                                   "the encoder cache, so that the dashboard's first load does not derive it)")
+    quantize.add_argument("--model", required=True, type=Path)
 
     args = parser.parse_args(argv)
-    return run({"train": _train, "update": _update, "evaluate": _evaluate, "recommend": _recommend}, args,
+    return run({"train": _train, "update": _update, "evaluate": _evaluate, "recommend": _recommend,
+                "quantize": _quantize}, args,
                on_interrupt="interrupted: the last good checkpoint is kept")
 
 
@@ -164,8 +176,11 @@ def _evaluate(args) -> int:
     from model.checkpoint import load
     from model.evaluate import evaluate_model
 
-    recommender = load(args.model, data=args.data, backbone=args.base)
+    recommender = load(args.model, data=args.data, backbone=args.base, quantize=args.quantize)
+    if recommender.quantization == "int8":
+        recommender = recommender.reencoded(progress=True)
     report = evaluate_model(recommender, progress=True, since=args.since, until=args.until)
+    report["quantization"] = recommender.quantization
     print(json.dumps(report["summary"], indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -178,12 +193,21 @@ def _evaluate(args) -> int:
 def _recommend(args) -> int:
     from model.checkpoint import load
 
-    recommender = load(args.model)
+    recommender = load(args.model, quantize=args.quantize)
     ranked = recommender.recommend(user_id=args.user, query=args.query, k=args.k)
     for note in ranked.notes:
         print(f"note: {note}")
     for item in ranked:
         print(f"{item.rank:>3}  {item.score:8.3f}  {item.item_id:<12} {item.title[:70]}")
+    return 0
+
+
+def _quantize(args) -> int:
+    from model.checkpoint import load
+
+    recommender = load(args.model, quantize="int8")
+    transformer = recommender.text_encoder.transformer
+    print(f"int8 encoder of {recommender.checkpoint_id}: {transformer.graph} (sha256 {transformer.checksum[:16]}…)")
     return 0
 
 

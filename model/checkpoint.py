@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -20,6 +21,7 @@ from data.schema import Dataset, make_dataset
 from model import scenarios
 from model.encoder import TextEncoder, load_encoder, pick_device
 from model.errors import CheckpointError, ModelError
+from model.quantize import int8_encoder, resolve_quantize
 from model.recommender import RecommenderConfig, RecommenderNet
 from model.retrieval import RetrievalConfig
 
@@ -175,13 +177,17 @@ def check_features(directory: Path, config: dict) -> None:
 
 
 def load(directory: str | Path, data: str | Path | None = None, *, device: str = "auto", check: bool = True,
-         retrieval: RetrievalConfig | None = None, backbone: str | Path | None = None):
+         retrieval: RetrievalConfig | None = None, backbone: str | Path | None = None,
+         quantize: str = "none"):
     """Rebuild the `Recommender` from a checkpoint directory; `data` serves other events for the same items.
 
     device: "auto" (CUDA when present, else the CPU), "cpu" or "cuda". `retrieval`: how large catalogs are ranked
     (default: config.json's optional "retrieval" section, else RetrievalConfig's defaults).
     A scenario adapter is read over its backbone: the directory it names, or `backbone` if given; a backbone other
     than the one it was trained on is refused. What comes back is a plain Recommender either way.
+    quantize: "none" (the float encoder everywhere), "int8" (queries and catalog re-encoding by the int8 encoder
+    that model.quantize derives from this checkpoint's, a CPU path) or "auto" (int8 on the CPU, none on CUDA).
+    The checkpoint itself is never changed.
     """
     from model.serving import Recommender
 
@@ -238,8 +244,12 @@ def load(directory: str | Path, data: str | Path | None = None, *, device: str =
     if vectors.ndim != 2 or vectors.shape[1] != net.item_text_width:
         raise CheckpointError(f"{directory / VECTORS}: item text embeddings of width {tuple(vectors.shape[1:])}, "
                               f"the model reads {net.item_text_width}")
+    serving_device = pick_device(device)
+    text_encoder = None
+    if resolve_quantize(quantize, serving_device) == "int8":  # derived (or read from its cache) at the first query
+        text_encoder = functools.partial(int8_encoder, net.encoder)
     return Recommender(net, dataset, vectors, checkpoint_id=config["checkpoint_id"], metadata=config,
-                       device=str(pick_device(device)), retrieval=retrieval)
+                       device=str(serving_device), retrieval=retrieval, text_encoder=text_encoder)
 
 
 def backbone_reference(directory: str | Path) -> dict:

@@ -26,7 +26,7 @@ def on_same_data(a, b):
     if b.dataset is a.dataset:
         return b
     return Recommender(b.net, a.dataset, b.text_embeddings, checkpoint_id=b.checkpoint_id, metadata=b.metadata,
-                       device=str(b.device))
+                       device=str(b.device), retrieval=b.retrieval, text_encoder=b._text_encoder)
 
 
 def compare_metrics(a, b, *, max_users: int | None = 500, stage: str = "test") -> dict:

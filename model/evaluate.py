@@ -212,7 +212,8 @@ def evaluate_model(recommender, dataset=None, *, stage: str = "test", progress: 
                              f"({len(dataset.item_ids)} vs {len(recommender.item_ids)} items); retrain on it")
         recommender = Recommender(recommender.net, dataset, recommender.text_embeddings,
                                   checkpoint_id=recommender.checkpoint_id, metadata=recommender.metadata,
-                                  device=str(recommender.device))
+                                  device=str(recommender.device), retrieval=recommender.retrieval,
+                                  text_encoder=recommender._text_encoder)
     dataset = recommender.dataset
     min_history = int(recommender.metadata.get("train", {}).get("min_history", 3))
     started = time.perf_counter()

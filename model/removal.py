@@ -86,8 +86,8 @@ class HistoryRemoval:
                             + recommender.item_id_vectors[self.item_position])  # (D,) as score_parts reads it
         self.bias = float(recommender.item_bias_values[self.item_position])
         self.query_vector = torch.zeros(net.config.dim, device=device)
-        if context.query is not None:
-            self.query_vector = recommender._query_vector(context.query)[0]
+        if context.query_vector is not None:  # as the context encoded it (int8 or float: see Recommender.context)
+            self.query_vector = context.query_vector
 
     def __len__(self) -> int:
         return len(self.players)

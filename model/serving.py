@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,7 +14,9 @@ import torch
 from data.features import FEATURES, FeatureStore
 from data.schema import Dataset
 from data.user_index import UserIndex
+from model.encoder import TextEncoder
 from model.errors import ModelError
+from model.quantize import Int8Transformer
 from model.recommender import RecommenderNet
 from model.retrieval import ItemGroups, RetrievalConfig, VectorIndex, top_k
 from model.sequences import HistoryStore, UserHistory, empty_history, history_from_events, serving_tensors
@@ -60,6 +63,7 @@ class Context:
     mode: str
     notes: tuple[str, ...]
     feature_overrides: tuple[tuple[str, float], ...] = ()  # (feature, value) set by hand for every item (what-if)
+    query_vector: torch.Tensor | None = None  # (D,) the query's part of `vector` before scaling, as it was encoded
 
 
 class Recommender:
@@ -67,10 +71,16 @@ class Recommender:
 
     def __init__(self, net: RecommenderNet, dataset: Dataset, text_embeddings: torch.Tensor, *,
                  checkpoint_id: str = "untrained", metadata: dict | None = None, device: str | None = None,
-                 retrieval: RetrievalConfig | None = None) -> None:
+                 retrieval: RetrievalConfig | None = None,
+                 text_encoder: TextEncoder | Callable[[], TextEncoder] | None = None) -> None:
         # Where the net lives (default: where it already is); every tensor it reads is put there too.
         self.device = torch.device(device) if device is not None else next(net.parameters()).device
         self.net = net.to(self.device).eval()
+        # The encoder of the paths without gradients (queries, the catalog): the net's own, or its int8 twin
+        # (model.quantize), which may be given as a function that derives it on first use (a user's ranking never
+        # encodes anything: a page need not wait for it). Explanations by gradient always read self.net.encoder.
+        self._text_encoder = text_encoder if text_encoder is not None else self.net.encoder
+        self._text_encoder_lock = threading.Lock()
         self.dataset = dataset
         self.items = dataset.items
         self.text_embeddings = text_embeddings.to(self.device)  # (N, net.item_text_width) item text embeddings
@@ -148,11 +158,13 @@ class Recommender:
 
     def context(self, user_id: str | None = None, query: str | None = None, *,
                 history: pd.DataFrame | None = None, at: pd.Timestamp | None = None,
-                feature_overrides: dict[str, float] | None = None) -> Context:
+                feature_overrides: dict[str, float] | None = None, exact: bool = False) -> Context:
         """The context vector for a user (optionally with an edited `history`), a query, or both.
 
         `feature_overrides` ({feature name: value}, see model.whatif) sets behaviour features to one value for
-        every item this context scores; values outside a feature's observed range are refused.
+        every item this context scores; values outside a feature's observed range are refused. `exact` encodes
+        the query with the float encoder whatever encoder serves the rankings: what explanations by gradient
+        read, so that their parts add up to the score they explain.
         """
         notes: list[str] = []
         overrides = checked_overrides(self, feature_overrides)
@@ -182,9 +194,9 @@ class Recommender:
                 vector = vector + self._user_state(tensors)[0]
         elif user_id is not None or history is not None:
             notes.append("this user has no history yet: ranking by " + ("the query" if query else "popularity"))
-        truncated = False
+        truncated, query_vector = False, None
         if query is not None:
-            query_vector, truncated = self._query_vector(query)
+            query_vector, truncated = self._query_vector(query, self.net.encoder if exact else self.text_encoder)
             vector = vector + query_vector
             if truncated:
                 notes.append(f"the query was cut to the encoder's limit of {self.config.max_query_tokens} tokens")
@@ -193,7 +205,8 @@ class Recommender:
             vector = self.net.scaled_context(vector)
         if overrides:
             notes.append(overrides_note(overrides))
-        return Context(vector, user_id, user_history, moment, query, truncated, mode, tuple(notes), overrides)
+        return Context(vector, user_id, user_history, moment, query, truncated, mode, tuple(notes), overrides,
+                       query_vector)
 
     def _user_state(self, tensors: dict) -> torch.Tensor:
         items = tensors["items"]
@@ -203,8 +216,38 @@ class Recommender:
         states = self.net.user_states(vectors, tensors["event_codes"], tensors["gap_codes"], tensors["now_codes"])
         return self.net.last_state(states, tensors["lengths"])  # (B, D)
 
-    def _query_vector(self, query: str) -> tuple[torch.Tensor, bool]:
-        encoder = self.net.encoder
+    @property
+    def text_encoder(self) -> TextEncoder:
+        if not isinstance(self._text_encoder, TextEncoder):
+            with self._text_encoder_lock:  # one derivation, however many requests ask at once
+                if not isinstance(self._text_encoder, TextEncoder):
+                    self._text_encoder = self._text_encoder()
+        return self._text_encoder
+
+    @property
+    def quantization(self) -> str:
+        """How queries and the catalog are encoded here: "int8" or "none" (the float encoder). An int8 encoder
+        not derived yet counts as int8: it is what the next query will be encoded with."""
+        if not isinstance(self._text_encoder, TextEncoder):
+            return "int8"
+        return "int8" if isinstance(self._text_encoder.transformer, Int8Transformer) else "none"
+
+    def encode_catalog(self, progress: bool = False) -> torch.Tensor:
+        """(N, net.item_text_width) the catalog's text embeddings encoded again by the serving encoder, as the
+        checkpoint's cached ones were by the float encoder (a catalog whose texts changed, or a check of int8)."""
+        from data.schema import item_texts
+
+        return self.text_encoder.embed(item_texts(self.dataset), self.config.max_item_tokens, progress=progress,
+                                       lexical=self.config.lexical_text)
+
+    def reencoded(self, progress: bool = False) -> Recommender:
+        """The same model serving the catalog as `encode_catalog` encodes it now (for the int8 encoder: the whole
+        path in int8, which `python -m model evaluate --quantize int8` measures)."""
+        return Recommender(self.net, self.dataset, self.encode_catalog(progress), checkpoint_id=self.checkpoint_id,
+                           metadata=self.metadata, device=str(self.device), retrieval=self.retrieval,
+                           text_encoder=self._text_encoder)
+
+    def _query_vector(self, query: str, encoder: TextEncoder) -> tuple[torch.Tensor, bool]:
         batch = encoder.tokenize([query], self.config.max_query_tokens)
         with torch.no_grad():
             embedding = encoder(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))

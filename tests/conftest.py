@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny random BERT encoder directory and a tiny synthetic shop, built once per run."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WHYREC_PATH_THREADS", "1")
 # No test reads another's explanations from disk: the explanation cache is in memory unless a test gives a directory.
 os.environ.setdefault("WHYREC_CACHE", "off")
+# The int8 encoders the tests derive (model.quantize) go to a directory of this run, not the user's cache.
+os.environ.setdefault("WHYREC_ENCODER_CACHE", tempfile.mkdtemp(prefix="whyrec-test-encoders-"))
 
 WORDS = ["the", "a", "and", "of", "for", "with", "to", "in", "on", "is", "are", "red", "blue", "green", "black", "white", "steel", "wool", "cotton", "linen", "leather", "mug", "pan", "pot", "cup", "sock", "shoe", "shirt", "hat", "lamp", "desk", "chair", "bag", "pen", "book", "toy", "game", "phone", "case", "cable", "waterproof", "wireless", "organic", "vintage", "compact", "portable", "classic", "premium", "budget", "soft", "warm", "light", "kitchen", "home", "garden", "sports", "outdoor", "office", "toys", "audio", "running", "bedding", "brand", "category", "item", "shop"]
 

@@ -78,3 +78,27 @@ def test_cache_bench_runs_to_the_end_and_finds_every_hit_equal_to_the_cold_expla
     assert result["users"] == 2 and result["hits_equal_cold"] is True
     for measure in ("cold", "disk_hit", "memory_hit", "disk_hit_click_to_chart", "memory_hit_click_to_chart"):
         assert result[measure]["queries"] == 2 and result[measure]["p50_ms"] > 0
+
+
+def test_realtime_bench_runs_and_compares_every_encoder(tiny_model, tmp_path):
+    """bench.realtime end to end on the tiny model (as both models): every encoder measured, the verdict says which."""
+    from bench import realtime
+
+    out = tmp_path / "realtime.json"
+    assert realtime.main(["--demo-model", str(tiny_model), "--amazon-model", str(tiny_model), "--queries", "6",
+                          "--rounds", "1", "--users", "2", "--max-users", "20", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    demo = result["models"]["demo"]
+    encoders = (realtime.FLOAT, realtime.TORCH_INT8, realtime.ORT_INT8)
+    assert set(demo["query_encoding"]) == set(encoders)
+    assert demo["query_encoding"][realtime.FLOAT]["speedup_vs_float32"] == 1.0
+    agreement = demo["catalog_encoding"]["agreement"]
+    assert agreement["float32 re-encoded vs the checkpoint's embeddings"]["min"] > 0.9999
+    assert agreement[realtime.ORT_INT8]["item_embeddings_cosine"]["min"] > 0.99
+    for name in encoders[1:]:
+        assert 0.0 <= demo["query_rankings"][name]["top10_overlap_mean"] <= 1.0
+        assert demo["test_ndcg"][name]["users"] == demo["test_ndcg"][realtime.FLOAT]["users"] == 20
+    assert demo["word_deletion"]["users"] == 2
+    assert set(result["verdict"]) == set(encoders[1:])
+    # The second model read the ONNX graph derived for the first (the same encoder): from the cache.
+    assert "derive_cached_s" in result["models"]["amazon_scientific"]["derive"][realtime.ORT_INT8]

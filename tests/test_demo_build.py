@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(MAKE is None, reason="make is not installed")
 
 FAKE_PYTHON = """#!/bin/bash
 # Stands in for .venv/bin/python: `-m data generate --out DIR`, `-m model train ... --out DIR ...`,
-# `-m explain insights ... --out FILE` and `-m explain precompute ...`.
+# `-m model quantize --model DIR`, `-m explain insights ... --out FILE` and `-m explain precompute ...`.
 log="$(dirname "$0")/../../calls.log"
 out=""; preview=""; previous=""
 for arg in "$@"; do
@@ -28,6 +28,7 @@ done
 case "$2" in
   data) mkdir -p "$out" && touch "$out/events.csv" && echo "generate" >> "$log" ;;
   model)
+    if [ "$3" = "quantize" ]; then echo "quantize" >> "$log"; exit 0; fi
     mkdir -p "$out"
     if [ -e "$out/train_state.json" ]; then echo "train $* (state found)" >> "$log"
     else echo "train $* (no state)" >> "$log"; fi

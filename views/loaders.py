@@ -36,11 +36,13 @@ def _load_recommender(model: str, data: str | None, stamp: float):
     import torch
 
     from model.checkpoint import load
+    from model.quantize import DEFAULT_QUANTIZE
 
     # One thread per request: the small matrix work of one explanation gains little from a second thread,
     # and a busy machine makes threads wait on each other (measured: 2 ms vs 240 ms per ranking under load).
     torch.set_num_threads(int(os.environ.get("WHYREC_THREADS", "1")))
-    recommender = load(model, data=data)
+    # Queries encoded in int8 on the CPU (WHYREC_QUANTIZE: auto, int8 or none; docs/model.md has the measurements).
+    recommender = load(model, data=data, quantize=os.environ.get("WHYREC_QUANTIZE", DEFAULT_QUANTIZE))
     start_warm_up(recommender)
     return recommender
 

@@ -431,7 +431,7 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
-def write(args, users: list[str], warm_up: str, runs: list[dict]) -> None:
+def write(args, users: list[str], warm_up: str, runs: list[dict], reference: dict[str, dict]) -> None:
     top = max(args.sessions)
     at_top = next(level for level in runs[0]["levels"] if level["sessions"] == top)
     result = {
@@ -448,6 +448,7 @@ def write(args, users: list[str], warm_up: str, runs: list[dict]) -> None:
                     "arrived": "click to the result's heading on the page: the server's part, before the browser "
                                "draws the grid or chart", "settled": "click to the end of the page's rerun"},
         "runs": runs,
+        "serial_values": reference,  # what each user's session showed alone: what every level is checked against
         "target": {"sessions": top, "recommend_p99_s_max": RECOMMEND_P99_TARGET_S,
                    "recommend_p99_s": at_top["actions"]["recommend"]["p99_s"],
                    "met": bool(at_top["actions"]["recommend"]["p99_s"] is not None
@@ -465,7 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=ROOT / "demo" / "model")
     parser.add_argument("--data", type=Path, default=ROOT / "demo" / "data")
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 16],
-                        help="concurrency levels; 1 must come first: it is the serial reference")
+                        help="concurrency levels; 1 must come first (the serial reference) unless --reference")
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="an earlier load.json whose serial values (same model and users) to check against")
     parser.add_argument("--users", type=int, default=16, help="visits per level, each to a different user")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="server environment for the main run (e.g. WHYREC_THREADS=1)")
@@ -480,8 +483,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Stopped from outside (a timeout, Ctrl-C's sibling): unwind, so the servers started here are stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    if args.sessions[0] != 1:
-        parser.error("--sessions must start with 1: the serial run every other level is checked against")
+    reference = json.loads(args.reference.read_text())["serial_values"] if args.reference else None
+    if args.sessions[0] != 1 and reference is None:
+        parser.error("--sessions must start with 1 (the serial run every other level is checked against), "
+                     "or --reference must name an earlier run's results")
     if not (args.model / "config.json").exists():
         parser.error(f"no model at {args.model} (make demo builds the demo model)")
 
@@ -490,16 +495,16 @@ def main(argv: list[str] | None = None) -> int:
     logs = args.out.parent / "load-logs"
     main_env = parse_env(args.env)
     levels, reference = asyncio.run(measure(args.model, args.data, users, args.sessions, warm_up, main_env, logs,
-                                            args.timeout, think_s=args.think))
+                                            args.timeout, reference, think_s=args.think))
     runs = [{"server_env": main_env, "levels": levels}]
-    write(args, users, warm_up, runs)
+    write(args, users, warm_up, runs, reference)
     for variant in args.variant:
         env = {**main_env, **parse_env(variant.split(","))}
         variant_levels, _ = asyncio.run(measure(args.model, args.data, users, args.variant_sessions
                                                 or [max(args.sessions)], warm_up, env, logs, args.timeout, reference,
                                                 args.think))
         runs.append({"server_env": env, "levels": variant_levels})
-        write(args, users, warm_up, runs)  # each run's figures are kept as soon as they are measured
+        write(args, users, warm_up, runs, reference)  # each run's figures are kept as soon as they are measured
     print(f"wrote {args.out}")
     return 0
 

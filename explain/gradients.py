@@ -72,34 +72,42 @@ def path_threads() -> int:
 
 
 class _PathThreads:
-    """Raise torch's CPU threads for the length of path runs, and put them back when the last run ends.
+    """Raise torch's CPU threads for the length of a path run that has the machine to itself; put them back after.
 
     Serving runs on one thread (views.loaders): a whole-catalog product is too small to share, and a second
     thread that waits for a busy core costs more than it gives. A path run is one large batch (n_steps points,
     forward and backward through the encoder), which two threads do in about half the time even beside other
-    work (bench/explain.py). Runs in several threads at once share the raised count; the last one to finish
-    restores the count it found.
+    work (bench/explain.py). A run that starts while another is running keeps its thread's count: two runs on
+    two threads each would ask four threads of two cores, and OpenMP threads spin while they wait for one.
+
+    Under OpenMP, torch's thread count belongs to the calling thread once it has run a parallel op (a thread reads
+    the process-wide count once, then keeps its own), so each run puts back the count its own thread had, and the
+    process-wide count is back when the raised run ends (a thread that starts during that run reads the raised
+    count, and a run in it keeps that).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._running = 0
-        self._restore = 1
+        self._restore = threading.local()  # this thread's counts to put back, innermost last
 
     def __enter__(self) -> None:
+        wanted = path_threads()  # a bad setting raises here, before anything changed
+        found = torch.get_num_threads()
         with self._lock:
-            if self._running == 0:
-                self._restore = torch.get_num_threads()
-                wanted = path_threads()
-                if wanted > self._restore:
-                    torch.set_num_threads(wanted)
+            alone = self._running == 0
             self._running += 1
+        stack = self._restore.__dict__.setdefault("counts", [])
+        stack.append(found)
+        if alone and wanted > found:
+            torch.set_num_threads(wanted)
 
     def __exit__(self, *exc) -> None:
         with self._lock:
             self._running -= 1
-            if self._running == 0 and torch.get_num_threads() != self._restore:
-                torch.set_num_threads(self._restore)
+        found = self._restore.counts.pop()
+        if torch.get_num_threads() != found:
+            torch.set_num_threads(found)
 
 
 PATH_THREADS = _PathThreads()

@@ -1,15 +1,11 @@
 """The dashboard in a real browser: Playwright drives the system Chromium against `streamlit run app.py`."""
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from bench.load import CHROMIUM_ARGS, DashboardServer
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -22,43 +18,12 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class App:
-    """`streamlit run app.py` on a free loopback port, stopped at the end."""
+class App(DashboardServer):
+    """`streamlit run app.py` on a free loopback port (bench.load's server), its log in test-artifacts/."""
 
     def __init__(self, model: Path, data: Path) -> None:
-        self.port = free_port()
-        env = {**os.environ, "WHYREC_MODEL": str(model), "WHYREC_DATA": str(data), "PYTHONUNBUFFERED": "1"}
-        self.log = open(ARTIFACTS / f"streamlit-{self.port}.log", "w")  # noqa: SIM115 (open while the app runs)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(self.port),
-             "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
-             "--server.fileWatcherType", "none"],  # a file edited meanwhile must not stall the page
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
-        self.stop()
-        raise RuntimeError("streamlit did not come up; see " + self.log.name)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
+        ARTIFACTS.mkdir(exist_ok=True)
+        super().__init__(model, data, ARTIFACTS / f"streamlit-{Path(model).parent.name}.log")
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +32,7 @@ def browser():
 
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
 

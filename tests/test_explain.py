@@ -476,6 +476,49 @@ def test_path_runs_raise_the_threads_and_put_them_back(monkeypatch):
     assert torch.get_num_threads() == 1
 
 
+def test_a_path_run_beside_another_leaves_the_threads_alone_and_each_thread_gets_its_count_back(monkeypatch):
+    """Two sessions explaining at once: only a run alone raises the threads (two runs on two threads each would ask
+    four of two cores), and a thread whose run ends first is back to its count at once, whichever run ends last."""
+    from explain.gradients import PATH_THREADS
+
+    monkeypatch.setenv("WHYREC_PATH_THREADS", "2")
+    torch.set_num_threads(1)
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def first() -> None:
+        torch.ones(4).sum()  # a parallel op: from here on this thread keeps its own count
+        with PATH_THREADS:
+            seen["first, alone"] = torch.get_num_threads()
+            first_in.set()
+            second_in.wait(30)
+        seen["first, after"] = torch.get_num_threads()
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait(30)
+        torch.ones(4).sum()
+        seen["second, before"] = torch.get_num_threads()
+        with PATH_THREADS:
+            seen["second, beside the first"] = torch.get_num_threads()
+            second_in.set()
+            first_out.wait(30)
+        seen["second, after"] = torch.get_num_threads()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    later = []
+    thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    thread.start()
+    thread.join(60)
+    assert seen["first, alone"] == 2 and seen["first, after"] == 1
+    assert seen["second, beside the first"] == seen["second, after"] == seen["second, before"]
+    assert later == [1] and torch.get_num_threads() == 1  # threads started afterwards read the serving count
+
+
 # ---- JSON ----------------------------------------------------------------------------------------------------------
 
 def test_json_round_trip_is_exact(explained):

@@ -47,8 +47,14 @@ def user_profile(recommender, user_id: str) -> dict:
     }
 
 
+@st.cache_data(show_spinner=False, max_entries=256)
+def cached_profile(checkpoint_id: str, user_id: str, _recommender) -> dict:
+    """The card's data once per (model, user): it reads only the data, and every rerun of the page draws it."""
+    return user_profile(_recommender, user_id)
+
+
 def profile_card(recommender, user_id: str) -> None:
-    profile = user_profile(recommender, user_id)
+    profile = cached_profile(recommender.checkpoint_id, user_id, recommender)
     st.markdown(f"**User {md_escape(user_id)}**")
     if not profile["events"]:
         st.caption("No history yet: recommendations fall back to popularity.")

@@ -70,6 +70,12 @@ def history_units(recommender, user_id: str) -> pd.DataFrame:
     return units.sort_values("last", ascending=False, kind="stable").reset_index(drop=True)
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def cached_history_units(checkpoint_id: str, user_id: str, _recommender) -> pd.DataFrame:
+    """`history_units` once per (model, user): the What-if page draws it on every edit."""
+    return history_units(_recommender, user_id)
+
+
 def move_label(row) -> str:
     """▲ 3, ▼ 2, =, or how an item entered or left the top k."""
     if row.status == "entered":

@@ -18,7 +18,14 @@ from model.whatif import edited_history, feature_ranges, rank_changes
 from views.explanation_panel import STEP_CHOICES, explanation_body
 from views.loaders import explanation_cache, recommender_or_error
 from views.pickers import top_k_slider, user_picker
-from views.rankings import cached_ranking, event_label, history_units, move_label, rank_slope, search_catalog
+from views.rankings import (
+    cached_history_units,
+    cached_ranking,
+    event_label,
+    move_label,
+    rank_slope,
+    search_catalog,
+)
 from views.state import forget, remember, restore
 from views.text import md_escape
 from views.whatif_link import K_RANGE, read_link, write_link
@@ -126,7 +133,7 @@ st.query_params.pop("item", None)
 if link_problems:
     st.error("Parts of this link were left out: " + "; ".join(md_escape(p) for p in link_problems) + ".")
 
-units = history_units(recommender, user_id)
+units = cached_history_units(recommender.checkpoint_id, user_id, recommender)
 titles = dict(zip(recommender.items["item_id"].astype(str), recommender.items["title"].astype(str)))
 moment = recommender.serving_moment(user_id)
 history_column, features_column = st.columns(2, gap="large")

@@ -1,0 +1,57 @@
+"""Concurrent dashboard sessions: each sees its own user, and the same values a session alone sees (bench.load)."""
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench.load import differences, measure, pick_users
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+SERIAL = {"top10": [{"rank": 1, "title": "Red mug", "score": 2.5}, {"rank": 2, "title": "Blue pan", "score": 2.25}],
+          "item_1": "i1", "item_2": "i2", "explanation_score": "2.250", "whatif_score": "2.000",
+          "whatif_delta": "-0.250", "margin": "+0.250"}
+
+
+def test_values_that_differ_from_the_serial_session_are_named():
+    same = {**SERIAL, "top10": [{**row, "score": row["score"] + 1e-9} for row in SERIAL["top10"]]}
+    assert differences(same, SERIAL) == []  # the last float bits may move with the thread count
+    swapped = {**SERIAL, "top10": SERIAL["top10"][::-1]}
+    assert differences(swapped, SERIAL) == ["top10 differs"]
+    rescored = {**SERIAL, "top10": [SERIAL["top10"][0], {**SERIAL["top10"][1], "score": 2.3}]}
+    assert differences(rescored, SERIAL) == ["top10 differs"]
+    assert differences({**SERIAL, "margin": "+0.251"}, SERIAL) == ["margin: '+0.251' vs serial '+0.250'"]
+    assert differences({**SERIAL, "whatif_delta": None}, SERIAL)  # a session that never got that far
+    assert differences(SERIAL, {}) == ["no serial reference for this user"]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_model, tiny_shop):
+    from data.io import write_tables
+
+    data = tmp_path_factory.mktemp("load") / "data"
+    write_tables(tiny_shop, data)
+    return tiny_model, data
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="system Chromium is not installed (.ci/run installs it)")
+def test_two_concurrent_sessions_each_see_their_own_user_as_a_serial_session_does(served):
+    model, data = served
+    users = pick_users(data, 2)[1:]
+    levels, reference = asyncio.run(measure(model, data, users, [1, 2], None, {}, ARTIFACTS / "load",
+                                            timeout_s=120, log=lambda *_: None))
+    serial, concurrent = levels
+    for level in levels:
+        assert level["errors"] == {}, level["errors"]
+        assert level["wrong_user"] == {}, level["wrong_user"]
+        assert level["complete_sessions"] == 2
+        assert all(level["actions"][action]["n"] == 2 for action in ("recommend", "explain", "whatif", "compare"))
+    assert sorted(reference) == sorted(users)
+    # The two users see different lists, so a session shown the other's state would differ from the serial run.
+    assert serial["distinct_top10_lists"] == 2
+    assert all(len(values["top10"]) == 10 and values["whatif_delta"] for values in reference.values())
+    assert concurrent["differs_from_serial"] == {}

@@ -417,6 +417,13 @@ def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_eve
     cause-dependent odds, favourites drift in weight over the months. The same seed gives the same shop, byte for
     byte; the catalog depends only on seed and n_items.
 
+    Shops of `simulation.vectorised_from` users or more (50,000 by default) draw their shoppers and sessions as
+    arrays, many shoppers per numpy call, in blocks of `simulation.block_users` shoppers that may run in parallel
+    processes: the same model (tastes, drift, causes, odds, recency, dirt, ground truth) with other random numbers.
+    Such a shop depends on the seed and the block size, not on the number of workers. Smaller shops, the demo
+    among them, are drawn one shopper and one event at a time, exactly as they always were; the tastes of a smaller
+    crowd are then those of the first shoppers of a larger one.
+
     `ground_truth` (JSON-serialisable, written as ground_truth.json by `data.io.write_tables`):
 
     - "seed": the seed; "window": [first, end) of the event clock as ISO strings.
@@ -458,8 +465,9 @@ def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_eve
 
     # The log's columns become the events and the causes table one by one, each freed once used.
     kept = np.flatnonzero(~log.pop("duplicate"))
-    user_ids = np.asarray([crowd.user_id(i) for i in range(len(crowd))], dtype=object)[log.pop("user")]
-    item_ids = catalog.items["item_id"].to_numpy()[log.pop("item")]
+    # Ids as categoricals over the crowd and the catalog: a code per event, not a string object per event.
+    user_ids = pd.Categorical.from_codes(log.pop("user"), categories=[crowd.user_id(i) for i in range(len(crowd))])
+    item_ids = pd.Categorical.from_codes(log.pop("item"), categories=catalog.items["item_id"])
     stamps = pd.DatetimeIndex((WINDOW_START.value + log.pop("time") * 10**9).view("datetime64[ns]"), tz="UTC")
     kinds = pd.Categorical.from_codes(log.pop("event"), categories=EVENTS)
     causes = pd.DataFrame({
@@ -468,7 +476,7 @@ def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_eve
         "timestamp": stamps[kept],
         "event": kinds[kept],
         "cause": pd.Categorical.from_codes(log.pop("cause")[kept], categories=CAUSES),
-        "token": log.pop("token")[kept],
+        "token": _tokens(log.pop("token")[kept], catalog),
     })
     raw_events = pd.DataFrame({"user_id": user_ids, "item_id": item_ids, "timestamp": stamps, "event": kinds,
                                "value": log.pop("value")})
@@ -487,6 +495,14 @@ def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_eve
         "dirt": dirt,
     }
     return make_dataset(items, events, source="generated", format="synthetic", ground_truth=truth)
+
+
+def _tokens(tokens: np.ndarray, catalog: _Catalog):
+    """The token column of the causes table: the exact path's names (None: no token) as they are, the vectorised
+    path's codes as a categorical over `_token_names` (missing: no token)."""
+    if tokens.dtype == object:
+        return tokens
+    return pd.Categorical.from_codes(tokens.astype(np.int64) - 1, categories=_token_names(catalog))
 
 
 def event_causes(dataset: Dataset) -> pd.DataFrame:
@@ -1159,13 +1175,14 @@ def _simulate_blocks(rng: np.random.Generator, crowd: _Crowd, shoppers: dict, ca
     for name in list(blocks[0]):
         log[name] = np.concatenate([block.pop(name) for block in blocks])
     del blocks
-    # Token codes become the names (and item ids) the exact path writes, one shared object each.
-    names = np.array([None, *_VOCABULARY["categories"], *_VOCABULARY["brands"], *_VOCABULARY["attributes"],
-                      *catalog.item_ids], dtype=object)
-    log["token"] = names[log["token"]]
     stars = log.pop("stars")
     log["value"] = np.where(stars > 0, stars, np.nan)
     return log
+
+
+def _token_names(catalog: _Catalog) -> list[str]:
+    """What the vectorised path's token codes 1, 2, ... stand for (0 is no token)."""
+    return [*_VOCABULARY["categories"], *_VOCABULARY["brands"], *_VOCABULARY["attributes"], *catalog.item_ids]
 
 
 class _BlockLog:
@@ -1420,12 +1437,15 @@ def _plant_dirt(rng, catalog, crowd, log) -> tuple[pd.DataFrame, dict, dict]:
         "time": burst_times,
         "event": np.full(BOT_VIEWS, EVENTS.index("view"), dtype=np.int8),
         "cause": np.full(BOT_VIEWS, CAUSES.index("noise"), dtype=np.int8),
-        "token": np.full(BOT_VIEWS, None, dtype=object),
+        "token": np.full(BOT_VIEWS, None, dtype=object) if log["token"].dtype == object else  # no token, or
+        np.zeros(BOT_VIEWS, dtype=log["token"].dtype),  # its code where the vectorised path holds tokens as codes
         "value": np.full(BOT_VIEWS, np.nan),
     }
+    # The log is in (user, time) order: only the bot's own rows take the burst in and are put in order again.
+    first, last = np.searchsorted(log["user"], [bot, bot + 1])
+    own = _chronological({name: np.concatenate([log[name][first:last], burst[name]]) for name in log})
     for name in list(log):
-        log[name] = np.concatenate([log[name], burst[name]])
-    _chronological(log)
+        log[name] = np.concatenate([log[name][:first], own[name], log[name][last:]])
 
     # Two events sent twice: each copy sits right after its original, where make_dataset sets it aside.
     views = np.flatnonzero(log["event"] == EVENTS.index("view"))

@@ -262,17 +262,20 @@ def make_dataset(
     items = items[~repeated_items].reset_index(drop=True)
 
     # A reason code per event rather than a string, and one copy of the kept rows, taken in sorted order:
-    # twenty million events are not held three times over.
-    # The ids are hashed once each (user codes in id order); repeats, membership and order are worked out on codes.
+    # twenty million events are not held three times over. The ids are hashed once each (user codes in id order):
+    # repeats, unknown ids and the order are worked out on the codes.
     user_codes, user_uniques = pd.factorize(events["user_id"].to_numpy(), sort=True)
     item_codes, item_uniques = pd.factorize(events["item_id"].to_numpy())
     times = pd.DatetimeIndex(events["timestamp"]).asi8
     kinds, _ = pd.factorize(events["event"])
-    key = pd.DataFrame({"user": user_codes, "item": item_codes, "time": times, "event": kinds})
+    pair = user_codes * (len(item_uniques) + 1) + item_codes  # one number per (user, item); -1 codes stay apart
+    key = pd.DataFrame({"pair": pair, "time": times, "event": kinds.astype(np.int8)}, copy=False)
+    del pair, kinds
     reason = np.zeros(len(events), dtype=np.int8)  # 0: kept, else 1 + index into SET_ASIDE_REASONS
     reason[key.duplicated(keep="first").to_numpy()] = 1
     del key
     reason[~_known(item_codes, item_uniques, items["item_id"])] = 2
+    del item_codes
     if users is not None:
         reason[~_known(user_codes, user_uniques, users["user_id"])] = 3
     aside = np.flatnonzero(reason)

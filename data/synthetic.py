@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 from array import array
 from bisect import bisect_right
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import accumulate, pairwise
@@ -990,6 +992,7 @@ _MOST = {"categories": 3, "brands": 2, "attributes": 4}  # favourites of each ki
 # Token codes: 0 is no token, then category names, brands, attribute words, then the items (returns to an item).
 _TOKEN_BASE = {"categories": 1, "brands": 1 + len(CATEGORIES), "attributes": 1 + len(CATEGORIES) + len(BRAND_TIER)}
 _ITEM_TOKEN = 1 + len(CATEGORIES) + len(BRAND_TIER) + len(WORD_ORDER)
+_TASTE_CODES = [CAUSES.index(c) for c in TASTE_CAUSES]
 _BY_CAUSE = {name: np.array([table[c] for c in CAUSES]) for name, table in (("cart", P_CART), ("buy", P_BUY))}
 
 
@@ -1153,10 +1156,8 @@ def _typed(code: str, values: np.ndarray) -> array:
 
 def _simulate_blocks(rng: np.random.Generator, crowd: _Crowd, shoppers: dict, catalog: _Catalog,
                      target_events: int, simulation: Simulation) -> dict:
-    """The event log of every block of shoppers, in user order, as `_simulate` returns it."""
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
+    """The event log of every block of shoppers, in user order, as `_simulate` returns it but for the tokens:
+    codes into `_token_names` (0: no token)."""
     total_activity = float(np.sum(shoppers["activity"]))
     extra = max(0.0, target_events / EVENTS_PER_SESSION - MIN_SESSIONS * len(crowd)) / total_activity
     shop = _shop_arrays(catalog, extra)
@@ -1164,7 +1165,8 @@ def _simulate_blocks(rng: np.random.Generator, crowd: _Crowd, shoppers: dict, ca
     seeds = rng.bit_generator.seed_seq.spawn(len(starts))
     tasks = ((seed, first, {name: column[first:first + simulation.block_users] for name, column in shoppers.items()},
               shop) for seed, first in zip(seeds, starts))
-    workers = simulation.workers or len(os.sched_getaffinity(0))
+    workers = simulation.workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                     else os.cpu_count() or 1)
     workers = min(workers, len(starts))
     if workers <= 1:
         blocks = [_simulate_block(task) for task in tasks]
@@ -1348,7 +1350,7 @@ def _session_round(rng, users, clock, shoppers, shop, history, span, log) -> np.
         rated = np.flatnonzero(rng.random(len(rows)) < P_RATE)
         rated_at = clock[rows[rated]] + rng.integers(1, 15, len(rated)) * DAY + rng.integers(0, DAY, len(rated))
         # Tastes make happy customers; a pricey impulse buy less so.
-        stars = (np.where(cause[rated] < len(TASTE_CAUSES), 4, 3) + rng.choice([-1, 0, 0, 1], len(rated))
+        stars = (np.where(np.isin(cause[rated], _TASTE_CODES), 4, 3) + rng.choice([-1, 0, 0, 1], len(rated))
                  - (shop.price[item[rated]] > shoppers["band_high"][who[rated]]))
         kept = rated_at < span
         log.emit(who[rated][kept], item[rated][kept], rated_at[kept], _RATING, cause[rated][kept],

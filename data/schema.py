@@ -304,13 +304,13 @@ def make_dataset(
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Validation: raw frames from any reader in, typed frames out, or one DataError naming the spot.
-
-
 def _known(codes: np.ndarray, uniques, known: pd.Series) -> np.ndarray:
     """Per row, whether its id (given as factorize codes and uniques; -1 for a missing id) is among `known`."""
     return np.append(pd.Index(uniques).isin(known.to_numpy()), pd.isna(known).any())[codes]
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: raw frames from any reader in, typed frames out, or one DataError naming the spot.
 
 
 def require_columns(frame: pd.DataFrame, required: Sequence[str], *, file: str) -> None:

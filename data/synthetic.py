@@ -438,8 +438,8 @@ def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_eve
       `dataset.events`, in the same order; `write_tables` writes it as event_causes.<kind>. cause is one of
       CAUSES; token is the brand, attribute word or category name the taste fired on, the id of the past item a
       "recency" view returns to (an abandoned cart or a recent view: the same item, seen before), else None (a
-      return to the last visit's shelf too; a missing value where large shops keep tokens as a categorical, as they
-      keep the ids: `event_causes` gives plain strings and None either way). Exact
+      return to the last visit's shelf too; a missing value in large shops, whose tokens are a categorical like
+      every shop's ids: `event_causes` gives plain strings and None either way). Exact
       duplicate events are planted as dirt and set aside by `make_dataset`; they have no row. Each row carries
       its own key (user, item, timestamp, event), which is unique among the kept events, so `event_causes(dataset)`
       joins on the key and survives any re-ordering.

@@ -176,21 +176,23 @@ def _write_table(parts: list[pd.DataFrame], target: Path, kind: str) -> None:
         schema = _arrow_schema(parts[0])
         with pq.ParquetWriter(target, schema) as writer:
             for chunk in chunks:
-                writer.write_table(pa.Table.from_pandas(_as_text(chunk, kind), schema=schema, preserve_index=False))
+                # Categoricals go over as Arrow dictionaries and become strings in Arrow's own cast, not as a
+                # Python string object per row.
+                writer.write_table(pa.Table.from_pandas(chunk, preserve_index=False).cast(schema))
         return
     with target.open("w", encoding="utf-8", newline="") as out:
         for n, chunk in enumerate(chunks):
             if kind == "csv":
-                _as_text(chunk, kind).to_csv(out, index=False, header=n == 0)
+                _as_text(chunk).to_csv(out, index=False, header=n == 0)
             else:
-                _as_text(chunk, kind).to_json(out, orient="records", lines=True, force_ascii=False)
+                _as_text(chunk).to_json(out, orient="records", lines=True, force_ascii=False)
 
 
-def _as_text(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
-    """Categories (event types, causes) as their names; for text files, timestamps as ISO 8601 strings."""
+def _as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """Categories (event types, causes, ids) as their names; timestamps as ISO 8601 strings."""
     changed = {name: _category_names(frame[name]) for name, dtype in frame.dtypes.items()
                if isinstance(dtype, pd.CategoricalDtype)}
-    if kind != "parquet" and "timestamp" in frame:
+    if "timestamp" in frame:
         changed["timestamp"] = iso_strings(frame["timestamp"])
     return frame.assign(**changed) if changed else frame
 

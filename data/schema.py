@@ -262,20 +262,28 @@ def make_dataset(
     items = items[~repeated_items].reset_index(drop=True)
 
     # A reason code per event rather than a string, and one copy of the kept rows, taken in sorted order:
-    # twenty million events are not held three times over.
+    # twenty million events are not held three times over. The ids are hashed once each (user codes in id order):
+    # repeats, unknown ids and the order are worked out on the codes.
+    user_codes, user_uniques = pd.factorize(events["user_id"].to_numpy(), sort=True)
+    item_codes, item_uniques = pd.factorize(events["item_id"].to_numpy())
+    times = pd.DatetimeIndex(events["timestamp"]).asi8
+    kinds, _ = pd.factorize(events["event"])
+    pair = user_codes * (len(item_uniques) + 1) + item_codes  # one number per (user, item); -1 codes stay apart
+    key = pd.DataFrame({"pair": pair, "time": times, "event": kinds.astype(np.int8)}, copy=False)
+    del pair, kinds
     reason = np.zeros(len(events), dtype=np.int8)  # 0: kept, else 1 + index into SET_ASIDE_REASONS
-    reason[events.duplicated(subset=["user_id", "item_id", "timestamp", "event"], keep="first").to_numpy()] = 1
-    reason[~events["item_id"].isin(items["item_id"]).to_numpy()] = 2
+    reason[key.duplicated(keep="first").to_numpy()] = 1
+    del key
+    reason[~_known(item_codes, item_uniques, items["item_id"])] = 2
+    del item_codes
     if users is not None:
-        reason[~events["user_id"].isin(users["user_id"]).to_numpy()] = 3
+        reason[~_known(user_codes, user_uniques, users["user_id"])] = 3
     aside = np.flatnonzero(reason)
     named = np.array([None, *SET_ASIDE_REASONS], dtype=object)[reason[aside]]
     set_aside_events = events.iloc[aside].assign(reason=pd.Series(named, index=events.index[aside], dtype=object))
     kept = np.flatnonzero(reason == 0)
     # Sorted by (user_id, timestamp), ties in file order: user codes in id order, then the clock, stable.
-    user_codes, _ = pd.factorize(events["user_id"].to_numpy()[kept], sort=True)
-    times = pd.DatetimeIndex(events["timestamp"]).asi8[kept]
-    events = events.take(kept[np.lexsort((times, user_codes))]).reset_index(drop=True)
+    events = events.take(kept[np.lexsort((times[kept], user_codes[kept]))]).reset_index(drop=True)
     source_rows = events.pop("source_row").to_numpy() if "source_row" in events else None
     meta = DatasetMeta(
         source=source,
@@ -294,6 +302,11 @@ def make_dataset(
         users=users,
         source_rows=source_rows,
     )
+
+
+def _known(codes: np.ndarray, uniques, known: pd.Series) -> np.ndarray:
+    """Per row, whether its id (given as factorize codes and uniques; -1 for a missing id) is among `known`."""
+    return np.append(pd.Index(uniques).isin(known.to_numpy()), pd.isna(known).any())[codes]
 
 
 # ---------------------------------------------------------------------------------------------

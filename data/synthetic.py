@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 from array import array
 from bisect import bisect_right
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import accumulate, pairwise
@@ -179,6 +181,18 @@ BEST_SELLER_SHARE = 0.05  # popularity-driven views go to the shop's best-seller
 # Price-driven views go to items of any shelf within this log distance (~10%) of the shopper's price point:
 # "something around 60 euros", whatever it is.
 PRICE_POINT_WIDTH = 0.1
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """How `generate` draws the crowd; the shop's model (tastes, causes, odds, dirt) is the same either way."""
+
+    vectorised_from: int = 50_000  # users from which tastes and sessions are drawn as arrays; smaller shops (the
+    # demo among them) keep the exact one-shopper-at-a-time draws their fingerprints were taken from
+    block_users: int = 65_536  # shoppers simulated together, each block from its own stream: the shop depends on
+    # the seed and this, never on how many processes share the blocks
+    workers: int | None = None  # processes simulating blocks at once; None: the CPUs this process may use
+
 
 
 @dataclass(frozen=True)
@@ -392,7 +406,8 @@ class _History:
     last_category: str | None = None
 
 
-def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_events: int = 60000) -> Dataset:
+def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_events: int = 60000,
+             simulation: Simulation = Simulation()) -> Dataset:
     """A believable shop with planted tastes, as a validated `Dataset` whose `ground_truth` says who likes what.
 
     Thirteen categories, each with its own nouns, attribute words and five made-up brands (budget, mid, premium).
@@ -403,6 +418,13 @@ def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_eve
     return to what was seen or carted lately; one of the best-sellers; noise), carts and purchases follow it at
     cause-dependent odds, favourites drift in weight over the months. The same seed gives the same shop, byte for
     byte; the catalog depends only on seed and n_items.
+
+    Shops of `simulation.vectorised_from` users or more (50,000 by default) draw their shoppers and sessions as
+    arrays, many shoppers per numpy call, in blocks of `simulation.block_users` shoppers that may run in parallel
+    processes: the same model (tastes, drift, causes, odds, recency, dirt, ground truth) with other random numbers.
+    Such a shop depends on the seed and the block size, not on the number of workers. Smaller shops, the demo
+    among them, are drawn one shopper and one event at a time, exactly as they always were; the tastes of a smaller
+    crowd are then those of the first shoppers of a larger one.
 
     `ground_truth` (JSON-serialisable, written as ground_truth.json by `data.io.write_tables`):
 
@@ -416,7 +438,8 @@ def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_eve
       `dataset.events`, in the same order; `write_tables` writes it as event_causes.<kind>. cause is one of
       CAUSES; token is the brand, attribute word or category name the taste fired on, the id of the past item a
       "recency" view returns to (an abandoned cart or a recent view: the same item, seen before), else None (a
-      return to the last visit's shelf too). Exact
+      return to the last visit's shelf too; a missing value in large shops, whose tokens are a categorical like
+      every shop's ids: `event_causes` gives plain strings and None either way). Exact
       duplicate events are planted as dirt and set aside by `make_dataset`; they have no row. Each row carries
       its own key (user, item, timestamp, event), which is unique among the kept events, so `event_causes(dataset)`
       joins on the key and survives any re-ordering.
@@ -428,17 +451,26 @@ def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_eve
                                  ("target_events", target_events, 1), ("seed", seed, 0)):
         if not isinstance(value, int | np.integer) or value < minimum:
             raise DataError(f"must be a whole number ≥ {minimum}", field=name, value=value)
+    for name, value in (("block_users", simulation.block_users), ("workers", simulation.workers)):
+        if value is not None and (not isinstance(value, int | np.integer) or value < 1):
+            raise DataError("must be a whole number ≥ 1", field=f"simulation.{name}", value=value)
     # One child stream per stage, so resizing the crowd leaves the catalog as it was.
     catalog_rng, taste_rng, behaviour_rng, dirt_rng = np.random.default_rng(seed).spawn(4)
     catalog = _build_catalog(catalog_rng, n_items)
-    crowd = _draw_shoppers(taste_rng, n_users, catalog)
-    log = _simulate(behaviour_rng, crowd, catalog, target_events)
+    if n_users >= simulation.vectorised_from:
+        crowd, shoppers = _draw_crowd(taste_rng, n_users, catalog)
+        log = _simulate_blocks(behaviour_rng, crowd, shoppers, catalog, target_events, simulation)
+        del shoppers
+    else:
+        crowd = _draw_shoppers(taste_rng, n_users, catalog)
+        log = _simulate(behaviour_rng, crowd, catalog, target_events)
     items, log, dirt = _plant_dirt(dirt_rng, catalog, crowd, log)
 
     # The log's columns become the events and the causes table one by one, each freed once used.
     kept = np.flatnonzero(~log.pop("duplicate"))
-    user_ids = np.asarray([crowd.user_id(i) for i in range(len(crowd))], dtype=object)[log.pop("user")]
-    item_ids = catalog.items["item_id"].to_numpy()[log.pop("item")]
+    # Ids as categoricals over the crowd and the catalog: a code per event, not a string object per event.
+    user_ids = pd.Categorical.from_codes(log.pop("user"), categories=[crowd.user_id(i) for i in range(len(crowd))])
+    item_ids = pd.Categorical.from_codes(log.pop("item"), categories=catalog.items["item_id"])
     stamps = pd.DatetimeIndex((WINDOW_START.value + log.pop("time") * 10**9).view("datetime64[ns]"), tz="UTC")
     kinds = pd.Categorical.from_codes(log.pop("event"), categories=EVENTS)
     causes = pd.DataFrame({
@@ -447,7 +479,7 @@ def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_eve
         "timestamp": stamps[kept],
         "event": kinds[kept],
         "cause": pd.Categorical.from_codes(log.pop("cause")[kept], categories=CAUSES),
-        "token": log.pop("token")[kept],
+        "token": _tokens(log.pop("token")[kept], catalog),
     })
     raw_events = pd.DataFrame({"user_id": user_ids, "item_id": item_ids, "timestamp": stamps, "event": kinds,
                                "value": log.pop("value")})
@@ -466,6 +498,14 @@ def generate(n_users: int = 2000, n_items: int = 1500, seed: int = 0, target_eve
         "dirt": dirt,
     }
     return make_dataset(items, events, source="generated", format="synthetic", ground_truth=truth)
+
+
+def _tokens(tokens: np.ndarray, catalog: _Catalog):
+    """The token column of the causes table: the exact path's names (None: no token) as they are, the vectorised
+    path's codes as a categorical over `_token_names` (missing: no token)."""
+    if tokens.dtype == object:
+        return tokens
+    return pd.Categorical.from_codes(tokens.astype(np.int64) - 1, categories=_token_names(catalog))
 
 
 def event_causes(dataset: Dataset) -> pd.DataFrame:
@@ -935,6 +975,451 @@ def _strictly_increasing(users: np.ndarray, times: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
+# Large shops: the same shoppers and sessions, drawn as arrays over many shoppers at once.
+#
+# The exact path above draws one shopper and one event at a time, in the one order that keeps the demo shop byte
+# for byte what it was. Past `Simulation.vectorised_from` users the crowd's tastes are drawn for every shopper in
+# one go, and the sessions in blocks of shoppers, each block from its own child stream: round k simulates every
+# block member's k-th session together, view slot by view slot, with the history (recent views, abandoned carts,
+# past purchases) held as arrays. Same odds, same causes, same dirt; other random numbers.
+
+
+_VOCABULARY = {  # the names a favourite of each kind is coded by, in vocabulary order
+    "categories": [c.name for c in CATEGORIES],
+    "brands": [b for c in CATEGORIES for b in c.brands],
+    "attributes": list(WORD_ORDER),
+}
+_MOST = {"categories": 3, "brands": 2, "attributes": 4}  # favourites of each kind a shopper has at most
+# Token codes: 0 is no token, then category names, brands, attribute words, then the items (returns to an item).
+_TOKEN_BASE = {"categories": 1, "brands": 1 + len(CATEGORIES), "attributes": 1 + len(CATEGORIES) + len(BRAND_TIER)}
+_ITEM_TOKEN = 1 + len(CATEGORIES) + len(BRAND_TIER) + len(WORD_ORDER)
+_TASTE_CODES = [CAUSES.index(c) for c in TASTE_CAUSES]
+_BY_CAUSE = {name: np.array([table[c] for c in CAUSES]) for name, table in (("cart", P_CART), ("buy", P_BUY))}
+
+
+@dataclass(frozen=True)
+class _RangePools:
+    """Weighted pools that are contiguous runs of one item ordering: pool p is `order[start[p]:end[p]]`, drawn
+    with the weights' running sum, so any number of draws from any pools is one binary search over one array."""
+
+    order: np.ndarray  # (n,) item indices
+    running: np.ndarray  # (n,) np.cumsum of the weights in that order
+    start: np.ndarray  # (n_pools,) where each pool begins in `order`
+    end: np.ndarray  # (n_pools,) and ends (exclusive)
+
+    @classmethod
+    def grouped(cls, labels: np.ndarray, items: np.ndarray, weights: np.ndarray, n_pools: int) -> _RangePools:
+        """Pool p holds the items whose label is p (an item may sit in several pools through repeated rows)."""
+        order = np.argsort(labels, kind="stable")
+        bounds = np.searchsorted(labels[order], np.arange(n_pools + 1))
+        return cls(items[order], np.cumsum(weights[order]), bounds[:-1], bounds[1:])
+
+    def draw(self, start: np.ndarray, end: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """One item per row from order[start:end] (non-empty), item i with odds weight_i / the range's total."""
+        before = np.where(start > 0, self.running[np.maximum(start - 1, 0)], 0.0)
+        target = before + u * (self.running[end - 1] - before)
+        at = np.clip(np.searchsorted(self.running, target, side="right"), start, end - 1)
+        return self.order[at]
+
+    def draw_from(self, pool: np.ndarray, u: np.ndarray) -> np.ndarray:
+        return self.draw(self.start[pool], self.end[pool], u)
+
+
+@dataclass(frozen=True)
+class _ShopArrays:
+    """The catalog as the block simulation reads it: plain arrays, cheap to send to another process."""
+
+    price: np.ndarray  # (n_items,) NaN where unknown
+    category: np.ndarray  # (n_items,) category code
+    categories: _RangePools  # by category code, weighted by sqrt(appeal)
+    brands: _RangePools  # by brand code
+    attributes: _RangePools  # by attribute word code
+    by_price: _RangePools  # one pool of every priced item, sorted by price: a price window is a range of it
+    popular: _RangePools  # one pool: the best-sellers, weighted by appeal
+    extra_sessions: float  # sessions beyond MIN_SESSIONS per unit of activity
+
+
+def _shop_arrays(catalog: _Catalog, extra_sessions: float) -> _ShopArrays:
+    n_items = len(catalog.price)
+    every = np.arange(n_items)
+    taste = np.sqrt(catalog.appeal)
+    code = {kind: {name: i for i, name in enumerate(names)} for kind, names in _VOCABULARY.items()}
+    category = np.array([code["categories"][c] for c in catalog.category_of], dtype=np.int16)
+    brand = np.array([code["brands"][b] for b in catalog.brand.tolist()], dtype=np.int16)
+    word_items = np.repeat(every, [len(a) for a in catalog.attributes])
+    words = np.array([code["attributes"][w] for a in catalog.attributes for w in a], dtype=np.int16)
+    priced = np.flatnonzero(~np.isnan(catalog.price))
+    priced = priced[np.argsort(catalog.price[priced], kind="stable")]
+    best = catalog.popular.items
+    return _ShopArrays(
+        price=catalog.price,
+        category=category,
+        categories=_RangePools.grouped(category, every, taste, len(CATEGORIES)),
+        brands=_RangePools.grouped(brand, every, taste, len(BRAND_TIER)),
+        attributes=_RangePools.grouped(words, word_items, taste[word_items], len(WORD_ORDER)),
+        by_price=_RangePools(priced, np.cumsum(taste[priced]), np.array([0]), np.array([len(priced)])),
+        popular=_RangePools(np.asarray(best), np.cumsum(catalog.appeal[best]), np.array([0]), np.array([len(best)])),
+        extra_sessions=extra_sessions,
+    )
+
+
+def _draw_crowd(rng: np.random.Generator, n_users: int, catalog: _Catalog) -> tuple[_Crowd, dict]:
+    """Every shopper's tastes at once, as `_draw_shoppers` draws them one by one: the crowd (for the ground truth)
+    and the same tastes as padded per-shopper arrays for the simulation."""
+    n_categories = len(CATEGORIES)
+    category_appeal = rng.dirichlet(np.full(n_categories, 6.0))
+    n_favourite = {"categories": 1 + np.searchsorted(_choice_cdf(np.array([0.35, 0.45, 0.2])), rng.random(n_users),
+                                                     side="right")}
+    # Weighted draws without replacement as exponential races (the first k to finish): in distribution the same
+    # as numpy's draw-and-redraw, for every shopper at once.
+    race = rng.standard_exponential((n_users, n_categories)) / category_appeal
+    favourite = {"categories": np.argsort(race, axis=1)[:, :_MOST["categories"]].astype(np.int16)}
+    level = rng.beta(2.0, 2.0, n_users)
+    wanted_brands, wanted_words = rng.integers(1, 3, n_users), rng.integers(2, 5, n_users)
+    for kind in ("brands", "attributes"):
+        favourite[kind] = np.zeros((n_users, _MOST[kind]), dtype=np.int16)
+        n_favourite[kind] = np.zeros(n_users, dtype=np.int64)
+    low, high, point = np.zeros(n_users), np.zeros(n_users), np.zeros(n_users)
+    # Shoppers who favour the same set of categories share its shelves: one group per set (at most 377).
+    chosen = np.arange(_MOST["categories"]) < n_favourite["categories"][:, None]
+    sets = ((1 << favourite["categories"].astype(np.int64)) * chosen).sum(axis=1)
+    by_set = np.argsort(sets, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, np.diff(sets[by_set]) != 0, True])
+    brand_code = {b: i for i, b in enumerate(_VOCABULARY["brands"])}
+    for a, b in pairwise(bounds):
+        members = by_set[a:b]
+        first = members[0]
+        shelves = catalog.shelves([_VOCABULARY["categories"][c]
+                                   for c in favourite["categories"][first, :n_favourite["categories"][first]]])
+        lv = level[members]
+        low[members] = np.quantile(shelves.prices, np.maximum(0.0, lv - 0.3))
+        high[members] = np.quantile(shelves.prices, np.minimum(1.0, lv + 0.3))
+        point[members] = np.quantile(shelves.prices, lv)
+        tier_fit = np.exp(-(((shelves.brand_levels[None, :] - lv[:, None]) / 0.35) ** 2))
+        race = rng.standard_exponential(tier_fit.shape) / tier_fit
+        options = np.array([brand_code[o] for o in shelves.brand_options], dtype=np.int16)
+        picked = options[np.argsort(race, axis=1)[:, :_MOST["brands"]]]
+        favourite["brands"][members, :picked.shape[1]] = picked
+        n_favourite["brands"][members] = np.minimum(wanted_brands[members], len(options))
+        options = np.array([WORD_ORDER[w] for w in shelves.attribute_options], dtype=np.int16)
+        picked = np.argsort(rng.random((len(members), len(options))), axis=1)[:, :_MOST["attributes"]]
+        count = np.minimum(wanted_words[members], len(options))
+        picked = np.sort(np.where(np.arange(picked.shape[1]) < count[:, None], picked, len(options)), axis=1)
+        favourite["attributes"][members, :picked.shape[1]] = np.append(options, 0)[picked]  # vocabulary order
+        n_favourite["attributes"][members] = count
+    # Per kind of favourite the January weights and the draw April moves to (Dirichlet(2, ...) as gammas scaled by
+    # their sum), April keeping a third of January's; then the cause mix, rounded and made whole again.
+    drift_start, drift_end = {}, {}
+    for kind in _FAVOURITE_KINDS:
+        present = np.arange(_MOST[kind]) < n_favourite[kind][:, None]
+        start, later = (np.where(present, rng.standard_gamma(2.0, present.shape), 0.0) for _ in "se")
+        start, later = start / start.sum(axis=1, keepdims=True), later / later.sum(axis=1, keepdims=True)
+        drift_start[kind], drift_end[kind] = np.round(start, 3), np.round(0.3 * start + 0.7 * later, 3)
+    mix = np.array([CAUSE_MIX[c] for c in CAUSES])
+    cause_mix = rng.standard_gamma(mix * CAUSE_MIX_CONCENTRATION, (n_users, len(CAUSES)))
+    cause_mix = np.round(cause_mix / cause_mix.sum(axis=1, keepdims=True), 3)
+    cause_mix /= cause_mix.sum(axis=1, keepdims=True)
+    cause_cdf = np.cumsum(cause_mix, axis=1)
+    cause_cdf /= cause_cdf[:, -1:]
+    activity = np.round(rng.lognormal(0.0, 0.6, n_users), 3)
+    # A price window is a run of the priced items sorted by price: items within PRICE_POINT_WIDTH in log price.
+    log_prices = np.log(np.sort(catalog.price[~np.isnan(catalog.price)]))
+    window = (np.searchsorted(log_prices, np.log(point) - PRICE_POINT_WIDTH, side="left"),
+              np.searchsorted(log_prices, np.log(point) + PRICE_POINT_WIDTH, side="right"))
+
+    crowd = _Crowd(n_users)
+    crowd.names = {kind: list(names) for kind, names in _VOCABULARY.items()}
+    for kind in _FAVOURITE_KINDS:
+        present = np.arange(_MOST[kind]) < n_favourite[kind][:, None]
+        crowd.favourites[kind] = _typed("i", favourite[kind][present].astype(np.int32))
+        crowd.ends[kind] = _typed("q", np.r_[0, np.cumsum(n_favourite[kind])].astype(np.int64))
+        crowd.drift_start[kind] = _typed("d", drift_start[kind][present])
+        crowd.drift_end[kind] = _typed("d", drift_end[kind][present])
+    crowd.band_low, crowd.band_high = _typed("d", np.round(low, 2)), _typed("d", np.round(high, 2))
+    crowd.price_point, crowd.activity = _typed("d", np.round(point, 2)), _typed("d", activity)
+    crowd.cause_mix, crowd.cause_cdf = _typed("d", cause_mix.ravel()), _typed("d", cause_cdf.ravel())
+    shoppers = {
+        **{f"favourite_{kind}": favourite[kind] for kind in _FAVOURITE_KINDS},
+        **{f"count_{kind}": n_favourite[kind] for kind in _FAVOURITE_KINDS},
+        **{f"start_{kind}": drift_start[kind] for kind in _FAVOURITE_KINDS},
+        **{f"end_{kind}": drift_end[kind] for kind in _FAVOURITE_KINDS},
+        "band_low": np.round(low, 2), "band_high": np.round(high, 2), "cause_cdf": cause_cdf,
+        "activity": activity, "window_start": window[0], "window_end": window[1],
+    }
+    return crowd, shoppers
+
+
+def _typed(code: str, values: np.ndarray) -> array:
+    out = array(code)
+    out.frombytes(np.ascontiguousarray(values).tobytes())
+    return out
+
+
+def _simulate_blocks(rng: np.random.Generator, crowd: _Crowd, shoppers: dict, catalog: _Catalog,
+                     target_events: int, simulation: Simulation) -> dict:
+    """The event log of every block of shoppers, in user order, as `_simulate` returns it but for the tokens:
+    codes into `_token_names` (0: no token)."""
+    total_activity = float(np.sum(shoppers["activity"]))
+    extra = max(0.0, target_events / EVENTS_PER_SESSION - MIN_SESSIONS * len(crowd)) / total_activity
+    shop = _shop_arrays(catalog, extra)
+    starts = range(0, len(crowd), simulation.block_users)
+    seeds = rng.bit_generator.seed_seq.spawn(len(starts))
+    tasks = ((seed, first, {name: column[first:first + simulation.block_users] for name, column in shoppers.items()},
+              shop) for seed, first in zip(seeds, starts))
+    workers = simulation.workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                     else os.cpu_count() or 1)
+    workers = min(workers, len(starts))
+    if workers <= 1:
+        blocks = [_simulate_block(task) for task in tasks]
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            blocks = list(pool.map(_simulate_block, tasks))
+    log = {}
+    for name in list(blocks[0]):
+        log[name] = np.concatenate([block.pop(name) for block in blocks])
+    del blocks
+    stars = log.pop("stars")
+    log["value"] = np.where(stars > 0, stars, np.nan)
+    return log
+
+
+def _token_names(catalog: _Catalog) -> list[str]:
+    """What the vectorised path's token codes 1, 2, ... stand for (0 is no token)."""
+    return [*_VOCABULARY["categories"], *_VOCABULARY["brands"], *_VOCABULARY["attributes"], *catalog.item_ids]
+
+
+class _BlockLog:
+    """Events as they are drawn, one array per column per step."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[np.ndarray]] = {name: [] for name in ("user", "item", "time", "event", "cause",
+                                                                         "token", "stars")}
+
+    def emit(self, user, item, time, event: int, cause, token, stars=None) -> None:
+        n = len(user)
+        self.parts["user"].append(np.asarray(user, dtype=np.int64))
+        self.parts["item"].append(np.asarray(item, dtype=np.int64))
+        self.parts["time"].append(np.asarray(time, dtype=np.int64))
+        self.parts["event"].append(np.full(n, event, dtype=np.int8))
+        self.parts["cause"].append(np.asarray(cause, dtype=np.int8))
+        self.parts["token"].append(np.asarray(token, dtype=np.int32))
+        self.parts["stars"].append(np.zeros(n, np.int8) if stars is None else np.asarray(stars, dtype=np.int8))
+
+    def columns(self) -> dict:
+        return {name: np.concatenate(parts) for name, parts in self.parts.items()}
+
+
+@dataclass
+class _Histories:
+    """What every shopper of a block did lately, as arrays (the block-wide form of `_History`)."""
+
+    last_views: np.ndarray  # (m, width) item indices, newest session first; the first `n_last` of a row count
+    n_last: np.ndarray
+    abandoned: np.ndarray  # (m, 5) carted and not bought, most recent last; the first `n_abandoned` count
+    n_abandoned: np.ndarray
+    last_category: np.ndarray  # (m,) category code of the last item viewed, -1 before any
+    bought: np.ndarray  # sorted keys user * n_items + item of everything bought so far
+
+    @classmethod
+    def empty(cls, m: int) -> _Histories:
+        return cls(np.zeros((m, 8), np.int64), np.zeros(m, np.int64), np.zeros((m, 5), np.int64),
+                   np.zeros(m, np.int64), np.full(m, -1, np.int64), np.zeros(0, np.int64))
+
+    def has_bought(self, users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
+        keys = users * n_items + items
+        at = np.minimum(np.searchsorted(self.bought, keys), max(len(self.bought) - 1, 0))
+        return (self.bought[at] == keys) if len(self.bought) else np.zeros(len(keys), bool)
+
+    def abandon(self, users: np.ndarray, items: np.ndarray) -> None:
+        """[*abandoned[-4:], item] for each (user, item)."""
+        full = self.n_abandoned[users] == self.abandoned.shape[1]
+        shifted = users[full]
+        self.abandoned[shifted, :-1] = self.abandoned[shifted, 1:]
+        self.n_abandoned[shifted] -= 1
+        self.abandoned[users, self.n_abandoned[users]] = items
+        self.n_abandoned[users] += 1
+
+    def forget_abandoned(self, users: np.ndarray, items: np.ndarray) -> None:
+        """Bought at last: the item leaves the user's abandoned carts (every copy of it)."""
+        rows = self.abandoned[users]
+        keep = (rows != items[:, None]) & (np.arange(rows.shape[1]) < self.n_abandoned[users][:, None])
+        order = np.argsort(~keep, axis=1, kind="stable")
+        self.abandoned[users] = np.take_along_axis(rows, order, axis=1)
+        self.n_abandoned[users] = keep.sum(axis=1)
+
+    def remember_views(self, users: np.ndarray, viewed: np.ndarray, n_viewed: np.ndarray) -> None:
+        """[*viewed, *last_views][:2 * len(viewed) + 8] for each user of a session round."""
+        width = 2 * viewed.shape[1] + 8
+        if width > self.last_views.shape[1]:
+            grown = np.zeros((len(self.last_views), width), np.int64)
+            grown[:, :self.last_views.shape[1]] = self.last_views
+            self.last_views = grown
+        old, n_old = self.last_views[users], self.n_last[users]
+        column = np.arange(self.last_views.shape[1])[None, :]
+        from_old = np.clip(column - n_viewed[:, None], 0, old.shape[1] - 1)
+        fresh = np.take_along_axis(viewed, np.minimum(column, viewed.shape[1] - 1), axis=1)
+        self.last_views[users] = np.where(column < n_viewed[:, None], fresh, np.take_along_axis(old, from_old, axis=1))
+        self.n_last[users] = np.minimum(n_viewed + n_old, 2 * n_viewed + 8)
+
+
+def _simulate_block(task) -> dict:
+    """Sessions of one block of shoppers (`_simulate`'s behaviour, many shoppers per numpy call): the block's
+    event log sorted by (user, time), users numbered from the block's first."""
+    seed, first_user, shoppers, shop = task
+    rng = np.random.default_rng(seed)
+    span = int((WINDOW_END - WINDOW_START).total_seconds())
+    m = len(shoppers["activity"])
+    n_sessions = MIN_SESSIONS + rng.poisson(shop.extra_sessions * shoppers["activity"])
+    # Session starts: a day, an hour by HOUR_WEIGHTS, a second within it; sorted per shopper.
+    owner = np.repeat(np.arange(m), n_sessions)
+    hour_cdf = _choice_cdf(HOUR_WEIGHTS / HOUR_WEIGHTS.sum())
+    starts = (rng.integers(0, span // DAY, len(owner)) * DAY
+              + np.searchsorted(hour_cdf, rng.random(len(owner)), side="right") * 3600
+              + rng.integers(0, 3600, len(owner)))
+    starts = starts[np.lexsort((starts, owner))]
+    first_session = np.r_[0, np.cumsum(n_sessions)[:-1]]
+    clock = np.full(m, -SESSION_GAP, dtype=np.int64)
+    active = np.ones(m, dtype=bool)
+    history, log = _Histories.empty(m), _BlockLog()
+    for k in range(int(n_sessions.max())):
+        users = np.flatnonzero(active & (n_sessions > k))
+        session_clock = np.maximum(starts[first_session[users] + k], clock[users] + SESSION_GAP)
+        over = session_clock >= span  # sessions of one shopper never overlap; the window closes on them
+        active[users[over]] = False
+        users, session_clock = users[~over], session_clock[~over]
+        if len(users) == 0:
+            break
+        clock[users] = _session_round(rng, users, session_clock, shoppers, shop, history, span, log)
+    columns = log.columns()
+    del log
+    columns = _chronological(columns)
+    columns["user"] += first_user
+    return _reorder(columns, np.flatnonzero(columns["time"] < span))
+
+
+def _session_round(rng, users, clock, shoppers, shop, history, span, log) -> np.ndarray:
+    """One session for each of `users` (all starting at `clock`), as `_session` plays one. Returns the clocks."""
+    s = len(users)
+    n_items = len(shop.price)
+    n_views = 1 + rng.poisson(MEAN_EXTRA_VIEWS, s)
+    cause_cdf = shoppers["cause_cdf"][users]
+    intent = _search_rows(cause_cdf, rng.random(s))
+    drift = np.minimum(1.0, clock / span)
+    most = int(n_views.max())
+    viewed = np.zeros((s, most), np.int64)
+    carted = {name: np.full((s, most), -1, np.int64) for name in ("item", "cause", "token")}
+    n_carted = np.zeros(s, np.int64)
+    bought_before = history.bought  # purchases land at checkout, after every view of the session
+    for slot in range(most):
+        rows = np.flatnonzero(n_views > slot)
+        who = users[rows]
+        u = rng.random((len(rows), 5))  # follows the intent?, own cause, taste, item, cart
+        cause = np.where(u[:, 0] < SESSION_FOCUS, intent[rows], _search_rows(cause_cdf[rows], u[:, 1]))
+        item, cause, token = _choose_items(cause, who, drift[rows], u[:, 2], u[:, 3], shoppers, shop, history)
+        log.emit(who, item, clock[rows], _VIEW, cause, token)
+        viewed[rows, slot] = item
+        odds = _BY_CAUSE["cart"][cause] * _price_fit_odds(shop.price[item], shoppers["band_low"][who],
+                                                          shoppers["band_high"][who])
+        if len(bought_before):
+            odds = np.where(history.has_bought(who, item, n_items), odds * REBUY, odds)
+        fresh = ~(carted["item"][rows] == item[:, None]).any(axis=1)
+        cart = np.flatnonzero((u[:, 4] < odds) & fresh)
+        rows_cart = rows[cart]
+        to_cart = rng.random(len(cart)) >= BUY_NOW
+        delay = rng.integers(5, 40, len(cart))
+        waited = rows_cart[to_cart]
+        clock[waited] += delay[to_cart]
+        log.emit(users[waited], item[cart][to_cart], clock[waited], _CART, cause[cart][to_cart],
+                 token[cart][to_cart])
+        for name, values in (("item", item), ("cause", cause), ("token", token)):
+            carted[name][rows_cart, n_carted[rows_cart]] = values[cart]
+        n_carted[rows_cart] += 1
+        clock[rows] += rng.integers(15, 120, len(rows))
+    checking_out = np.flatnonzero(n_carted > 0)
+    clock[checking_out] += rng.integers(60, 400, len(checking_out))
+    bought = []
+    for slot in range(int(n_carted.max())):
+        rows = np.flatnonzero(n_carted > slot)
+        who, item = users[rows], carted["item"][rows, slot]
+        cause, token = carted["cause"][rows, slot], carted["token"][rows, slot]
+        buys = rng.random(len(rows)) < _BY_CAUSE["buy"][cause]
+        history.abandon(who[~buys], item[~buys])
+        rows, who, item, cause, token = rows[buys], who[buys], item[buys], cause[buys], token[buys]
+        log.emit(who, item, clock[rows], _PURCHASE, cause, token)
+        bought.append(who * n_items + item)
+        history.forget_abandoned(who, item)
+        rated = np.flatnonzero(rng.random(len(rows)) < P_RATE)
+        rated_at = clock[rows[rated]] + rng.integers(1, 15, len(rated)) * DAY + rng.integers(0, DAY, len(rated))
+        # Tastes make happy customers; a pricey impulse buy less so.
+        stars = (np.where(np.isin(cause[rated], _TASTE_CODES), 4, 3) + rng.choice([-1, 0, 0, 1], len(rated))
+                 - (shop.price[item[rated]] > shoppers["band_high"][who[rated]]))
+        kept = rated_at < span
+        log.emit(who[rated][kept], item[rated][kept], rated_at[kept], _RATING, cause[rated][kept],
+                 token[rated][kept], np.clip(stars[kept], 1, 5))
+        clock[rows] += rng.integers(3, 20, len(rows))
+    if bought:
+        history.bought = np.union1d(history.bought, np.concatenate(bought))
+    history.remember_views(users, viewed, n_views)
+    history.last_category[users] = shop.category[viewed[np.arange(s), n_views - 1]]
+    return clock
+
+
+def _search_rows(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """bisect_right(cdf[i], u[i]) for every row: the draw `_Pool`/`Generator.choice` makes, one per row."""
+    return np.minimum((cdf <= u[:, None]).sum(axis=1), cdf.shape[1] - 1)
+
+
+def _price_fit_odds(price: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """PRICE_FIT by where each price sits in its shopper's band (`_price_fit` for arrays)."""
+    fit = np.where(price < low, PRICE_FIT["below"], np.where(price > high, PRICE_FIT["above"], PRICE_FIT["in"]))
+    return np.where(np.isnan(price), PRICE_FIT["unknown"], fit)
+
+
+def _choose_items(cause, who, drift, u_taste, u_item, shoppers, shop, history):
+    """`_choose_item` for many views at once: the items, the causes that really fired and their token codes."""
+    brand, attribute, category, price, recency, popularity, noise = range(len(CAUSES))
+    cause = cause.copy()
+    # A cause that cannot fire hands over to a favourite category, as in `_choose_item`.
+    window_start, window_end = shoppers["window_start"][who], shoppers["window_end"][who]
+    cause[(cause == price) & (window_end <= window_start)] = category
+    recent = cause == recency
+    to_abandoned = recent & (history.n_abandoned[who] > 0) & (u_taste < 0.35)
+    to_viewed = recent & ~to_abandoned & (history.n_last[who] > 0) & (u_taste < 0.75)
+    to_shelf = recent & ~to_abandoned & ~to_viewed & (history.last_category[who] >= 0)
+    cause[recent & ~(to_abandoned | to_viewed | to_shelf)] = category
+    item = np.zeros(len(cause), np.int64)
+    token = np.zeros(len(cause), np.int64)
+    for code, kind, pools in ((brand, "brands", shop.brands), (attribute, "attributes", shop.attributes),
+                              (category, "categories", shop.categories)):
+        rows = np.flatnonzero(cause == code)
+        favourite = _favourites(shoppers, kind, who[rows], drift[rows], u_taste[rows])
+        item[rows] = pools.draw_from(favourite, u_item[rows])
+        token[rows] = _TOKEN_BASE[kind] + favourite
+    rows = np.flatnonzero(cause == price)
+    item[rows] = shop.by_price.draw(window_start[rows], window_end[rows], u_item[rows])
+    for rows, past, count in ((np.flatnonzero(to_abandoned), history.abandoned, history.n_abandoned),
+                              (np.flatnonzero(to_viewed), history.last_views, history.n_last)):
+        returned = past[who[rows], (u_item[rows] * count[who[rows]]).astype(np.int64)]
+        item[rows], token[rows] = returned, _ITEM_TOKEN + returned
+    rows = np.flatnonzero(to_shelf)
+    item[rows] = shop.categories.draw_from(history.last_category[who[rows]], u_item[rows])
+    rows = np.flatnonzero(cause == popularity)
+    item[rows] = shop.popular.draw_from(np.zeros(len(rows), np.int64), u_item[rows])
+    rows = np.flatnonzero(cause == noise)
+    item[rows] = (u_item[rows] * len(shop.price)).astype(np.int64)
+    return item, cause, token
+
+
+def _favourites(shoppers: dict, kind: str, who: np.ndarray, drift: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """`_favourite` for many shoppers at once: a favourite's code, weighted by where each one's taste has drifted."""
+    weights = np.cumsum((1 - drift[:, None]) * shoppers[f"start_{kind}"][who]
+                        + drift[:, None] * shoppers[f"end_{kind}"][who], axis=1)
+    picked = (weights <= (u * weights[:, -1])[:, None]).sum(axis=1)
+    picked = np.minimum(picked, shoppers[f"count_{kind}"][who] - 1)
+    return shoppers[f"favourite_{kind}"][who, picked].astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
 # Dirt for the quality report: small, planted on purpose, and listed in the ground truth.
 
 
@@ -955,12 +1440,15 @@ def _plant_dirt(rng, catalog, crowd, log) -> tuple[pd.DataFrame, dict, dict]:
         "time": burst_times,
         "event": np.full(BOT_VIEWS, EVENTS.index("view"), dtype=np.int8),
         "cause": np.full(BOT_VIEWS, CAUSES.index("noise"), dtype=np.int8),
-        "token": np.full(BOT_VIEWS, None, dtype=object),
+        "token": np.full(BOT_VIEWS, None, dtype=object) if log["token"].dtype == object else  # no token, or
+        np.zeros(BOT_VIEWS, dtype=log["token"].dtype),  # its code where the vectorised path holds tokens as codes
         "value": np.full(BOT_VIEWS, np.nan),
     }
+    # The log is in (user, time) order: only the bot's own rows take the burst in and are put in order again.
+    first, last = np.searchsorted(log["user"], [bot, bot + 1])
+    own = _chronological({name: np.concatenate([log[name][first:last], burst[name]]) for name in log})
     for name in list(log):
-        log[name] = np.concatenate([log[name], burst[name]])
-    _chronological(log)
+        log[name] = np.concatenate([log[name][:first], own[name], log[name][last:]])
 
     # Two events sent twice: each copy sits right after its original, where make_dataset sets it aside.
     views = np.flatnonzero(log["event"] == EVENTS.index("view"))

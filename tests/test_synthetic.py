@@ -20,6 +20,7 @@ from data.synthetic import (
     TIERS,
     WINDOW_END,
     WINDOW_START,
+    Simulation,
     event_causes,
     generate,
 )
@@ -35,6 +36,21 @@ def shop():
 @pytest.fixture(scope="module")
 def small_shop():
     return generate(n_users=300, n_items=200, seed=7, target_events=8000)
+
+
+# Large shops draw their shoppers and sessions as arrays, in blocks; forced here at the demo's size, in four blocks.
+VECTORISED = Simulation(vectorised_from=0, block_users=512, workers=1)
+
+
+@pytest.fixture(scope="module")
+def vectorised_shop():
+    return generate(simulation=VECTORISED)
+
+
+@pytest.fixture(scope="module", params=["shop", "vectorised_shop"])
+def planted_shop(request):
+    """The demo shop, then the same size drawn the way large shops are: both must show what was planted."""
+    return request.getfixturevalue(request.param)
 
 
 def title_words(title: str) -> set[str]:
@@ -75,8 +91,8 @@ def test_another_seed_gives_another_shop(small_shop):
     assert other.items["title"].tolist() != small_shop.items["title"].tolist()
 
 
-def test_default_size(shop):
-    summary = shop.summary()
+def test_default_size(planted_shop):
+    summary = planted_shop.summary()
     assert summary["users"] == 2000
     assert summary["items"] == 1500
     assert abs(summary["events"] - 60000) < 6000
@@ -122,10 +138,10 @@ def test_titles_carry_brand_and_attribute_words(shop):
     assert all(has_attribute)
 
 
-def test_every_planted_taste_is_a_word_in_some_title(shop):
-    in_titles = set().union(*map(title_words, shop.items["title"]))
-    users = shop.ground_truth["users"]
-    assert sorted(users) == sorted(shop.user_ids)
+def test_every_planted_taste_is_a_word_in_some_title(planted_shop):
+    in_titles = set().union(*map(title_words, planted_shop.items["title"]))
+    users = planted_shop.ground_truth["users"]
+    assert sorted(users) == sorted(planted_shop.user_ids)
     for user_id, taste in users.items():
         assert 1 <= len(taste["categories"]) <= 3 and 1 <= len(taste["brands"]) <= 2
         assert 2 <= len(taste["attributes"]) <= 4
@@ -142,17 +158,17 @@ def test_prices_follow_the_brand_tier(shop):
     assert (median["mid"] < median["premium"]).mean() >= 0.8
 
 
-def test_events_stay_in_the_window_and_each_user_has_a_clear_order(shop):
-    times = shop.events["timestamp"]
+def test_events_stay_in_the_window_and_each_user_has_a_clear_order(planted_shop):
+    times = planted_shop.events["timestamp"]
     assert times.min() >= WINDOW_START and times.max() < WINDOW_END
     # No two events of one shopper share a second, so the order within a user is never a tie-break.
-    same_user = shop.events["user_id"].eq(shop.events["user_id"].shift())
+    same_user = planted_shop.events["user_id"].eq(planted_shop.events["user_id"].shift())
     assert (times.diff()[same_user] > pd.Timedelta(0)).all()
     assert times.dt.month.nunique() == 4
 
 
-def test_view_comes_before_cart_before_purchase_in_a_session(shop):
-    events = shop.events
+def test_view_comes_before_cart_before_purchase_in_a_session(planted_shop):
+    events = planted_shop.events
     gap = events.groupby("user_id")["timestamp"].diff()
     session = (gap.isna() | (gap > SESSION_BREAK)).cumsum()
     first = {
@@ -166,12 +182,12 @@ def test_view_comes_before_cart_before_purchase_in_a_session(shop):
     assert (views < purchases).mean() > 0.95
 
 
-def test_purchases_hit_favourite_brands_categories_and_words_far_more_than_chance(shop):
-    users = shop.ground_truth["users"]
-    purchases = with_items(shop).query("event == 'purchase'")
-    words = [title_words(t) for t in shop.items["title"]]
-    brand_share = shop.items["brand"].value_counts(normalize=True).to_dict()
-    category_share = shop.items["category"].value_counts(normalize=True).to_dict()
+def test_purchases_hit_favourite_brands_categories_and_words_far_more_than_chance(planted_shop):
+    users = planted_shop.ground_truth["users"]
+    purchases = with_items(planted_shop).query("event == 'purchase'")
+    words = [title_words(t) for t in planted_shop.items["title"]]
+    brand_share = planted_shop.items["brand"].value_counts(normalize=True).to_dict()
+    category_share = planted_shop.items["category"].value_counts(normalize=True).to_dict()
     # Chance: the share of the catalog a shopper would hit buying at random.
     chance = {
         u: (
@@ -192,10 +208,10 @@ def test_purchases_hit_favourite_brands_categories_and_words_far_more_than_chanc
     assert hit_rate[1] > 0.6  # most purchases stay on the favourite shelves
 
 
-def test_tastes_drift_toward_their_end_weights(shop):
+def test_tastes_drift_toward_their_end_weights(planted_shop):
     # Events a favourite caused late in the window lean to favourites whose weight grew.
-    users = shop.ground_truth["users"]
-    causes = event_causes(shop)
+    users = planted_shop.ground_truth["users"]
+    causes = event_causes(planted_shop)
     kinds = {"brand": "brands", "category": "categories", "attribute": "attributes"}
     fired = causes[causes["cause"].isin(list(kinds))]
     growth = []
@@ -208,14 +224,14 @@ def test_tastes_drift_toward_their_end_weights(shop):
     assert growth[month == 4].mean() > growth[month == 1].mean() + 0.03  # about 0.05 at this size
 
 
-def test_causes_line_up_with_the_events(shop):
-    causes = event_causes(shop)
+def test_causes_line_up_with_the_events(planted_shop):
+    causes = event_causes(planted_shop)
     assert causes.columns.tolist() == ["user_id", "item_id", "timestamp", "event", "cause", "token"]
-    pd.testing.assert_frame_equal(causes[list(shop.events.columns[:4])], shop.events[list(shop.events.columns[:4])])
-    assert len(shop.ground_truth["event_causes"]) == len(shop.events)
+    pd.testing.assert_frame_equal(causes[list(planted_shop.events.columns[:4])], planted_shop.events[list(planted_shop.events.columns[:4])])
+    assert len(planted_shop.ground_truth["event_causes"]) == len(planted_shop.events)
     assert set(causes["cause"]) == set(CAUSES)
-    users = shop.ground_truth["users"]
-    item = shop.items.set_index("item_id").loc[causes["item_id"]].reset_index(drop=True)
+    users = planted_shop.ground_truth["users"]
+    item = planted_shop.items.set_index("item_id").loc[causes["item_id"]].reset_index(drop=True)
     for row in pd.concat([causes, item[["brand", "category", "title"]]], axis=1).itertuples():
         if row.cause == "brand":
             assert row.token == row.brand and row.token in users[row.user_id]["brands"]
@@ -229,7 +245,7 @@ def test_causes_line_up_with_the_events(shop):
             assert row.token is None, row
     returns = causes[(causes["cause"] == "recency") & causes["token"].notna() & (causes["event"] == "view")]
     assert len(returns) > 0
-    seen_before = shop.events.reset_index(drop=True).groupby(["user_id", "item_id"]).cumcount() > 0
+    seen_before = planted_shop.events.reset_index(drop=True).groupby(["user_id", "item_id"]).cumcount() > 0
     assert seen_before[returns.index].all()  # every named return comes back to an item the user touched before
     purchase_causes = causes.loc[causes["event"] == "purchase", "cause"]
     assert 0.65 <= purchase_causes.isin(TASTE_CAUSES).mean() <= 0.85
@@ -237,30 +253,30 @@ def test_causes_line_up_with_the_events(shop):
     assert views["noise"] > 0.05  # not every click means something
 
 
-def test_price_caused_events_sit_at_the_price_point(shop):
-    users = shop.ground_truth["users"]
-    caused = event_causes(shop).query("cause == 'price'").merge(shop.items[["item_id", "price"]], on="item_id")
+def test_price_caused_events_sit_at_the_price_point(planted_shop):
+    users = planted_shop.ground_truth["users"]
+    caused = event_causes(planted_shop).query("cause == 'price'").merge(planted_shop.items[["item_id", "price"]], on="item_id")
     point = np.array([users[u]["price_point"] for u in caused["user_id"]])
     band = np.array([users[u]["price_band"] for u in caused["user_id"]])
     assert ((band[:, 0] <= point) & (point <= band[:, 1])).all()
     assert (np.abs(np.log(caused["price"] / point)) <= PRICE_POINT_WIDTH + 0.01).mean() > 0.95
     # The rest of a shopper's views spread much wider: the price point is a mark of its own.
-    views = event_causes(shop).query("event == 'view' and cause != 'price'").merge(
-        shop.items[["item_id", "price"]], on="item_id")
+    views = event_causes(planted_shop).query("event == 'view' and cause != 'price'").merge(
+        planted_shop.items[["item_id", "price"]], on="item_id")
     others = np.abs(np.log(views["price"] / views["user_id"].map(lambda u: users[u]["price_point"])))
     assert (others <= PRICE_POINT_WIDTH).mean() < 0.4
     # They come from any shelf, so a price-driven view is not also a category taste most of the time.
     favourite = [category in users[u]["categories"] for u, category in
-                 zip(caused["user_id"], caused["item_id"].map(shop.items.set_index("item_id")["category"]))]
+                 zip(caused["user_id"], caused["item_id"].map(planted_shop.items.set_index("item_id")["category"]))]
     assert np.mean(favourite) < 0.5
 
 
-def test_popularity_caused_events_go_to_the_best_sellers(shop):
-    caused = event_causes(shop).query("cause == 'popularity' and event == 'view'")
+def test_popularity_caused_events_go_to_the_best_sellers(planted_shop):
+    caused = event_causes(planted_shop).query("cause == 'popularity' and event == 'view'")
     best_sellers = set(caused["item_id"])
-    assert len(best_sellers) <= round(BEST_SELLER_SHARE * len(shop.items))
+    assert len(best_sellers) <= round(BEST_SELLER_SHARE * len(planted_shop.items))
     # The same few items draw a large share of every cause's views, not only popularity's.
-    views = event_causes(shop).query("event == 'view'")
+    views = event_causes(planted_shop).query("event == 'view'")
     assert views["item_id"].isin(best_sellers).mean() > 3 * BEST_SELLER_SHARE
 
 
@@ -282,15 +298,15 @@ def test_event_causes_refuse_data_without_them(small_shop):
         event_causes(dataclasses.replace(small_shop, ground_truth=truth))
 
 
-def test_dirt_is_small_planted_and_listed(shop):
-    dirt = shop.ground_truth["dirt"]
-    aside = shop.set_aside_events
+def test_dirt_is_small_planted_and_listed(planted_shop):
+    dirt = planted_shop.ground_truth["dirt"]
+    aside = planted_shop.set_aside_events
     assert (aside["reason"] == "duplicate").all() and len(aside) == len(dirt["duplicate_events"]) == 2
     assert [[r.user_id, r.item_id, r.timestamp.isoformat(), r.event] for r in aside.itertuples()] == sorted(
         dirt["duplicate_events"])
-    assert shop.items.loc[shop.items["price"].isna(), "item_id"].tolist() == dirt["items_without_price"]
-    assert shop.events["item_id"].isin(shop.items["item_id"]).all()
-    views = shop.events[shop.events["event"] == "view"].set_index("timestamp")
+    assert planted_shop.items.loc[planted_shop.items["price"].isna(), "item_id"].tolist() == dirt["items_without_price"]
+    assert planted_shop.events["item_id"].isin(planted_shop.items["item_id"]).all()
+    views = planted_shop.events[planted_shop.events["event"] == "view"].set_index("timestamp")
     views_per_minute = views.groupby("user_id")["item_id"].rolling("60s").count().groupby(level="user_id").max()
     assert views_per_minute[views_per_minute >= 30].index.tolist() == dirt["bot_users"]
     assert views_per_minute.drop(dirt["bot_users"]).max() < 10
@@ -306,6 +322,14 @@ def test_write_then_load_gives_the_same_shop(small_shop, tmp_path, kind):
     assert_same_truth(loaded, small_shop)
     assert (tmp_path / f"event_causes.{kind}").exists() and "event_causes" not in json.loads(
         (tmp_path / "ground_truth.json").read_text())
+
+
+def test_a_vectorised_shop_written_as_parquet_loads_back_the_same(vectorised_shop, tmp_path):
+    write_tables(vectorised_shop, tmp_path, kind="parquet")
+    loaded = load_dataset(tmp_path)
+    pd.testing.assert_frame_equal(loaded.events, vectorised_shop.events)
+    assert loaded.meta.fingerprint == vectorised_shop.meta.fingerprint
+    assert_same_truth(loaded, vectorised_shop)
 
 
 @pytest.mark.parametrize(("argument", "value"), [("n_items", 5), ("n_users", 0), ("seed", -1), ("target_events", 2.5)])
@@ -383,3 +407,53 @@ def test_the_generators_shortcuts_draw_what_numpy_draws(seed):
         values = np.sort(setup.lognormal(3.0, 1.0, size=int(setup.integers(1, 50))).round(2))
         q = float(setup.random())
         assert _quantile_of_sorted(values, q) == np.quantile(values, q)
+
+
+def test_the_vectorised_shop_is_the_same_whatever_the_number_of_workers():
+    """Blocks of shoppers each draw from their own stream: two processes give the shop one gives."""
+    def drawn(workers: int):
+        return generate(n_users=600, n_items=200, seed=5, target_events=12000,
+                        simulation=Simulation(vectorised_from=0, block_users=150, workers=workers))
+
+    alone, shared = drawn(1), drawn(2)
+    pd.testing.assert_frame_equal(shared.items, alone.items)
+    pd.testing.assert_frame_equal(shared.events, alone.events)
+    assert shared.meta.fingerprint == alone.meta.fingerprint
+    assert_same_truth(shared, alone)
+    assert alone.events["user_id"].nunique() == 600 and abs(len(alone.events) - 12000) < 1500
+
+
+def test_the_vectorised_path_takes_over_at_its_threshold(small_shop):
+    """Below `vectorised_from` a shop is drawn the exact way (same fingerprint); from it on, the array way, in the
+    same catalog with other draws."""
+    exact = generate(n_users=300, n_items=200, seed=7, target_events=8000, simulation=Simulation(vectorised_from=301))
+    assert exact.meta.fingerprint == small_shop.meta.fingerprint
+    vectorised = generate(n_users=300, n_items=200, seed=7, target_events=8000,
+                          simulation=Simulation(vectorised_from=300))
+    pd.testing.assert_frame_equal(vectorised.items, small_shop.items)
+    assert vectorised.meta.fingerprint != small_shop.meta.fingerprint
+    assert vectorised.events["user_id"].nunique() == 300
+    other_seed = generate(n_users=300, n_items=200, seed=8, target_events=8000,
+                          simulation=Simulation(vectorised_from=300))
+    assert other_seed.meta.fingerprint != vectorised.meta.fingerprint
+
+
+def test_vectorised_shoppers_follow_the_exact_paths_odds(shop, vectorised_shop):
+    """Same model, other draws: the funnel, the cause mix and the events per shopper agree with the exact path's."""
+    def shares(dataset, column):
+        return event_causes(dataset)[column].value_counts(normalize=True)
+
+    for column in ("event", "cause"):
+        exact, vectorised = shares(shop, column), shares(vectorised_shop, column)
+        assert (abs(exact - vectorised) < 0.02).all(), (column, exact, vectorised)
+    per_user = [d.events.groupby("user_id").size() for d in (shop, vectorised_shop)]
+    assert abs(per_user[0].mean() - per_user[1].mean()) < 1.0
+    assert per_user[1].min() >= 3
+    ratings = [d.events.loc[d.events["event"] == "rating", "value"] for d in (shop, vectorised_shop)]
+    assert abs(ratings[0].mean() - ratings[1].mean()) < 0.15 and set(ratings[1]) <= {1.0, 2.0, 3.0, 4.0, 5.0}
+
+
+@pytest.mark.parametrize(("field", "value"), [("block_users", 0), ("workers", 0), ("workers", 1.5)])
+def test_bad_simulation_settings_are_data_errors(field, value):
+    with pytest.raises(DataError, match=f"simulation.{field}"):
+        generate(n_users=20, simulation=Simulation(vectorised_from=0, **{field: value}))

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import pandas as pd
 
+from data.features import distinct_sorted
 from model.errors import ModelError
 
 INDEX_KINDS = ("exact", "flat", "ivf", "hnsw")
@@ -136,18 +137,35 @@ def _faiss_index(vectors: np.ndarray, kind: str, config: RetrievalConfig):
 
 
 class ItemGroups:
-    """Catalog items grouped by a label (category, brand): the members of the groups of any items at once."""
+    """Catalog items grouped by a label (category, brand), with each group's search vectors side by side in memory,
+    so that the inner products of whole groups are contiguous matrix-vector products, never a gather of rows.
 
-    def __init__(self, labels) -> None:
+    Built once per set of item vectors; it holds a copy of them in group order ((N, D) float32).
+    """
+
+    def __init__(self, labels, vectors: np.ndarray) -> None:
         codes, names = pd.factorize(pd.Series(labels), use_na_sentinel=True)  # (N,), -1 = no label
         self.codes = codes.astype(np.int64)
+        self.n_groups = len(names)
         self.order = np.argsort(self.codes, kind="stable")  # catalog positions grouped by code, -1 first
-        self.starts = np.searchsorted(self.codes[self.order], np.arange(len(names) + 1))
+        self.starts = np.searchsorted(self.codes[self.order], np.arange(self.n_groups + 1))
+        self.vectors = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32)[self.order])  # (N, D) grouped
 
-    def members(self, items: np.ndarray) -> np.ndarray:
-        """Catalog positions (ascending) of every item sharing a label with one of `items`."""
-        groups = np.unique(self.codes[np.asarray(items, dtype=np.int64)])
-        groups = groups[groups >= 0]
+    def groups_of(self, items: np.ndarray) -> np.ndarray:
+        """The groups (codes, ascending) of these catalog positions; unlabelled items have none."""
+        groups = distinct_sorted(self.codes[np.asarray(items, dtype=np.int64)])
+        return groups[groups >= 0]
+
+    def members(self, groups: np.ndarray) -> np.ndarray:
+        """Catalog positions of every item of these groups, group after group."""
         if not len(groups):
             return np.zeros(0, dtype=np.int64)
-        return np.sort(np.concatenate([self.order[self.starts[g]:self.starts[g + 1]] for g in groups]))
+        return np.concatenate([self.order[self.starts[g]:self.starts[g + 1]] for g in groups])
+
+    def inner_products(self, groups: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """(len(members(groups)),) each member's vector · query, in the order of `members`."""
+        if not len(groups):
+            return np.zeros(0, dtype=np.float32)
+        query = np.asarray(query, dtype=np.float32)
+        return np.concatenate([self.vectors[self.starts[g]:self.starts[g + 1]] @ query for g in groups])
+

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from data.features import FEATURES, FeatureStore
+from data.features import FEATURES, FeatureStore, distinct_sorted
 from data.schema import Dataset
 from data.user_index import UserIndex
 from model.errors import ModelError
@@ -82,6 +82,7 @@ class Recommender:
         self._user_index: UserIndex | None = None
         self._candidate_index: VectorIndex | None = None
         self._item_groups: tuple[ItemGroups, ItemGroups] | None = None  # by category, by brand (two-stage)
+        self._item_rows: tuple[np.ndarray, ...] | None = None  # the catalog's shown columns as arrays (recommend)
         self._lock = threading.Lock()
         events = dataset.events
         self._last_event_ns = int(events["timestamp"].max().value) if len(events) else 0
@@ -127,7 +128,9 @@ class Recommender:
             self.item_text_vectors = text.float()  # (N, D)
             self.item_id_vectors = ident.float()  # (N, D)
             self.item_bias_values = self.net.item_biases(index).float()  # (N,)
-        self._candidate_index = None  # built again from these vectors when a two-stage ranking needs it
+        # Built again from these vectors when a two-stage ranking needs them.
+        self._candidate_index = None
+        self._item_groups = None
 
     def item_positions(self, item_ids) -> np.ndarray:
         positions = [self.dataset.item_position.get(str(i)) for i in item_ids]
@@ -247,8 +250,9 @@ class Recommender:
         with torch.no_grad():
             c = context.vector
             parts = {
-                "text": self.item_text_vectors[chosen] @ c,
-                "collaborative": self.item_id_vectors[chosen] @ c + self.item_bias_values[chosen],
+                "text": self.item_text_vectors.index_select(0, chosen) @ c,
+                "collaborative": (self.item_id_vectors.index_select(0, chosen) @ c
+                                  + self.item_bias_values.index_select(0, chosen)),
                 "behaviour": self.net.behaviour_score(torch.as_tensor(features, dtype=torch.float32,
                                                                       device=self.device)),
             }
@@ -314,10 +318,26 @@ class Recommender:
         """
         with self._lock:
             if self._candidate_index is None:
-                vectors = torch.cat([self.item_text_vectors + self.item_id_vectors,
-                                     self.item_bias_values[:, None]], dim=1)  # (N, D + 1)
-                self._candidate_index = VectorIndex(vectors.cpu().numpy(), self.retrieval.index, self.retrieval)
+                self._candidate_index = VectorIndex(self._search_vectors(), self.retrieval.index, self.retrieval)
+                # The item-only behaviour features at the serving moment, which every candidate set reads rows of.
+                self.features.prepare_item_columns()
             return self._candidate_index
+
+    def item_groups(self) -> tuple[ItemGroups, ItemGroups]:
+        """The catalog by category and by brand, with each group's [item vector, item bias] side by side (two-stage
+        ranking's related items), built once per set of item vectors."""
+        with self._lock:
+            if self._item_groups is None:
+                vectors = self._search_vectors()
+                self._item_groups = (ItemGroups(self.items["category"], vectors),
+                                     ItemGroups(self.items["brand"], vectors))
+            return self._item_groups
+
+    def _search_vectors(self) -> np.ndarray:
+        """(N, D + 1) float32: [item vector, item bias], whose product with [context, 1] is the dot-product part."""
+        with torch.no_grad():
+            vectors = torch.cat([self.item_text_vectors + self.item_id_vectors, self.item_bias_values[:, None]], dim=1)
+        return vectors.cpu().numpy()
 
     def candidates(self, context: Context, k: int, exclude: np.ndarray | None = None) -> np.ndarray | None:
         """Catalog positions (ascending) the second stage scores for this context, `exclude` left out; None when
@@ -332,32 +352,39 @@ class Recommender:
         query = torch.cat([context.vector.float(), torch.ones(1, device=self.device)]).cpu().numpy()  # (D + 1,)
         found = self.candidate_index().search(query, wanted)
         if self.retrieval.related_candidates and len(context.history):
-            found = np.union1d(found, self._related_items(context, query))
-        found = np.setdiff1d(found, exclude) if n_exclude else np.unique(found)
+            found = np.concatenate([found, self._related_items(context, query)])
+        found = distinct_sorted(found)
+        if n_exclude:
+            found = found[~np.isin(found, exclude)]
         # An approximate index may return fewer than asked; fewer than k would shorten the list: score it whole.
         return found if len(found) >= k else None
 
     def _related_items(self, context: Context, query: np.ndarray) -> np.ndarray:
         """Up to retrieval.related_candidates items sharing a category or brand with the history, best dot-product
         part (+ bias) first: where the behaviour features (category and brand affinity) lift an item most."""
-        if self._item_groups is None:
-            self._item_groups = (ItemGroups(self.items["category"]), ItemGroups(self.items["brand"]))
-        related = np.union1d(*(groups.members(context.history.item_index) for groups in self._item_groups))
+        by_category, by_brand = self.item_groups()
+        history = context.history.item_index
+        categories, brands = by_category.groups_of(history), by_brand.groups_of(history)
+        # An item of one of the history's categories and brands is taken once, with its category.
+        brand_items = by_brand.members(brands)
+        brand_only = ~np.isin(by_category.codes[brand_items], categories)
+        related = np.concatenate([by_category.members(categories), brand_items[brand_only]])
         limit = self.retrieval.related_candidates
         if len(related) <= limit:
             return related
-        chosen = torch.as_tensor(related, device=self.device)
-        with torch.no_grad():
-            vectors = self.item_text_vectors[chosen] + self.item_id_vectors[chosen]
-            dot = (vectors @ context.vector.float() + self.item_bias_values[chosen]).cpu().numpy()
-        return related[top_k(dot, limit)]
+        dot = np.concatenate([by_category.inner_products(categories, query),
+                              by_brand.inner_products(brands, query)[brand_only]])
+        return related[np.argpartition(-dot, limit - 1)[:limit]]
 
     def _recommendation(self, position: int, rank: int, score: float, parts: dict[str, float]) -> Recommendation:
-        row = self.items.iloc[position]
+        if self._item_rows is None:  # column arrays: a data frame row per item shown costs more than the ranking
+            self._item_rows = tuple(self.items[name].to_numpy(dtype=object)
+                                    for name in ("item_id", "title", "category", "brand", "price"))
+        item_id, title, category, brand, price = (column[position] for column in self._item_rows)
         return Recommendation(
-            item_id=str(row.item_id), rank=rank, score=score, title=str(row.title),
-            category=_text_or_none(row.category), brand=_text_or_none(row.brand),
-            price=None if pd.isna(row.price) else float(row.price), parts=parts,
+            item_id=str(item_id), rank=rank, score=score, title=str(title),
+            category=_text_or_none(category), brand=_text_or_none(brand),
+            price=None if pd.isna(price) else float(price), parts=parts,
         )
 
 

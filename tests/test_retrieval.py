@@ -2,10 +2,11 @@
 the retrieval config refuses what it cannot mean."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from model.errors import ModelError
-from model.retrieval import RetrievalConfig, VectorIndex, top_k
+from model.retrieval import ItemGroups, RetrievalConfig, VectorIndex, top_k
 
 
 def test_top_k_returns_the_best_scores_first():
@@ -67,6 +68,23 @@ def test_approximate_indexes_find_the_exact_top_10_when_searching_everything(kin
     for _ in range(5):
         query = rng.normal(size=16).astype(np.float32)
         assert set(index.search(query, 10).tolist()) == set(top_k(vectors @ query, 10).tolist())
+
+
+def test_item_groups_give_every_member_of_the_groups_asked_with_its_inner_product():
+    rng = np.random.default_rng(11)
+    labels = rng.choice(np.array(["a", "b", "c", None], dtype=object), 300)
+    vectors = rng.normal(size=(300, 8)).astype(np.float32)
+    groups = ItemGroups(labels, vectors)
+    query = rng.normal(size=8).astype(np.float32)
+    items = np.array([5, 17, 17, 250])
+    wanted = groups.groups_of(items)
+    assert sorted(set(labels[items]) - {None}) == sorted({labels[np.flatnonzero(groups.codes == g)[0]] for g in wanted})
+    members = groups.members(wanted)
+    expected = np.flatnonzero(np.isin(labels, list(set(labels[items]) - {None})))
+    assert sorted(members.tolist()) == expected.tolist() and len(members) == len(expected)
+    np.testing.assert_allclose(groups.inner_products(wanted, query), vectors[members] @ query, rtol=1e-5, atol=1e-6)
+    unlabelled = np.flatnonzero(pd.isna(labels))
+    assert len(groups.groups_of(unlabelled)) == 0 and len(groups.members(groups.groups_of(unlabelled))) == 0
 
 
 def test_retrieval_config_refuses_unknown_kinds_keys_and_sizes():

@@ -15,7 +15,7 @@ from data.schema import Dataset
 from data.user_index import UserIndex
 from model.errors import ModelError
 from model.recommender import RecommenderNet
-from model.retrieval import ItemGroups, RetrievalConfig, VectorIndex, top_k
+from model.retrieval import ItemGroups, RetrievalConfig, VectorIndex, spread_sample, top_k
 from model.sequences import HistoryStore, UserHistory, empty_history, history_from_events, serving_tensors
 from model.whatif import checked_overrides, overrides_note
 
@@ -283,7 +283,7 @@ class Recommender:
             raise ModelError(f"k {k} is larger than the catalog ({n_items} items)")
         context = self.context(user_id, query, history=history, feature_overrides=feature_overrides)
         seen = context.history.item_index if exclude_seen else None
-        candidates = None if exact else self.candidates(context, k, seen)
+        candidates = None if exact else self.candidates(context, k, seen, history)
         if candidates is None:  # the whole catalog: row i is item i
             parts = self.score_parts(context, history=history)
             scores = sum(parts.values())
@@ -339,10 +339,12 @@ class Recommender:
             vectors = torch.cat([self.item_text_vectors + self.item_id_vectors, self.item_bias_values[:, None]], dim=1)
         return vectors.cpu().numpy()
 
-    def candidates(self, context: Context, k: int, exclude: np.ndarray | None = None) -> np.ndarray | None:
+    def candidates(self, context: Context, k: int, exclude: np.ndarray | None = None,
+                   history: pd.DataFrame | None = None) -> np.ndarray | None:
         """Catalog positions (ascending) the second stage scores for this context, `exclude` left out; None when
         the whole catalog is to be scored: a small catalog, a k too close to the catalog's size, or a context with
-        neither history nor query (one ranking for every anonymous visitor, which the page caches)."""
+        neither history nor query (one ranking for every anonymous visitor, which the page caches). `history` is the
+        edited history the context was made from, if any (the features of the related items' sample read it)."""
         if not self.two_stage or (not len(context.history) and context.query is None):
             return None  # without history or query the score is bias + item popularity: nothing to search by
         n_items, n_exclude = len(self.item_ids), 0 if exclude is None else len(exclude)
@@ -352,19 +354,26 @@ class Recommender:
         query = torch.cat([context.vector.float(), torch.ones(1, device=self.device)]).cpu().numpy()  # (D + 1,)
         found = self.candidate_index().search(query, wanted)
         if self.retrieval.related_candidates and len(context.history):
-            found = np.concatenate([found, self._related_items(context, query)])
+            found = np.concatenate([found, self._related_items(context, query, history)])
         found = distinct_sorted(found)
         if n_exclude:
             found = found[~np.isin(found, exclude)]
         # An approximate index may return fewer than asked; fewer than k would shorten the list: score it whole.
         return found if len(found) >= k else None
 
-    def _related_items(self, context: Context, query: np.ndarray) -> np.ndarray:
-        """Up to retrieval.related_candidates items sharing a category or brand with the history, best dot-product
-        part (+ bias) first: where the behaviour features (category and brand affinity) lift an item most."""
+    def _related_items(self, context: Context, query: np.ndarray, history: pd.DataFrame | None) -> np.ndarray:
+        """Up to retrieval.related_candidates items sharing a category or brand with the history: where the behaviour
+        features (category and brand affinity) lift an item most, often from far down the dot-product order.
+
+        When there are more, the best by dot-product part (+ bias) plus the lift their combination of (history
+        category or none, history brand or none) gets from the behaviour head: category and brand affinity, days
+        since the category and the user's activity are one value per combination, so the exact behaviour part of a
+        sample of each combination's items (retrieval.related_samples) estimates it. Only the choice of candidates
+        rests on the estimate; every candidate is then scored exactly.
+        """
         by_category, by_brand = self.item_groups()
-        history = context.history.item_index
-        categories, brands = by_category.groups_of(history), by_brand.groups_of(history)
+        history_items = context.history.item_index
+        categories, brands = by_category.groups_of(history_items), by_brand.groups_of(history_items)
         # An item of one of the history's categories and brands is taken once, with its category.
         brand_items = by_brand.members(brands)
         brand_only = ~np.isin(by_category.codes[brand_items], categories)
@@ -374,7 +383,16 @@ class Recommender:
             return related
         dot = np.concatenate([by_category.inner_products(categories, query),
                               by_brand.inner_products(brands, query)[brand_only]])
-        return related[np.argpartition(-dot, limit - 1)[:limit]]
+        combination = (by_category.slots(categories, related) * (len(brands) + 1)
+                       + by_brand.slots(brands, related))  # (category or none) x (brand or none)
+        n_combinations = (len(categories) + 1) * (len(brands) + 1)
+        sample = spread_sample(combination, n_combinations, self.retrieval.related_samples)
+        features = self.behaviour_features(context, related[sample], history=history)
+        with torch.no_grad():
+            lift = self.net.behaviour_score(torch.as_tensor(features, device=self.device)).cpu().numpy()
+        counts = np.bincount(combination[sample], minlength=n_combinations)
+        mean_lift = np.bincount(combination[sample], lift, minlength=n_combinations) / np.maximum(counts, 1)
+        return related[np.argpartition(-(dot + mean_lift[combination]), limit - 1)[:limit]]
 
     def _recommendation(self, position: int, rank: int, score: float, parts: dict[str, float]) -> Recommendation:
         if self._item_rows is None:  # column arrays: a data frame row per item shown costs more than the ranking

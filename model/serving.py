@@ -20,6 +20,7 @@ from model.sequences import HistoryStore, UserHistory, empty_history, history_fr
 from model.whatif import checked_overrides, overrides_note
 
 PARTS = ("text", "collaborative", "behaviour")
+BEHAVIOUR_BLOCK_ROWS = 16_384  # rows of behaviour features through the head at a time (score_parts)
 
 
 @dataclass(frozen=True)
@@ -246,15 +247,22 @@ class Recommender:
         index = np.arange(len(self.item_ids)) if item_index is None else np.asarray(item_index, dtype=np.int64)
         if features is None:
             features = self.behaviour_features(context, None if item_index is None else index, history=history)
-        chosen = torch.as_tensor(index, device=self.device)
+        if item_index is None:  # the whole catalog: the tables themselves, not a copy of every row
+            text, ident, bias = self.item_text_vectors, self.item_id_vectors, self.item_bias_values
+        else:
+            chosen = torch.as_tensor(index, device=self.device)
+            text, ident, bias = (table.index_select(0, chosen)
+                                 for table in (self.item_text_vectors, self.item_id_vectors, self.item_bias_values))
+        features = torch.as_tensor(features, dtype=torch.float32, device=self.device)
         with torch.no_grad():
             c = context.vector
             parts = {
-                "text": self.item_text_vectors.index_select(0, chosen) @ c,
-                "collaborative": (self.item_id_vectors.index_select(0, chosen) @ c
-                                  + self.item_bias_values.index_select(0, chosen)),
-                "behaviour": self.net.behaviour_score(torch.as_tensor(features, dtype=torch.float32,
-                                                                      device=self.device)),
+                "text": text @ c,
+                "collaborative": ident @ c + bias,
+                # In blocks of rows, so that the head's hidden layer stays in cache: at 1M items it is 640 MB whole,
+                # and the head took 0.77 s whole against 0.20 s in blocks of 16,384 rows.
+                "behaviour": torch.cat([self.net.behaviour_score(block)
+                                        for block in features.split(BEHAVIOUR_BLOCK_ROWS)]),
             }
         return {name: value.cpu().numpy().astype(np.float64) for name, value in parts.items()}
 

@@ -156,3 +156,16 @@ def test_an_edited_history_reaches_the_related_items_sample_and_every_score_stay
     assert len(asked) == 2 and all(h is edited for h in asked)  # the related items' sample, then the candidates
     scores = recommender.score(user_id=user, item_ids=[r.item_id for r in result], history=edited)
     np.testing.assert_allclose([r.score for r in result], scores, rtol=1e-6)
+
+
+def test_the_behaviour_part_in_blocks_of_rows_is_the_part_in_one_block(recommender, user, monkeypatch):
+    import model.serving
+
+    context = recommender.context(user)
+    whole = recommender.score_parts(context)
+    monkeypatch.setattr(model.serving, "BEHAVIOUR_BLOCK_ROWS", 7)  # 80 items: 12 blocks, the last one short
+    blocks = recommender.score_parts(context)
+    for name in whole:
+        np.testing.assert_allclose(blocks[name], whole[name], rtol=1e-6, atol=1e-7)
+    subset = recommender.score_parts(context, np.array([3, 70, 5]))
+    np.testing.assert_allclose(subset["behaviour"], whole["behaviour"][[3, 70, 5]], rtol=1e-6, atol=1e-7)

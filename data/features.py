@@ -408,7 +408,8 @@ class FeatureStore:
     def _user_stats(self, seen: _Trail, own_seen: _Trail, t_ns: int, items: np.ndarray) -> np.ndarray:
         """(n, len(_USER_COLUMNS)) for items (n,). `own_seen`: the stored user's events before t, whose pairs
         are taken out of the co-occurrence counts (the same as `seen` unless a what-if history replaced it)."""
-        stats = np.zeros((len(items), len(_USER_COLUMNS)), dtype=np.float64)
+        # Column-major: each feature is written as one contiguous column (row-major writes stride over every row).
+        stats = np.zeros((len(items), len(_USER_COLUMNS)), dtype=np.float64, order="F")
 
         def put(name: str, values) -> None:
             stats[:, _USER_COLUMNS.index(_COLUMN[name])] = values

@@ -207,7 +207,7 @@ class FeatureStore:
         self._last_event_ns = int(time.max()) if len(time) else None
 
         # Items: per event type, keys item * (n_moments + 1) + rank(time), sorted.
-        self._moments = _distinct_sorted(time)  # (n_moments,) distinct event times, sorted
+        self._moments = distinct_sorted(time)  # (n_moments,) distinct event times, sorted
         rank = np.searchsorted(self._moments, time)
         self._key_base = np.int64(len(self._moments) + 1)
         key = item * self._key_base + rank
@@ -273,10 +273,16 @@ class FeatureStore:
         out = np.empty((len(items), len(FEATURES)), dtype=np.float32)  # (n, F)
         if item_index is None:
             out[:, _ITEM_COLUMNS] = self._whole_catalog_item_stats(t_ns)
-        else:
-            out[:, _ITEM_COLUMNS] = self._item_stats(items, np.int64(t_ns))
+        else:  # rows of the whole catalog's columns when a ranking at this moment has computed them already
+            cached = self._cached_item_stats(t_ns)
+            out[:, _ITEM_COLUMNS] = cached[items] if cached is not None else self._item_stats(items, np.int64(t_ns))
         out[:, _USER_COLUMNS] = self._user_stats(trail.before(t_ns), own.before(t_ns), t_ns, items)
         return out
+
+    def prepare_item_columns(self, at=None) -> None:
+        """Compute and keep the item-only columns (ITEM_FEATURES) of the whole catalog at `at` (None: after the last
+        event), so that later queries at that moment read rows of them instead of searching the events again."""
+        self._whole_catalog_item_stats(self._moment(at, _EMPTY_TRAIL))
 
     def user_trail(self, user_id: str | None, at, history: pd.DataFrame | None = None):
         """The user's events strictly before `at` in time order: (item positions, times in ns, event codes).
@@ -350,12 +356,17 @@ class FeatureStore:
     # ------------------------------------------------------------------------------------------------------
     # Item columns: popularity, conversion, freshness. They read every user's events before t.
 
-    def _whole_catalog_item_stats(self, t_ns: int) -> np.ndarray:
+    def _cached_item_stats(self, t_ns: int) -> np.ndarray | None:
         with self._cache_lock:
             cached = self._item_stats_cache.get(t_ns)
             if cached is not None:
                 self._item_stats_cache.move_to_end(t_ns)
-                return cached
+            return cached
+
+    def _whole_catalog_item_stats(self, t_ns: int) -> np.ndarray:
+        cached = self._cached_item_stats(t_ns)
+        if cached is not None:
+            return cached
         stats = self._item_stats(np.arange(self.n_items, dtype=np.int64), np.int64(t_ns))
         stats.setflags(write=False)  # shared between callers
         with self._cache_lock:
@@ -397,7 +408,8 @@ class FeatureStore:
     def _user_stats(self, seen: _Trail, own_seen: _Trail, t_ns: int, items: np.ndarray) -> np.ndarray:
         """(n, len(_USER_COLUMNS)) for items (n,). `own_seen`: the stored user's events before t, whose pairs
         are taken out of the co-occurrence counts (the same as `seen` unless a what-if history replaced it)."""
-        stats = np.zeros((len(items), len(_USER_COLUMNS)), dtype=np.float64)
+        # Column-major: each feature is written as one contiguous column (row-major writes stride over every row).
+        stats = np.zeros((len(items), len(_USER_COLUMNS)), dtype=np.float64, order="F")
 
         def put(name: str, values) -> None:
             stats[:, _USER_COLUMNS.index(_COLUMN[name])] = values
@@ -552,7 +564,7 @@ def _occurrences(values: np.ndarray, items: np.ndarray, n_items: int) -> np.ndar
     return np.searchsorted(ordered, items, side="right") - np.searchsorted(ordered, items, side="left")
 
 
-def _distinct_sorted(values: np.ndarray) -> np.ndarray:
+def distinct_sorted(values: np.ndarray) -> np.ndarray:
     """np.unique(values) by one sort (np.unique hashes integers first, several times slower on millions)."""
     ordered = np.sort(values)
     return ordered[np.r_[True, ordered[1:] != ordered[:-1]]] if len(ordered) else ordered

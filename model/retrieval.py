@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import pandas as pd
 
+from data.features import distinct_sorted
 from model.errors import ModelError
 
 INDEX_KINDS = ("exact", "flat", "ivf", "hnsw")
@@ -25,10 +26,13 @@ class RetrievalConfig:
     index: str = "ivf"  # "ivf" builds in seconds at 1M items; "hnsw" searches alike but builds for minutes there;
     #                     "flat" is exact FAISS search (a reference), "exact" a numpy product (for tests)
     candidates: int = 1_000  # items the index proposes per request, rescored exactly
-    related_candidates: int = 10_000  # and at most this many items sharing a category or brand with the user's
-    #                                   history (best dot product first): the behaviour head lifts those most, from
-    #                                   far down the dot-product order. Measured at 1M items: recall@10 0.31 without
-    #                                   them, 0.83 with 2,000, 0.97 with 10,000, 1.0 with 30,000 (docs/model.md)
+    related_candidates: int = 2_000  # and at most this many items sharing a category or brand with the user's
+    #                                  history: the behaviour head lifts those most, from far down the dot-product
+    #                                  order. Taken by dot product + the estimated lift of their (category, brand)
+    #                                  combination (below); by dot product alone, 1M items needed 10,000 of them
+    #                                  for recall@10 0.97 (docs/model.md)
+    related_samples: int = 256  # related items whose behaviour part is computed to estimate each combination's
+    #                             lift (evenly spread over them, and at least one of every combination)
     ivf_lists: int = 0  # IVF cells; 0 = √N (1M items: 1,000 cells of ~1,000 items)
     ivf_probe: int = 24  # cells searched per request: more is slower and closer to exact
     ivf_train_per_list: int = 64  # k-means trains on a seeded sample of this many items per cell (FAISS wants ≥ 39)
@@ -42,8 +46,8 @@ class RetrievalConfig:
             raise ModelError(f"retrieval.index '{self.index}' is not one of {', '.join(INDEX_KINDS)}")
         if self.related_candidates < 0:
             raise ModelError(f"retrieval.related_candidates {self.related_candidates} must be 0 (none) or more")
-        for name in ("two_stage_from", "candidates", "ivf_probe", "ivf_train_per_list", "hnsw_neighbours",
-                     "hnsw_ef_construction", "hnsw_ef_search"):
+        for name in ("two_stage_from", "related_samples", "candidates", "ivf_probe", "ivf_train_per_list",
+                     "hnsw_neighbours", "hnsw_ef_construction", "hnsw_ef_search"):
             if getattr(self, name) < 1:
                 raise ModelError(f"retrieval.{name} {getattr(self, name)} must be at least 1")
         if self.ivf_lists < 0:
@@ -136,18 +140,52 @@ def _faiss_index(vectors: np.ndarray, kind: str, config: RetrievalConfig):
 
 
 class ItemGroups:
-    """Catalog items grouped by a label (category, brand): the members of the groups of any items at once."""
+    """Catalog items grouped by a label (category, brand), with each group's search vectors side by side in memory,
+    so that the inner products of whole groups are contiguous matrix-vector products, never a gather of rows.
 
-    def __init__(self, labels) -> None:
+    Built once per set of item vectors; it holds a copy of them in group order ((N, D) float32).
+    """
+
+    def __init__(self, labels, vectors: np.ndarray) -> None:
         codes, names = pd.factorize(pd.Series(labels), use_na_sentinel=True)  # (N,), -1 = no label
         self.codes = codes.astype(np.int64)
+        self.n_groups = len(names)
         self.order = np.argsort(self.codes, kind="stable")  # catalog positions grouped by code, -1 first
-        self.starts = np.searchsorted(self.codes[self.order], np.arange(len(names) + 1))
+        self.starts = np.searchsorted(self.codes[self.order], np.arange(self.n_groups + 1))
+        self.vectors = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32)[self.order])  # (N, D) grouped
 
-    def members(self, items: np.ndarray) -> np.ndarray:
-        """Catalog positions (ascending) of every item sharing a label with one of `items`."""
-        groups = np.unique(self.codes[np.asarray(items, dtype=np.int64)])
-        groups = groups[groups >= 0]
+    def groups_of(self, items: np.ndarray) -> np.ndarray:
+        """The groups (codes, ascending) of these catalog positions; unlabelled items have none."""
+        groups = distinct_sorted(self.codes[np.asarray(items, dtype=np.int64)])
+        return groups[groups >= 0]
+
+    def members(self, groups: np.ndarray) -> np.ndarray:
+        """Catalog positions of every item of these groups, group after group."""
         if not len(groups):
             return np.zeros(0, dtype=np.int64)
-        return np.sort(np.concatenate([self.order[self.starts[g]:self.starts[g + 1]] for g in groups]))
+        return np.concatenate([self.order[self.starts[g]:self.starts[g + 1]] for g in groups])
+
+    def slots(self, groups: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """(len(items),) for each item the index of its group in `groups` (ascending codes), len(groups) when its
+        group is not one of them or it has none."""
+        slot = np.full(self.n_groups + 1, len(groups), dtype=np.int64)  # the last entry answers code -1
+        slot[groups] = np.arange(len(groups))
+        return slot[self.codes[np.asarray(items, dtype=np.int64)]]
+
+    def inner_products(self, groups: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """(len(members(groups)),) each member's vector · query, in the order of `members`."""
+        if not len(groups):
+            return np.zeros(0, dtype=np.float32)
+        query = np.asarray(query, dtype=np.float32)
+        return np.concatenate([self.vectors[self.starts[g]:self.starts[g + 1]] @ query for g in groups])
+
+
+
+def spread_sample(keys: np.ndarray, n_keys: int, size: int) -> np.ndarray:
+    """Indices into `keys` (ascending): about `size` spread evenly over them, plus the first of every key present
+    (keys are 0 .. n_keys - 1), so that every key has at least one."""
+    n = len(keys)
+    first = np.full(n_keys, n, dtype=np.int64)
+    np.minimum.at(first, keys, np.arange(n))
+    even = np.arange(0, n, max(1, -(-n // size)))
+    return distinct_sorted(np.concatenate([first[first < n], even]))

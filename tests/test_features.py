@@ -455,6 +455,21 @@ def test_item_index_selects_rows_of_the_whole_catalog(shop):
         store.user_features("u2", item_index=np.array([4]))
 
 
+def test_prepared_item_columns_are_read_for_any_items_at_that_moment_and_equal_them(shop, monkeypatch):
+    rng = np.random.default_rng(5)
+    ds = dataset(*random_rows(rng, n_items=25, n_users=6, n_events=140))
+    items = np.array([7, 3, 3, 20])
+    fresh = FeatureStore(ds).user_features(ds.user_ids[0], item_index=items)  # searched for these items alone
+    store = FeatureStore(ds)
+    store.prepare_item_columns()
+    monkeypatch.setattr(store, "_item_stats", lambda *a: pytest.fail("searched again at a prepared moment"))
+    np.testing.assert_array_equal(store.user_features(ds.user_ids[0], item_index=items), fresh)
+    np.testing.assert_array_equal(store.user_features(ds.user_ids[0])[items], fresh)
+    # Another moment has not been prepared: it is searched (the patched search says so).
+    with pytest.raises(pytest.fail.Exception, match="searched again"):
+        store.user_features(ds.user_ids[0], at=T0 + 17 * DAY, item_index=items)
+
+
 def test_the_order_of_the_given_events_does_not_matter():
     rng = np.random.default_rng(6)
     ds = dataset(*random_rows(rng))
@@ -466,11 +481,11 @@ def test_the_order_of_the_given_events_does_not_matter():
 
 
 def test_distinct_moments_are_numpys_unique():
-    from data.features import _distinct_sorted
+    from data.features import distinct_sorted
 
     rng = np.random.default_rng(0)
     for values in (np.empty(0, np.int64), rng.integers(0, 50, 500), rng.integers(-(2**62), 2**62, 1000)):
-        assert np.array_equal(_distinct_sorted(values), np.unique(values))
+        assert np.array_equal(distinct_sorted(values), np.unique(values))
 
 
 def test_items_are_looked_up_per_distinct_id_and_the_first_unknown_is_named(shop):

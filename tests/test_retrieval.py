@@ -2,10 +2,11 @@
 the retrieval config refuses what it cannot mean."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from model.errors import ModelError
-from model.retrieval import RetrievalConfig, VectorIndex, top_k
+from model.retrieval import ItemGroups, RetrievalConfig, VectorIndex, spread_sample, top_k
 
 
 def test_top_k_returns_the_best_scores_first():
@@ -69,11 +70,49 @@ def test_approximate_indexes_find_the_exact_top_10_when_searching_everything(kin
         assert set(index.search(query, 10).tolist()) == set(top_k(vectors @ query, 10).tolist())
 
 
+def test_item_groups_give_every_member_of_the_groups_asked_with_its_inner_product():
+    rng = np.random.default_rng(11)
+    labels = rng.choice(np.array(["a", "b", "c", None], dtype=object), 300)
+    vectors = rng.normal(size=(300, 8)).astype(np.float32)
+    groups = ItemGroups(labels, vectors)
+    query = rng.normal(size=8).astype(np.float32)
+    items = np.array([5, 17, 17, 250])
+    wanted = groups.groups_of(items)
+    assert sorted(set(labels[items]) - {None}) == sorted({labels[np.flatnonzero(groups.codes == g)[0]] for g in wanted})
+    members = groups.members(wanted)
+    expected = np.flatnonzero(np.isin(labels, list(set(labels[items]) - {None})))
+    assert sorted(members.tolist()) == expected.tolist() and len(members) == len(expected)
+    np.testing.assert_allclose(groups.inner_products(wanted, query), vectors[members] @ query, rtol=1e-5, atol=1e-6)
+    unlabelled = np.flatnonzero(pd.isna(labels))
+    assert len(groups.groups_of(unlabelled)) == 0 and len(groups.members(groups.groups_of(unlabelled))) == 0
+
+
+def test_slots_say_which_of_the_asked_groups_each_item_is_in():
+    labels = np.array(["a", "b", None, "c", "a", "c"], dtype=object)
+    groups = ItemGroups(labels, np.zeros((6, 2), dtype=np.float32))
+    asked = groups.groups_of(np.array([0, 3]))  # the groups of "a" and "c"
+    slots = groups.slots(asked, np.arange(6))
+    assert slots.tolist() == [0, 2, 2, 1, 0, 1]  # "b" and no label: not asked, len(asked)
+
+
+def test_a_spread_sample_has_every_key_at_least_once_and_about_the_size_asked():
+    rng = np.random.default_rng(2)
+    keys = np.concatenate([rng.integers(0, 3, 5_000), [7], rng.integers(0, 3, 5_000)])  # key 7 once, mid-way
+    sample = spread_sample(keys, 10, 100)
+    assert np.all(np.diff(sample) > 0) and sample[0] >= 0 and sample[-1] < len(keys)
+    assert set(keys[sample].tolist()) == {0, 1, 2, 7}
+    assert 100 <= len(sample) <= 100 + 4
+    assert np.ptp(sample) > 0.9 * len(keys)  # spread over all of them, not the first 100
+    assert spread_sample(np.array([4, 4, 1]), 5, 10).tolist() == [0, 1, 2]
+
+
 def test_retrieval_config_refuses_unknown_kinds_keys_and_sizes():
     with pytest.raises(ModelError, match=r"retrieval\.index 'annoy'"):
         RetrievalConfig(index="annoy")
     with pytest.raises(ModelError, match=r"retrieval\.candidates 0"):
         RetrievalConfig(candidates=0)
+    with pytest.raises(ModelError, match=r"retrieval\.related_samples 0"):
+        RetrievalConfig(related_samples=0)
     with pytest.raises(ModelError, match="unknown retrieval config keys: nprobe"):
         RetrievalConfig.from_dict({"nprobe": 3})
     assert RetrievalConfig.from_dict(RetrievalConfig(ivf_probe=5).to_dict()) == RetrievalConfig(ivf_probe=5)

@@ -119,3 +119,53 @@ def test_items_sharing_a_category_or_brand_with_the_history_join_the_pool_up_to_
     assert related - set(history.tolist()) <= pool and len(pool) <= len(related) + 1
     limited = served(tiny_model, two_stage_from=1, index="flat", candidates=1, related_candidates=3)
     assert len(limited.candidates(limited.context(user), 1)) <= 1 + 3
+
+
+def test_related_items_are_taken_by_dot_product_plus_their_category_and_brands_lift(tiny_model, user, monkeypatch):
+    # A behaviour part of 50 x category affinity: one value per combination of history category and brand, which
+    # a sample of every related item (related_samples) estimates exactly. The 3 related items taken must then be
+    # the 3 best related items by exact score, where dot product alone takes others.
+    recommender = served(tiny_model, two_stage_from=1, index="flat", candidates=1, related_candidates=3,
+                         related_samples=10_000)
+    column = recommender.feature_names.index("category_affinity")
+    monkeypatch.setattr(recommender.net, "behaviour_score", lambda features: 50.0 * features[..., column])
+    items, history = recommender.items, recommender.histories[user].item_index
+    related = np.flatnonzero(items["category"].isin(items["category"].iloc[history].dropna())
+                             | items["brand"].isin(items["brand"].iloc[history].dropna()))
+    assert len(related) > 3
+    context = recommender.context(user)
+    parts = recommender.score_parts(context, related)
+    exact = related[np.argsort(-(parts["text"] + parts["collaborative"] + parts["behaviour"]), kind="stable")[:3]]
+    by_dot = related[np.argsort(-(parts["text"] + parts["collaborative"]), kind="stable")[:3]]
+    assert set(exact.tolist()) != set(by_dot.tolist())  # dot product alone would take other items
+    query = np.append(context.vector.numpy(), 1.0).astype(np.float32)
+    assert set(recommender._related_items(context, query, None).tolist()) == set(exact.tolist())
+
+
+def test_an_edited_history_reaches_the_related_items_sample_and_every_score_stays_exact(tiny_model, user,
+                                                                                         monkeypatch):
+    recommender = served(tiny_model, two_stage_from=1, index="ivf", candidates=4, ivf_lists=4, ivf_probe=1,
+                         related_candidates=5, related_samples=3)
+    edited = recommender.dataset.user_events(user).iloc[:-1]
+    asked = []
+    real = recommender.behaviour_features
+    monkeypatch.setattr(recommender, "behaviour_features",
+                        lambda context, item_index=None, **kw: asked.append(kw.get("history")) or real(
+                            context, item_index, **kw))
+    result = recommender.recommend(user_id=user, k=5, history=edited)
+    assert len(asked) == 2 and all(h is edited for h in asked)  # the related items' sample, then the candidates
+    scores = recommender.score(user_id=user, item_ids=[r.item_id for r in result], history=edited)
+    np.testing.assert_allclose([r.score for r in result], scores, rtol=1e-6)
+
+
+def test_the_behaviour_part_in_blocks_of_rows_is_the_part_in_one_block(recommender, user, monkeypatch):
+    import model.serving
+
+    context = recommender.context(user)
+    whole = recommender.score_parts(context)
+    monkeypatch.setattr(model.serving, "BEHAVIOUR_BLOCK_ROWS", 7)  # 80 items: 12 blocks, the last one short
+    blocks = recommender.score_parts(context)
+    for name in whole:
+        np.testing.assert_allclose(blocks[name], whole[name], rtol=1e-6, atol=1e-7)
+    subset = recommender.score_parts(context, np.array([3, 70, 5]))
+    np.testing.assert_allclose(subset["behaviour"], whole["behaviour"][[3, 70, 5]], rtol=1e-6, atol=1e-7)

@@ -9,9 +9,10 @@ drawn and no longer marked stale by the rerun. The values a session saw (its top
 the what-if score and delta, the margin) are checked against the one-session level, which runs the same users one
 after another; every page must show the session's own user and no error.
 
-Every level starts a fresh server, so no level reads what an earlier one cached. The browser runs on the same CPU
-as the server: on a small machine its rendering is part of the measured time, as it is for a person whose laptop
-serves the dashboard.
+Every level starts a fresh server, so no level reads what an earlier one cached in memory; the explanation
+cache on disk (beside the model) is shared: `--env WHYREC_CACHE=off` measures without it. The browser runs on
+the same CPU as the server: on a small machine its rendering is part of the measured time, as it is for a person
+whose laptop serves the dashboard.
 
     python -m bench.load --model demo/model --data demo/data --sessions 1 4 16
 """

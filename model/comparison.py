@@ -16,8 +16,6 @@ AGREEMENT_K = 10
 def on_same_data(a, b):
     """`b` served over `a`'s data (the same events, histories and features), or a ModelError if their catalogs
     differ: rankings over two catalogs cannot be compared item for item."""
-    from model.serving import Recommender
-
     if list(a.item_ids) != list(b.item_ids):
         ours, theirs = set(a.item_ids), set(b.item_ids)
         raise ModelError(f"the two models rank different catalogs ({len(ours)} and {len(theirs)} items, "
@@ -25,8 +23,7 @@ def on_same_data(a, b):
                          f"lineage or two scenarios over the same items")
     if b.dataset is a.dataset:
         return b
-    return Recommender(b.net, a.dataset, b.text_embeddings, checkpoint_id=b.checkpoint_id, metadata=b.metadata,
-                       device=str(b.device), retrieval=b.retrieval, text_encoder=b._text_encoder)
+    return b.serving(a.dataset)
 
 
 def compare_metrics(a, b, *, max_users: int | None = 500, stage: str = "test") -> dict:

@@ -200,7 +200,6 @@ def evaluate_model(recommender, dataset=None, *, stage: str = "test", progress: 
     "modes" (they come from the same scores). `dataset` (default: the recommender's) must have its catalog.
     """
     from data.split import STAGES, leave_last_out
-    from model.serving import Recommender
 
     if stage not in STAGES:
         raise ModelError(f"unknown stage '{stage}'; choose one of {', '.join(STAGES)}")
@@ -210,10 +209,7 @@ def evaluate_model(recommender, dataset=None, *, stage: str = "test", progress: 
         if list(dataset.item_ids) != list(recommender.item_ids):
             raise ModelError(f"dataset {dataset.meta.source} has another catalog than the model "
                              f"({len(dataset.item_ids)} vs {len(recommender.item_ids)} items); retrain on it")
-        recommender = Recommender(recommender.net, dataset, recommender.text_embeddings,
-                                  checkpoint_id=recommender.checkpoint_id, metadata=recommender.metadata,
-                                  device=str(recommender.device), retrieval=recommender.retrieval,
-                                  text_encoder=recommender._text_encoder)
+        recommender = recommender.serving(dataset)
     dataset = recommender.dataset
     min_history = int(recommender.metadata.get("train", {}).get("min_history", 3))
     started = time.perf_counter()

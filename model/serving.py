@@ -247,9 +247,14 @@ class Recommender:
     def reencoded(self, progress: bool = False) -> Recommender:
         """The same model serving the catalog as `encode_catalog` encodes it now (for the int8 encoder: the whole
         path in int8, which `python -m model evaluate --quantize int8` measures)."""
-        return Recommender(self.net, self.dataset, self.encode_catalog(progress), checkpoint_id=self.checkpoint_id,
-                           metadata=self.metadata, device=str(self.device), retrieval=self.retrieval,
-                           text_encoder=self._text_encoder)
+        return self.serving(self.dataset, self.encode_catalog(progress))
+
+    def serving(self, dataset: Dataset, text_embeddings: torch.Tensor | None = None) -> Recommender:
+        """The same model (network, settings, serving encoder) over `dataset`, another set of events for the same
+        catalog, and `text_embeddings` if given (default: this one's)."""
+        return Recommender(self.net, dataset, self.text_embeddings if text_embeddings is None else text_embeddings,
+                           checkpoint_id=self.checkpoint_id, metadata=self.metadata, device=str(self.device),
+                           retrieval=self.retrieval, text_encoder=self._text_encoder)
 
     def _query_vector(self, query: str, encoder: TextEncoder) -> tuple[torch.Tensor, bool]:
         batch = encoder.tokenize([query], self.config.max_query_tokens)

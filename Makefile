@@ -64,7 +64,7 @@ $(DEMO)/model/insights.json: $(DEMO)/model/config.json explain/insights.py | $(S
 # when the code that computes an explanation changes, since the cache keys by it.
 PRECOMPUTED := $(DEMO)/.explanations-precomputed
 $(PRECOMPUTED): $(DEMO)/model/insights.json $(wildcard data/*.py model/*.py explain/*.py) | $(STAMP)
-	$(PY) -m explain precompute --model $(DEMO)/model --data $(DEMO)/data --sample 20 --k 10
+	$(PY) -m explain precompute --model $(DEMO)/model --data $(DEMO)/data --sample 20 --k 10 --checks 3
 	touch $@
 
 demo: $(STAMP) $(DEMO)/data/events.csv $(DEMO)/model/config.json $(DEMO)/model/insights.json $(PRECOMPUTED)

@@ -1,11 +1,13 @@
 """Load test of the dashboard: N concurrent browser sessions against `streamlit run app.py`, timed per action.
 
 Each session is one Playwright browser context (its own cookies and cache, so its own Streamlit session) in one
-headless Chromium, all driven at once from one event loop. A session opens the Recommend page for its user
-(`/?user=U`), opens the explanation of the list's #2, runs the what-if that the panel's "What-if without it"
-button opens (the top credited past item removed), and compares #1 with #2 (`/compare?user=U&a=..&b=..`). Each
-action is timed from the click (or the link being opened) to its result on screen: the element that carries it
-drawn and no longer marked stale by the rerun. The values a session saw (its top-10 list, the explanation's score,
+headless Chromium, all driven at once from one event loop. A session opens the dashboard once ("open": the page
+load, timed apart), then, for each user it visits: chooses the user in the Recommend page's user chooser (typed
+and entered, as a person pastes an id), opens the explanation of the list's #2, runs the what-if that the panel's
+"What-if without it" button opens (the top credited past item removed), and compares #1 with #2 by opening the
+link the Recommend page's button opens (`/compare?user=U&a=..&b=..`). Each action is timed from the click (or the
+link being opened) to its result on screen: the element that carries it drawn and no longer marked stale by the
+rerun. The values a session saw (its top-10 list, the explanation's score,
 the what-if score and delta, the margin) are checked against the one-session level, which runs the same users one
 after another; every page must show the session's own user and no error.
 
@@ -40,7 +42,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "load.json"
-ACTIONS = ("recommend", "explain", "whatif", "compare")
+ACTIONS = ("open", "recommend", "explain", "whatif", "compare")
+VISIT_ACTIONS = ACTIONS[1:]  # what each visit does; "open" is once per session
 RECOMMEND_P99_TARGET_S = 1.0  # the issue's target at 16 sessions
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
@@ -57,6 +60,26 @@ DRAWN_AFTER = """([heading, selector]) => {
   const after = Array.from(document.querySelectorAll(selector))
     .find(e => title.compareDocumentPosition(e) & Node.DOCUMENT_POSITION_FOLLOWING);
   return !!after && !after.closest('[data-stale="true"]');
+}"""
+# True once the page shows `user`'s list: the link names the user (the rerun has read the chooser), and the grid
+# after the heading is drawn anew, not stale, with rows other than `before` (the list shown before the choice).
+LIST_OF = """([heading, user, before]) => {
+  if (new URLSearchParams(location.search).get('user') !== user) return false;
+  const pattern = new RegExp(heading);
+  const title = Array.from(document.querySelectorAll('h3')).find(h => pattern.test(h.innerText.trim()));
+  if (!title || title.closest('[data-stale="true"]')) return false;
+  const grid = Array.from(document.querySelectorAll('[data-testid="stDataFrame"]'))
+    .find(e => title.compareDocumentPosition(e) & Node.DOCUMENT_POSITION_FOLLOWING);
+  if (!grid || grid.closest('[data-stale="true"]')) return false;
+  const rows = Array.from(grid.querySelectorAll('table tbody tr')).map(row => row.innerText.trim());
+  return rows.length > 0 && JSON.stringify(rows) !== before;
+}"""
+GRID_TEXT = """(heading) => {
+  const pattern = new RegExp(heading);
+  const title = Array.from(document.querySelectorAll('h3')).find(h => pattern.test(h.innerText.trim()));
+  const grid = Array.from(document.querySelectorAll('[data-testid="stDataFrame"]'))
+    .find(e => title && (title.compareDocumentPosition(e) & Node.DOCUMENT_POSITION_FOLLOWING));
+  return JSON.stringify(grid ? Array.from(grid.querySelectorAll('table tbody tr')).map(r => r.innerText.trim()) : []);
 }"""
 # Milliseconds since the running indicator went away, once that is 300 ms or more; else false.
 QUIET = """() => {
@@ -215,24 +238,62 @@ def link_param(page, key: str) -> str | None:
     return parse_qs(urlparse(page.url).query).get(key, [None])[0]
 
 
-async def run_session(context, url: str, user: str, timeout_s: float = 300.0, think=None) -> SessionResult:
-    """One person's visit: their list, an explanation, a what-if and a comparison; never raises.
+TOP_LIST = r"^Top \d+$"
 
-    `think()` gives the seconds the person reads a result before the next click (None: no pause)."""
+
+async def open_dashboard(page, url: str, user: str | None, timeout_s: float) -> float:
+    """Open the dashboard (on `user`'s list, else the first user's) until its list is drawn; returns the seconds."""
+    started = time.perf_counter()
+    await page.goto(f"{url}/?{urlencode({'user': user})}" if user else f"{url}/")
+    await drawn(page, TOP_LIST, '[data-testid="stDataFrame"] tbody tr', timeout_s)
+    seconds = time.perf_counter() - started
+    await settle(page, timeout_s)
+    return seconds
+
+
+async def to_recommend(page, timeout_s: float) -> None:
+    """Back to the Recommend page by the sidebar's link (no page load), its list drawn and its rerun ended."""
+    if urlparse(page.url).path.strip("/") == "":
+        return
+    await page.locator('[data-testid="stSidebarNav"] a', has_text="Recommend").first.click()
+    await page.locator(".st-key-rec_user input").first.wait_for(timeout=timeout_s * 1e3)
+    await drawn(page, TOP_LIST, '[data-testid="stDataFrame"] tbody tr', timeout_s)
+    await settle(page, timeout_s)
+
+
+async def run_session(page, url: str, user: str, timeout_s: float = 300.0, think=None) -> SessionResult:
+    """One person's visit in their open dashboard: their list, an explanation, a what-if and a comparison; never
+    raises. `think()` gives the seconds the person reads a result before the next click (None: no pause)."""
     result = SessionResult(user)
 
     async def pause() -> None:
         if think is not None:
             await asyncio.sleep(think())
 
-    page = await context.new_page()
-    page.on("pageerror", lambda error: result.errors.append(f"page error: {error}"))
+    def page_error(error) -> None:
+        result.errors.append(f"page error: {error}")
+
+    page.on("pageerror", page_error)
     try:
-        # 1. The user's list, from a link (the user chooser's own widget is the Recommend page's business).
-        await timed_action(result, "recommend", page, lambda: page.goto(f"{url}/?{urlencode({'user': user})}"),
-                           r"^Top \d+$", '[data-testid="stDataFrame"] tbody tr', timeout_s)
+        # 1. The user's list: the user typed into the Recommend page's chooser and entered.
+        await to_recommend(page, timeout_s)
+        before = await page.evaluate(GRID_TEXT, TOP_LIST)
+
+        async def choose_user() -> None:
+            chooser = page.locator(".st-key-rec_user input").first
+            await chooser.click()
+            await chooser.fill(user)
+            await chooser.press("Enter")
+
+        started = time.perf_counter()
+        await choose_user()
+        await page.wait_for_function(LIST_OF, arg=[TOP_LIST, user, before], timeout=timeout_s * 1e3, polling=50)
+        result.seconds["recommend"] = result.arrived["recommend"] = time.perf_counter() - started
+        quiet_for = await settle(page, timeout_s)
+        result.settled["recommend"] = time.perf_counter() - quiet_for - started
+        result.errors += [f"recommend: {text}" for text in await page.evaluate(ERRORS)]
         await check_user(result, page, "recommend", "rec_user")
-        rows = await page.evaluate(GRID_ROWS, r"^Top \d+$")
+        rows = await page.evaluate(GRID_ROWS, TOP_LIST)
         top = [{"rank": int(r[0]), "title": r[1], "score": float(r[5])} for r in rows if len(r) >= 6]
         if len(top) < 2:
             raise LookupError(f"the ranked list shows {len(top)} rows")
@@ -270,37 +331,27 @@ async def run_session(context, url: str, user: str, timeout_s: float = 300.0, th
                            r"^Why [AB] ranks above [AB]$", '[data-testid="stPlotlyChart"] .main-svg', timeout_s)
         await check_user(result, page, "compare", "cmp_user")
         result.values["margin"] = metric(await page.evaluate(METRICS), "Margin")["value"]
+        await settle(page, timeout_s)  # the comparison's rerun ends before the next visit's choice
     except Exception as exc:  # a load test counts every failure, of any kind, and goes on
         result.errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
     finally:
-        await page.close()
+        page.remove_listener("pageerror", page_error)
     return result
 
 
 # ---- levels ---------------------------------------------------------------------------------------------------
 
 
-async def preload(context, url: str, user: str, timeout_s: float) -> None:
-    """Open the dashboard once in a browser context, unmeasured, so its cache holds the app's scripts and styles
-    (the grid and the charts load theirs on first use), as a returning person's browser does."""
-    page = await context.new_page()
-    try:
-        await page.goto(f"{url}/?{urlencode({'user': user})}")
-        await drawn(page, r"^Why this score", '[data-testid="stPlotlyChart"] .main-svg', timeout_s)
-        await settle(page, timeout_s)
-    finally:
-        await page.close()
-
-
 async def run_level(browser, url: str, users: list[str], sessions: int, timeout_s: float,
-                    preload_user: str | None = None, think_s: float = 0.0, seed: int = 0
-                    ) -> tuple[list[SessionResult], float]:
-    """`sessions` browser contexts at once, each taking the next user until every user has had a visit; returns
-    the visits and the seconds from the first click to the last result.
+                    opener: str | None = None, think_s: float = 0.0, seed: int = 0
+                    ) -> tuple[list[SessionResult], list[float], float]:
+    """`sessions` browser contexts at once, each opening the dashboard (on `opener`'s list) and then taking the next
+    user until every user has had a visit; returns the visits, the seconds each open took, and the seconds from the
+    first visit's click to the last result.
 
-    With `preload_user`, each context first opens that user's page, unmeasured (see `preload`). `think_s`: the mean
-    pause between a result and the next click (drawn uniformly from half to one and a half times it, seeded); the
-    contexts then also start spread over one such pause, as people do, rather than all in the same instant."""
+    `think_s`: the mean pause between a result and the next click (drawn uniformly from half to one and a half times
+    it, seeded); the sessions then also start spread over one such pause, as people do, rather than all in the
+    same instant. The opens come first, all at once: a person's dashboard is open before they choose a user."""
     draws = random.Random(seed)
     think = (lambda: think_s * draws.uniform(0.5, 1.5)) if think_s > 0 else None
     queue: asyncio.Queue[str] = asyncio.Queue()
@@ -308,19 +359,19 @@ async def run_level(browser, url: str, users: list[str], sessions: int, timeout_
         queue.put_nowait(user)
     results: list[SessionResult] = []
     contexts = [await browser.new_context(viewport=VIEWPORT) for _ in range(sessions)]
+    pages = [await context.new_page() for context in contexts]
 
-    async def visitor(context) -> None:
+    async def visitor(page) -> None:
         if think is not None:
             await asyncio.sleep(draws.uniform(0.0, think_s))
         while not queue.empty():
-            results.append(await run_session(context, url, queue.get_nowait(), timeout_s, think))
+            results.append(await run_session(page, url, queue.get_nowait(), timeout_s, think))
 
     try:
-        if preload_user is not None:
-            await asyncio.gather(*(preload(context, url, preload_user, timeout_s) for context in contexts))
+        opens = await asyncio.gather(*(open_dashboard(page, url, opener, timeout_s) for page in pages))
         started = time.perf_counter()
-        await asyncio.gather(*(visitor(context) for context in contexts))
-        return results, time.perf_counter() - started
+        await asyncio.gather(*(visitor(page) for page in pages))
+        return results, list(opens), time.perf_counter() - started
     finally:
         for context in contexts:
             await context.close()
@@ -353,7 +404,8 @@ def differences(seen: dict, reference: dict) -> list[str]:
     return found
 
 
-def summarise(results: list[SessionResult], reference: dict[str, dict] | None, wall_s: float) -> dict:
+def summarise(results: list[SessionResult], opens: list[float], reference: dict[str, dict] | None,
+              wall_s: float) -> dict:
     mismatches = {}
     if reference is not None:
         for r in results:
@@ -362,10 +414,11 @@ def summarise(results: list[SessionResult], reference: dict[str, dict] | None, w
     lists = {json.dumps([row["title"] for row in r.values.get("top10", [])]) for r in results if r.values.get("top10")}
     return {
         "sessions_run": len(results), "wall_s": round(wall_s, 1),
-        "actions": {a: percentiles([r.seconds[a] for r in results if a in r.seconds]) for a in ACTIONS},
-        "arrived": {a: percentiles([r.arrived[a] for r in results if a in r.arrived]) for a in ACTIONS},
-        "settled": {a: percentiles([r.settled[a] for r in results if a in r.settled]) for a in ACTIONS},
-        "complete_sessions": sum(all(a in r.seconds for a in ACTIONS) for r in results),
+        "actions": {"open": percentiles(opens),
+                    **{a: percentiles([r.seconds[a] for r in results if a in r.seconds]) for a in VISIT_ACTIONS}},
+        "arrived": {a: percentiles([r.arrived[a] for r in results if a in r.arrived]) for a in VISIT_ACTIONS},
+        "settled": {a: percentiles([r.settled[a] for r in results if a in r.settled]) for a in VISIT_ACTIONS},
+        "complete_sessions": sum(all(a in r.seconds for a in VISIT_ACTIONS) for r in results),
         "errors": {r.user: r.errors for r in results if r.errors},
         "wrong_user": {r.user: r.wrong_user for r in results if r.wrong_user},
         "differs_from_serial": mismatches,
@@ -379,8 +432,9 @@ async def measure(model: Path, data: Path, users: list[str], levels: list[int], 
                   log=print) -> tuple[list[dict], dict[str, dict]]:
     """Every level on a fresh server; returns the level summaries and the serial values per user (level 1).
 
-    `warm_up_user`: a visit, unmeasured, that loads the model and warms the explainers up, and a first page in every
-    browser context (`preload`); None skips both, and the first visits pay for them."""
+    `warm_up_user`: a visit, unmeasured, that loads the model and warms the explainers up, and the list every
+    session's dashboard opens on; None skips the visit (the first open pays for the model) and opens on the
+    first user's list."""
     from playwright.async_api import async_playwright
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -394,11 +448,11 @@ async def measure(model: Path, data: Path, users: list[str], levels: list[int], 
                     # The first visit pays the model's loading and the explainers' warm-up: not a measurement.
                     if warm_up_user is not None:
                         await run_level(browser, server.url, [warm_up_user], 1, timeout_s)
-                    results, wall = await run_level(browser, server.url, users, sessions, timeout_s, warm_up_user,
-                                                    think_s)
+                    results, opens, wall = await run_level(browser, server.url, users, sessions, timeout_s,
+                                                           warm_up_user, think_s)
                 if sessions == 1 and reference is None:
                     reference = {r.user: r.values for r in results if not r.errors}
-                summary = {"sessions": sessions, **summarise(results, reference, wall)}
+                summary = {"sessions": sessions, **summarise(results, opens, reference, wall)}
                 summaries.append(summary)
                 log(f"{label}, {sessions} session(s): " + ", ".join(
                     f"{a} p50 {s['p50_s']} p99 {s['p99_s']} s" for a, s in summary["actions"].items())
@@ -441,7 +495,10 @@ def write(args, users: list[str], warm_up: str, runs: list[dict], reference: dic
         "browser": "one headless Chromium on the same CPU, one browser context per session",
         "think_s": args.think, "think": "pause between a result and the next click: uniform 0.5-1.5x think_s; "
                                          "sessions start spread over one think_s",
-        "actions": {"recommend": "open /?user=U until the top-10 grid is drawn (page load + ranking)",
+        "actions": {"open": "open the dashboard (/?user=warm-up user) until its top-10 grid is drawn: the page load, "
+                            "once per session, every session at once",
+                    "recommend": "type the user's id into the Recommend page's chooser and press Enter, until that "
+                                 "user's top-10 grid is drawn (the rerun, the ranking and the grid drawn)",
                     "explain": "choose #2 in the panel until its waterfall is drawn",
                     "whatif": "click 'What-if without it' (top credited past item) until the bump chart is drawn",
                     "compare": "open /compare?user=U&a=#1&b=#2 until the margin's waterfall is drawn"},

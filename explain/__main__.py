@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     precompute.add_argument("--k", type=int, default=10, help="items per user (default 10)")
     precompute.add_argument("--steps", type=int, default=PANEL_STEPS,
                             help=f"Integrated Gradients steps (default {PANEL_STEPS}, as the Recommend page's)")
+    precompute.add_argument("--checks", type=int, default=None, metavar="N",
+                            help="deletion tests (the panel's \"how far to trust it\") for each user's first N items "
+                                 "(default: all k; 0: none)")
     precompute.add_argument("--no-progress", action="store_true", help="no progress bar")
     _cache_argument(precompute)
 
@@ -180,8 +183,10 @@ def _precompute(args) -> int:
     else:
         check_users(recommender, users, f"--users {args.users}")
     with _progress_bar("explaining", args.no_progress) as progress:
-        done = precompute(recommender, cache, users, k=args.k, n_steps=args.steps, progress=progress)
-    print(f"{done.explanations} explanations for {done.users} users in {cache.directory}: {done.computed} computed, "
+        done = precompute(recommender, cache, users, k=args.k, n_steps=args.steps, checks=args.checks,
+                          progress=progress)
+    print(f"{done.explanations} explanations and {done.checks} deletion tests for {done.users} users in "
+          f"{cache.directory}: {done.computed} computed, "
           f"{done.from_cache} already cached" + (f", {done.refused} cached entries refused and redone"
                                                  if done.refused else "") + f" ({done.seconds:.1f} s)")
     return 0

@@ -4,13 +4,20 @@
     found = cache.explain(recommender, item_id, user_id="u1", n_steps=50)      # any argument explain() takes
     found.explanation, found.source ("memory", "disk" or "computed"), found.seconds, found.describe()
     cache.explain_pair(recommender, item_a, item_b, user_id="u1")             # any argument explain_pair() takes
+    cache.checks(recommender, found)      # its deletion test (explain.faithfulness), found.checks: kept the same way
 
 The key is everything the explanation depends on: the checkpoint id, the data served (its fingerprint), the device,
 the code that computes it (a hash of the data, model and explain packages' sources) and the package versions,
 and every argument of the call (`explain` or `explain_pair`) with its defaults applied, read from the function's
 own signature: a setting added to `explain` joins the key by itself. Edits key by content: an edited history by a
-hash of its rows, feature overrides by their values. A model that is not a saved checkpoint (one being trained, or
-built in memory) has no id to key by: its explanations are computed every time and never stored.
+hash of its rows, feature overrides by their values. A deletion test (`checks`) keys by the checksum of the
+explanation it tests (its timings left out) and faithfulness()'s own arguments. A model that is not a saved checkpoint (one being trained,
+or built in memory) has no id to key by: its explanations are computed every time and never stored.
+
+Computing is the expensive part, and several sessions of one dashboard share this process's CPU: at most
+`compute_slots()` computations run at once ($WHYREC_COMPUTE_SLOTS; by default one fewer than the CPU cores, at
+least one), so the light work of the other sessions (a ranking, a page) always finds a core. A request that waits
+for a slot looks in memory again before it computes: two sessions asking for the same explanation compute it once.
 
 On disk an entry is one JSON file, DIR/<checkpoint id>/<2 hex>/<sha-256 of the key>.json:
 
@@ -18,7 +25,7 @@ On disk an entry is one JSON file, DIR/<checkpoint id>/<2 hex>/<sha-256 of the k
      "key": {...},                     # the whole key, compared on read: a hash that matches is not enough
      "checksum": "sha256:...",         # of the explanation below, as canonical JSON (sorted keys, no spaces)
      "computed_at": str, "seconds": float,   # when it was computed and how long that took
-     "explanation": {...}}             # explain.base's JSON, schema_version 2
+     "explanation": {...}}             # explain.base's JSON, schema_version 2 ("checks": {...} for a deletion test)
 
 It is written to a temporary file beside its place and moved there with os.replace, so a reader sees the old entry
 or the new one whole, never part of one, whichever of several processes writes it. A reader trusts an entry only if
@@ -50,6 +57,7 @@ from explain.base import SCHEMA_VERSION as EXPLANATION_SCHEMA_VERSION
 from explain.base import Explanation
 from explain.errors import ExplanationError
 from explain.explanations import explain, explain_pair
+from explain.faithfulness import faithfulness
 
 SCHEMA = "whyrec-explanation-cache"
 SCHEMA_VERSION = 1
@@ -58,20 +66,47 @@ CACHE_ENV = "WHYREC_CACHE"  # the app's disk cache: a directory, or "off" for th
 DEFAULT_NAME = "explanation-cache"  # without WHYREC_CACHE: this directory beside the model directory
 OFF = ("off", "none", "no", "0")
 SOURCES = ("memory", "disk", "computed")
-CALLS = {"explain": explain, "explain_pair": explain_pair}
+CALLS = {"explain": explain, "explain_pair": explain_pair, "faithfulness": faithfulness}
+SLOTS_ENV = "WHYREC_COMPUTE_SLOTS"  # computations at once in one process (see compute_slots)
 _log = logging.getLogger(__name__)
+
+
+def compute_slots() -> int:
+    """How many explanations (or deletion tests) one process computes at once: $WHYREC_COMPUTE_SLOTS, else one
+    fewer than the CPU cores, at least one. Each computation runs on the threads torch is given; more at once
+    than cores only makes every one of them, and every page waiting behind them, slower."""
+    given = os.environ.get(SLOTS_ENV, "").strip()
+    if given:
+        try:
+            slots = int(given)
+        except ValueError:
+            raise ExplanationError(f"${SLOTS_ENV} is {given!r}: give a whole number of computations, 1 or more") \
+                from None
+        if slots < 1:
+            raise ExplanationError(f"${SLOTS_ENV} is {slots}: give 1 or more")
+        return slots
+    return max(1, (os.cpu_count() or 2) - 1)
 
 
 @dataclass(frozen=True)
 class Cached:
-    """An explanation and where it came from: this process's memory, the disk cache, or computed just now."""
+    """An explanation (or its deletion test) and where it came from: this process's memory, the disk cache, or
+    computed just now."""
 
-    explanation: Explanation
+    value: Explanation | dict  # the explanation; for ExplanationCache.checks, faithfulness()'s measures
     source: str  # one of SOURCES
     seconds: float  # this call's wall time: the computation, or finding the explanation in the cache
     computed_seconds: float  # how long computing it took, when it was computed
     computed_at: str  # ISO-8601 UTC, when it was computed
     refused: str | None = None  # why a disk entry was not trusted (it was computed again), if one was there
+
+    @property
+    def explanation(self) -> Explanation:
+        return self.value
+
+    @property
+    def checks(self) -> dict:
+        return self.value
 
     @property
     def from_cache(self) -> bool:
@@ -99,6 +134,7 @@ class ExplanationCache:
         self.directory = None if self.directory is None else Path(self.directory)
         self._memory: OrderedDict[str, tuple[dict, Cached]] = OrderedDict()
         self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(compute_slots())
 
     def explain(self, recommender, item_id, **arguments) -> Cached:
         """`explain(recommender, item_id, **arguments)`, computed once per key."""
@@ -107,6 +143,12 @@ class ExplanationCache:
     def explain_pair(self, recommender, item_a, item_b, **arguments) -> Cached:
         """`explain_pair(recommender, item_a, item_b, **arguments)`, computed once per key."""
         return self._get(recommender, "explain_pair", (str(item_a), str(item_b)), arguments)
+
+    def checks(self, recommender, explained: Cached | Explanation, **arguments) -> Cached:
+        """`faithfulness(recommender, explanation, **arguments)` (the deletion test), computed once per explanation
+        (by its checksum) and arguments; the result's `.checks` is faithfulness()'s dict."""
+        explanation = explained.explanation if isinstance(explained, Cached) else explained
+        return self._get(recommender, "faithfulness", (explanation,), arguments)
 
     def contains(self, recommender, item_id, **arguments) -> bool:
         """Whether `explain(recommender, item_id, **arguments)` would come from the cache (a valid disk entry)."""
@@ -121,19 +163,17 @@ class ExplanationCache:
 
     # ---- lookup -------------------------------------------------------------------------------------------------
 
-    def _get(self, recommender, call: str, items: tuple[str, ...], arguments: dict) -> Cached:
+    def _get(self, recommender, call: str, items: tuple, arguments: dict) -> Cached:
         started = time.perf_counter()
         key = explanation_key(recommender, call, items, arguments)
         if key is None:  # not a saved checkpoint: nothing to key by
             self.stats["computed"] += 1
-            return self._compute(recommender, call, items, arguments, started)
+            with self._slots:
+                return self._compute(recommender, call, items, arguments, started)
         digest = key_digest(key)
-        with self._lock:
-            held = self._memory.get(digest)
-            if held is not None and held[0] == key:
-                self._memory.move_to_end(digest)
-                self.stats["memory"] += 1
-                return replace(held[1], source="memory", seconds=time.perf_counter() - started, refused=None)
+        found = self._in_memory(digest, key, started)
+        if found is not None:
+            return found
         refused = None
         if self.directory is not None:
             found, refused = self._read(self.entry_path(key), key)
@@ -145,17 +185,30 @@ class ExplanationCache:
             if refused is not None:
                 self.stats["refused"] += 1
                 _log.warning("explanation cache: refused %s (%s); computing it again", self.entry_path(key), refused)
-        self.stats["computed"] += 1
-        result = self._compute(recommender, call, items, arguments, started, refused)
+        with self._slots:  # waited for a slot: another session may have computed this very key meanwhile
+            found = self._in_memory(digest, key, started)
+            if found is not None:
+                return found
+            self.stats["computed"] += 1
+            result = self._compute(recommender, call, items, arguments, started, refused)
         self._remember(digest, key, result)
         if self.directory is not None:
             self._write(self.entry_path(key), key, result)
         return result
 
+    def _in_memory(self, digest: str, key: dict, started: float) -> Cached | None:
+        with self._lock:
+            held = self._memory.get(digest)
+            if held is None or held[0] != key:
+                return None
+            self._memory.move_to_end(digest)
+            self.stats["memory"] += 1
+            return replace(held[1], source="memory", seconds=time.perf_counter() - started, refused=None)
+
     def _compute(self, recommender, call, items, arguments, started, refused=None) -> Cached:
-        explanation = CALLS[call](recommender, *items, **arguments)
+        value = CALLS[call](recommender, *items, **arguments)
         seconds = time.perf_counter() - started
-        return Cached(explanation, "computed", seconds, seconds, _now(), refused)
+        return Cached(value, "computed", seconds, seconds, _now(), refused)
 
     def _remember(self, digest: str, key: dict, result: Cached) -> None:
         with self._lock:
@@ -191,7 +244,11 @@ class ExplanationCache:
             return None, str(exc)
 
     def _write(self, path: Path, key: dict, result: Cached) -> None:
-        text = entry_text(key, result)
+        try:
+            text = entry_text(key, result)
+        except (TypeError, ValueError) as exc:  # a measure JSON cannot hold (not finite): kept in memory only
+            _log.warning("explanation cache: not writing %s (%s)", path, exc)
+            return
         temporary = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -215,12 +272,16 @@ class ExplanationCache:
 
 # ---- entries --------------------------------------------------------------------------------------------------
 
+def _value_field(key: dict) -> str:
+    return "checks" if key.get("call") == "faithfulness" else "explanation"
+
+
 def entry_text(key: dict, result: Cached) -> str:
-    """The JSON file of one entry (see the module docstring)."""
-    explanation = result.explanation.to_dict()
+    """The JSON file of one entry (see the module docstring); ValueError for a value JSON cannot hold."""
+    value = result.value if isinstance(result.value, dict) else result.value.to_dict()
     return json.dumps({"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "key": key,
-                       "checksum": checksum(explanation), "computed_at": result.computed_at,
-                       "seconds": result.computed_seconds, "explanation": explanation},
+                       "checksum": checksum(value), "computed_at": result.computed_at,
+                       "seconds": result.computed_seconds, _value_field(key): value},
                       allow_nan=False, ensure_ascii=False)
 
 
@@ -237,10 +298,16 @@ def read_entry(text: str, key: dict) -> Cached:
                                f"{SCHEMA_VERSION}")
     if data.get("key") != key:
         raise ExplanationError("the entry holds another key: " + _first_difference(data.get("key"), key))
-    explanation = data.get("explanation")
-    if data.get("checksum") != checksum(explanation):
-        raise ExplanationError("its checksum does not match its explanation")
-    loaded = Explanation.from_dict(explanation)
+    name = _value_field(key)
+    value = data.get(name)
+    if data.get("checksum") != checksum(value):
+        raise ExplanationError(f"its checksum does not match its {name}")
+    if name == "checks":
+        if not isinstance(value, dict) or not isinstance(value.get("deletion_top3_drop"), int | float):
+            raise ExplanationError("its checks are not a deletion test's measures")
+        loaded = value
+    else:
+        loaded = Explanation.from_dict(value)
     seconds, computed_at = data.get("seconds"), data.get("computed_at")
     if not isinstance(seconds, int | float) or not isinstance(computed_at, str):
         raise ExplanationError("it does not say when it was computed")
@@ -254,8 +321,9 @@ def checksum(explanation) -> str:
 
 # ---- keys -----------------------------------------------------------------------------------------------------
 
-def explanation_key(recommender, call: str, items: tuple[str, ...], arguments: dict) -> dict | None:
-    """Everything an explanation depends on, as plain JSON; None for a model that is not a saved checkpoint."""
+def explanation_key(recommender, call: str, items: tuple, arguments: dict) -> dict | None:
+    """Everything an explanation (or a deletion test: call "faithfulness", items the explanation) depends on, as
+    plain JSON; None for a model that is not a saved checkpoint."""
     checkpoint_id = getattr(recommender, "checkpoint_id", None)
     if not checkpoint_id or (getattr(recommender, "metadata", None) or {}).get("checkpoint_id") != checkpoint_id:
         return None
@@ -302,6 +370,12 @@ def _key_value(name: str, value):
         return {"moment": moment.isoformat()}
     if isinstance(value, list | tuple):
         return [_key_value(name, v) for v in value]
+    if isinstance(value, Explanation):  # a deletion test's: keyed by what it tests, not how long that took
+        content = value.to_dict()
+        content.pop("timing", None)
+        for part in content.get("parts", []):
+            part.pop("seconds", None)
+        return {"explanation": checksum(content)}
     raise ExplanationError(f"cannot key an explanation by {name}={type(value).__name__}: give plain values")
 
 

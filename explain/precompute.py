@@ -4,8 +4,10 @@
     done = precompute(recommender, ExplanationCache(directory), users, k=10)
 
 Each item is explained with the arguments the Recommend page's panel uses by default (explain.cache keys by every
-argument), so the page finds it: the user, no query, `n_steps` Integrated Gradients steps and no drill-down.
-Entries already in the cache are read, not computed again, so a second run over the same users is quick.
+argument), so the page finds it: the user, no query, `n_steps` Integrated Gradients steps and no drill-down. The
+first `checks` items of each list also get the deletion test the panel shows under the explanation (about as costly
+as the explanation itself). Entries already in the cache are read, not computed again, so a second run over the same
+users is quick.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ class Precomputed:
 
     users: int
     explanations: int  # items explained or found, over every user
-    computed: int  # of those, computed now
+    checks: int  # deletion tests run or found, over every user
+    computed: int  # explanations and deletion tests computed now
     from_cache: int  # of those, already in the cache (and valid)
     refused: int  # cached entries refused (corrupted, foreign) and computed again
     seconds: float
@@ -81,26 +84,34 @@ def check_users(recommender, user_ids: list[str], source: str = "") -> None:
 
 
 def precompute(recommender, cache: ExplanationCache, user_ids: list[str], k: int = 10, n_steps: int = PANEL_STEPS,
-               drill_down: int = 0, progress: Callable[[int, int, str], None] | None = None) -> Precomputed:
-    """Explain every listed user's top-k into `cache`; `progress(done, total, label)` after each item."""
+               drill_down: int = 0, checks: int | None = None,
+               progress: Callable[[int, int, str], None] | None = None) -> Precomputed:
+    """Explain every listed user's top-k into `cache`, with the deletion tests of the first `checks` (None: all k);
+    `progress(done, total, label)` after each item."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ExplanationError(f"k {k!r} must be a whole number of items, 1 or more")
+    checks = k if checks is None else checks
+    if isinstance(checks, bool) or not isinstance(checks, int) or checks < 0:
+        raise ExplanationError(f"checks {checks!r} must be a whole number of items, 0 or more")
     if not user_ids:
         raise ExplanationError("no users to precompute")
     check_users(recommender, user_ids)
     started = time.perf_counter()
     before = dict(cache.stats)
     rankings = [(user, [r.item_id for r in recommender.recommend(user_id=user, k=k)]) for user in user_ids]
-    total, done = sum(len(items) for _, items in rankings), 0
+    total, done, checked = sum(len(items) for _, items in rankings), 0, 0
     for user, items in rankings:
-        for item in items:
+        for rank, item in enumerate(items):
             try:
-                cache.explain(recommender, item, user_id=user, n_steps=n_steps, drill_down=drill_down)
+                found = cache.explain(recommender, item, user_id=user, n_steps=n_steps, drill_down=drill_down)
+                if rank < checks:
+                    cache.checks(recommender, found)
+                    checked += 1
             except WhyRecError as exc:
                 raise ExplanationError(f"user '{user}', item '{item}': {exc}") from exc
             done += 1
             if progress is not None:
                 progress(done, total, f"user {user}")
     counted = {name: cache.stats[name] - before.get(name, 0) for name in cache.stats}
-    return Precomputed(len(user_ids), done, counted["computed"], counted["memory"] + counted["disk"],
+    return Precomputed(len(user_ids), done, checked, counted["computed"], counted["memory"] + counted["disk"],
                        counted["refused"], time.perf_counter() - started)

@@ -43,11 +43,14 @@ def test_the_panel_says_computed_then_from_the_cache_on_a_second_visit(cache_dir
     first = visit()
     assert explained_in(first) == "Explained in"
     assert any(c.startswith("Computed in") for c in said(first)), said(first)
+    assert any(c.startswith("Deletion test: Computed in") for c in said(first)), said(first)
     user, item = first.query_params["user"], first.query_params["item"]
 
     second = visit()
     assert explained_in(second) == "From the cache in"
     assert any(c.startswith("From the cache") for c in said(second)), said(second)
+    # The deletion test under it too: a new session computes neither again.
+    assert any(c.startswith("Deletion test: From the cache") for c in said(second)), said(second)
     assert (second.query_params["user"], second.query_params["item"]) == (user, item)
     # The entry on disk is the one the page showed: another process finds it with the panel's settings.
     recommender = load(tiny_model, data=str(shop_data))

@@ -2,9 +2,11 @@
 several processes writing at once, the precompute command, and reports that read the cache."""
 
 import dataclasses
+import functools
 import inspect
 import json
 import multiprocessing
+import threading
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -12,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from explain import Explanation, PathSettings, explain, explain_pair
+from explain import Explanation, PathSettings, explain, explain_pair, faithfulness
 from explain.__main__ import main
 from explain.cache import (
     CALLS,
     Cached,
     ExplanationCache,
     cache_directory,
+    compute_slots,
     entry_text,
     explanation_key,
     key_digest,
@@ -80,6 +83,8 @@ def other_values(recommender, user):
 def test_every_argument_and_every_path_setting_is_in_the_key(recommender, user, top_items):
     changes = other_values(recommender, user)
     for call, function in CALLS.items():
+        if call == "faithfulness":  # keyed by the explanation it tests: its own test below
+            continue
         parameters = list(inspect.signature(function).parameters)
         items = tuple(top_items[: 2 if call == "explain_pair" else 1])
         parameters = parameters[1 + len(items):]
@@ -147,7 +152,98 @@ def test_an_argument_that_cannot_be_keyed_is_refused(recommender, user, top_item
         key(recommender, top_items[0], user_id=user, steps=8)
 
 
+def test_a_deletion_test_is_keyed_by_the_explanation_it_tests_and_its_every_argument(recommender, user, top_items,
+                                                                                     computed):
+    other = explain(recommender, top_items[1], user_id=user, n_steps=STEPS)
+    plain = explanation_key(recommender, "faithfulness", (computed,), {})
+    assert plain == explanation_key(recommender, "faithfulness", (Explanation.from_dict(computed.to_dict()),), {})
+    assert key_digest(plain) != key_digest(explanation_key(recommender, "faithfulness", (other,), {}))
+    changes = {"history": recommender.dataset.user_events(user).iloc[:-1], "at": "2020-01-01", "k_max": 3,
+               "random_draws": 2, "seed": 1, "agreement": True, "max_evals": 50}
+    parameters = list(inspect.signature(faithfulness).parameters)[2:]
+    assert set(parameters) == set(changes), f"give the test a value for {set(parameters) ^ set(changes)}"
+    for name in parameters:
+        changed = explanation_key(recommender, "faithfulness", (computed,), {name: changes[name]})
+        assert key_digest(changed) != key_digest(plain), f"{name} does not change the key"
+
+
 # ---- hits --------------------------------------------------------------------------------------------------------
+
+def test_a_deletion_test_is_computed_once_and_read_back_whole(recommender, user, top_items, computed, tmp_path):
+    cache = ExplanationCache(tmp_path)
+    found = cache.explain(recommender, top_items[0], user_id=user, n_steps=STEPS)
+    first = cache.checks(recommender, found)
+    again = cache.checks(recommender, found.explanation)
+    from_disk = ExplanationCache(tmp_path).checks(recommender, computed)  # the same explanation, computed apart
+    assert (first.source, again.source, from_disk.source) == ("computed", "memory", "disk")
+    direct = faithfulness(recommender, computed)
+    for name in ("deletion_top3_drop", "deletion_random3_words_drop", "history_top3_drop", "history_loo3_drop"):
+        assert from_disk.checks[name] == pytest.approx(direct[name], abs=1e-5), name
+    assert from_disk.checks["curves"] == first.checks["curves"]  # the JSON round trip is exact
+    other = cache.checks(recommender, cache.explain(recommender, top_items[1], user_id=user, n_steps=STEPS))
+    assert other.source == "computed" and other.checks["score"] != first.checks["score"]
+    assert cache.checks(recommender, found, random_draws=2).source == "computed"
+    # The explanation's own entry is untouched by its deletion test's.
+    assert ExplanationCache(tmp_path).explain(recommender, top_items[0], user_id=user, n_steps=STEPS).source == "disk"
+
+
+def test_a_damaged_deletion_test_entry_is_refused_and_computed_again(recommender, user, computed, tmp_path):
+    ExplanationCache(tmp_path).checks(recommender, computed)
+    path = ExplanationCache(tmp_path).entry_path(explanation_key(recommender, "faithfulness", (computed,), {}))
+    data = json.loads(path.read_text())
+    data["checks"]["deletion_top3_drop"] += 1.0
+    path.write_text(json.dumps(data))
+    again = ExplanationCache(tmp_path).checks(recommender, computed)
+    assert again.source == "computed" and "checksum does not match its checks" in again.refused
+    assert ExplanationCache(tmp_path).checks(recommender, computed).source == "disk"
+
+
+def test_computations_wait_for_a_slot_and_the_same_key_is_computed_once(recommender, user, top_items, monkeypatch):
+    """With one slot, four sessions asking for two explanations at once: never two computations together, and
+    each explanation computed once (those who waited find it in memory)."""
+    monkeypatch.setenv("WHYREC_COMPUTE_SLOTS", "1")
+    running, most, calls = [0], [0], []
+    lock = threading.Lock()
+    real = CALLS["explain"]
+
+    @functools.wraps(real)  # the key reads explain's signature
+    def counted(*args, **kwargs):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            calls.append(args[1])
+        try:
+            time.sleep(0.05)
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setitem(CALLS, "explain", counted)
+    cache = ExplanationCache(None)
+    found = {}
+    threads = [threading.Thread(target=lambda i=i: found.__setitem__(i, cache.explain(
+        recommender, top_items[i % 2], user_id=user, n_steps=STEPS))) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most[0] == 1 and sorted(calls) == sorted(top_items[:2])
+    assert sorted(f.source for f in found.values()) == ["computed", "computed", "memory", "memory"]
+
+
+def test_compute_slots_default_to_one_fewer_than_the_cores_and_a_bad_setting_is_named(monkeypatch):
+    monkeypatch.delenv("WHYREC_COMPUTE_SLOTS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert compute_slots() == 7
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert compute_slots() == 1
+    monkeypatch.setenv("WHYREC_COMPUTE_SLOTS", "3")
+    assert compute_slots() == 3
+    for bad in ("0", "two"):
+        monkeypatch.setenv("WHYREC_COMPUTE_SLOTS", bad)
+        with pytest.raises(ExplanationError, match=f"WHYREC_COMPUTE_SLOTS is.*{bad}"):
+            compute_slots()
 
 def test_memory_then_disk_then_a_different_request_computed(recommender, user, top_items, computed, tmp_path):
     cache = ExplanationCache(tmp_path)
@@ -352,9 +448,10 @@ def test_precompute_fills_the_cache_the_panel_reads(tiny_model, recommender, tmp
     listed.write_text("# the demo's users\n" + "\n".join(users) + "\n\n")
     cache_dir = tmp_path / "cache"
     argv = ["precompute", "--model", str(tiny_model), "--users", str(listed), "--k", "2", "--steps", str(STEPS),
-            "--cache", str(cache_dir), "--no-progress"]
+            "--checks", "1", "--cache", str(cache_dir), "--no-progress"]
     assert main(argv) == 0
-    assert "4 explanations for 2 users" in capsys.readouterr().out and len(list(cache_dir.rglob("*.json"))) == 4
+    assert "4 explanations and 2 deletion tests for 2 users" in capsys.readouterr().out
+    assert len(list(cache_dir.rglob("*.json"))) == 6
     cache = ExplanationCache(cache_dir)
     for user_id in users:
         for item in recommender.recommend(user_id=user_id, k=2):
@@ -362,16 +459,18 @@ def test_precompute_fills_the_cache_the_panel_reads(tiny_model, recommender, tmp
             found = cache.explain(recommender, item.item_id, user_id=user_id, query=None, n_steps=STEPS,
                                   drill_down=0)
             assert found.source == "disk" and found.explanation.item_id == item.item_id
-    assert main(argv) == 0  # a second run reads what the first wrote
-    assert "0 computed, 4 already cached" in capsys.readouterr().out
+            # The #1's deletion test, as the panel asks for it under the explanation; not the #2's.
+            assert (cache.checks(recommender, found).source == "disk") == (item.rank == 1)
+    assert main(argv) == 0  # a second run reads what the first wrote (and the #2's deletion tests computed above)
+    assert "0 computed, 6 already cached" in capsys.readouterr().out
 
 
 def test_precompute_a_sample_into_the_default_directory(tiny_model, recommender, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WHYREC_CACHE", str(tmp_path / "from-env"))
     assert main(["precompute", "--model", str(tiny_model), "--sample", "2", "--k", "1", "--steps", str(STEPS),
                  "--no-progress"]) == 0
-    assert "2 explanations for 2 users" in capsys.readouterr().out
-    assert len(list((tmp_path / "from-env").rglob("*.json"))) == 2
+    assert "2 explanations and 2 deletion tests for 2 users" in capsys.readouterr().out
+    assert len(list((tmp_path / "from-env").rglob("*.json"))) == 4
 
 
 @pytest.mark.parametrize("users, message", [

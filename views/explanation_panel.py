@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from data.errors import WhyRecError
-from explain import Explanation, faithfulness
+from explain import Explanation
 from explain.cache import Cached
 from explain.charts import behaviour_bars, history_bars, history_token_sections, legend_html, token_html, waterfall
 from explain.faithfulness import MAX_EVALS, shap_tokens
@@ -47,16 +47,16 @@ def cached_explanation(recommender, item_id: str, **arguments) -> Cached:
     return explanation_cache().explain(recommender, item_id, **arguments)
 
 
-@st.cache_data(show_spinner=False, max_entries=128)
-def cached_faithfulness(checkpoint_id: str, explanation_json: dict, _recommender) -> dict:
-    """Deletion and insertion checks of one explanation (computed after the charts are on screen)."""
-    return faithfulness(_recommender, Explanation.from_dict(explanation_json))
+def cached_checks(recommender, found: Cached) -> Cached:
+    """The deletion test of an explanation (computed after the charts are on screen), kept in the same cache as the
+    explanations, so every session and process computes it once."""
+    return explanation_cache().checks(recommender, found)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def cached_agreement(checkpoint_id: str, explanation_json: dict, _recommender) -> dict:
+def cached_agreement(recommender, explanation_json: dict) -> dict:
     """SHAP Partition's second opinion on the item's words, with its own deletion test (on request: seconds)."""
-    return faithfulness(_recommender, Explanation.from_dict(explanation_json), agreement=True)["agreement"]
+    explanation = Explanation.from_dict(explanation_json)
+    return explanation_cache().checks(recommender, explanation, agreement=True).checks["agreement"]
 
 
 @st.fragment
@@ -104,7 +104,12 @@ def explanation_panel(recommender, ranked, user_id, query) -> None:
 
     st.markdown("**How far to trust it**")
     with st.spinner("Running the deletion test…"):
-        checks = cached_faithfulness(recommender.checkpoint_id, explanation_json, recommender)
+        try:
+            checked = cached_checks(recommender, found)
+        except WhyRecError as exc:
+            st.error(str(exc))
+            return
+    checks = checked.checks
     f1, f2, f3 = st.columns(3)
     # Whole words, as the shaded text shows them: every piece of a word goes at once.
     top, by_chance = checks["deletion_top3_words_drop"], checks["deletion_random3_words_drop"]
@@ -126,6 +131,7 @@ def explanation_panel(recommender, ranked, user_id, query) -> None:
         h4.metric("Drop, leave-one-out top 3", f"{checks['history_loo3_drop']:+.3f}",
                   help="The 3 past items whose removal alone lowers the score most: about the most any 3 can do. "
                        + _kept_help(checks, "loo3"))
+    st.caption("Deletion test: " + md_escape(checked.describe()))
     with st.expander("Second opinion: SHAP Partition over the same words (computed on request)"):
         if st.toggle("Compute", key=f"second_{item_id}",
                      help=f"SHAP's Partition explainer, {MAX_EVALS} model calls: several times the explanation's time"):
@@ -192,7 +198,7 @@ def second_opinion(recommender, explanation_json: dict, checks: dict) -> None:
     """SHAP Partition's credit for the item's words beside IG's, both judged by the same deletion test."""
     try:
         with st.spinner("Running SHAP Partition…"):
-            agreement = cached_agreement(recommender.checkpoint_id, explanation_json, recommender)
+            agreement = cached_agreement(recommender, explanation_json)
     except WhyRecError as exc:
         st.error(str(exc))
         return

@@ -277,7 +277,8 @@ async def run_session(page, url: str, user: str, timeout_s: float = 300.0, think
     try:
         # 1. The user's list: the user typed into the Recommend page's chooser and entered.
         await to_recommend(page, timeout_s)
-        before = await page.evaluate(GRID_TEXT, TOP_LIST)
+        # The list shown before the choice, which the new one must replace (none to replace: the user is shown).
+        before = "" if link_param(page, "user") == user else await page.evaluate(GRID_TEXT, TOP_LIST)
 
         async def choose_user() -> None:
             chooser = page.locator(".st-key-rec_user input").first

@@ -11,8 +11,9 @@ the code that computes it (a hash of the data, model and explain packages' sourc
 and every argument of the call (`explain` or `explain_pair`) with its defaults applied, read from the function's
 own signature: a setting added to `explain` joins the key by itself. Edits key by content: an edited history by a
 hash of its rows, feature overrides by their values. A deletion test (`checks`) keys by the checksum of the
-explanation it tests (its timings left out) and faithfulness()'s own arguments. A model that is not a saved checkpoint (one being trained,
-or built in memory) has no id to key by: its explanations are computed every time and never stored.
+explanation it tests (its timings left out) and faithfulness()'s own arguments. A model that is not a saved
+checkpoint (one being trained, or built in memory) has no id to key by: its explanations are computed every time
+and never stored.
 
 Computing is the expensive part, and several sessions of one dashboard share this process's CPU: at most
 `compute_slots()` computations run at once ($WHYREC_COMPUTE_SLOTS; by default one fewer than the CPU cores, at

@@ -46,6 +46,22 @@ def test_choose_another_user_and_k(app):
     assert app.query_params["user"] == users[3]
 
 
+def test_another_user_explains_their_own_top_item_without_a_warning_about_the_last_link(app):
+    app.run()
+    first_item = app.query_params["item"]
+    users = app.selectbox(key="rec_user").options
+    app.selectbox(key="rec_user").select(users[3]).run()
+    assert not app.exception and not app.warning, [w.value for w in app.warning]
+    chooser = app.selectbox(key="explain_item")
+    assert chooser.index == 0 and app.query_params["item"] == chooser.value  # the new list's #1, named in the link
+    assert first_item  # the first list's #1 was in the link before
+    # A link's own item that is not in its list is still named.
+    fresh = AppTest.from_file(APP, default_timeout=180)
+    fresh.query_params.update({"user": users[3], "item": "no-such-item"})
+    fresh.run()
+    assert any("no\\-such\\-item" in w.value for w in fresh.warning), [w.value for w in fresh.warning]
+
+
 def test_query_mode(app):
     app.query_params["query"] = "wool sock"
     app.run()

@@ -62,6 +62,8 @@ if user_id is not None:
         profile_card(recommender, user_id)
 
 wanted = {"user": user_id, "query": query}
+if any(params.get(key) != (value or None) for key, value in wanted.items()) and "item" in params:
+    del params["item"]  # another list: the link's item was one of the last list's, not an item to warn about
 for key, value in wanted.items():
     if value:
         params[key] = value

@@ -220,8 +220,14 @@ async def shown_user(page, key: str) -> str:
     return parse_qs(urlparse(page.url).query).get("user", [""])[0]
 
 
-async def check_user(result: SessionResult, page, page_name: str, key: str) -> None:
+async def check_user(result: SessionResult, page, page_name: str, key: str, timeout_s: float = 10.0) -> None:
+    """The page shows the session's user in its chooser and its link. The chooser may be drawn a moment after the
+    result (a busy browser): an empty one is read again, for up to `timeout_s`, before it counts."""
     shown = await shown_user(page, key)
+    deadline = time.perf_counter() + timeout_s
+    while not shown and time.perf_counter() < deadline:
+        await asyncio.sleep(0.1)
+        shown = await shown_user(page, key)
     url_user = parse_qs(urlparse(page.url).query).get("user", [None])[0]
     if result.user not in shown.split() or url_user != result.user:
         result.wrong_user.append(f"{page_name}: shows {shown!r}, link user {url_user!r}")

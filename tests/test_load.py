@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from bench.load import differences, measure, pick_users
+from bench.load_server import measure as measure_server
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -55,3 +56,23 @@ def test_two_concurrent_sessions_each_see_their_own_user_as_a_serial_session_doe
     assert serial["distinct_top10_lists"] == 2
     assert all(len(values["top10"]) == 10 and values["whatif_delta"] for values in reference.values())
     assert concurrent["differs_from_serial"] == {}
+
+
+def test_sessions_over_the_protocol_each_get_their_own_users_list_as_a_serial_session_does(served):
+    model, data = served
+    picked = pick_users(data, 3)  # the warm-up user and three
+    warm_up, users = picked[0], picked[1:]
+    levels, reference = asyncio.run(measure_server(model, data, users, [1, 3], warm_up, {}, ARTIFACTS / "load",
+                                                   timeout_s=120, think_s=0.0, log=lambda *_: None))
+    serial, concurrent = levels
+    for level in levels:
+        assert level["errors"] == {} and level["other_user_named"] == {}, level
+        assert level["list"]["n"] == level["page"]["n"] == 3
+        assert level["list"]["p50_s"] <= level["page"]["p50_s"]  # the list comes before the panel under it
+    assert sorted(reference) == sorted(users) and all(len(top) == 10 for top in reference.values())
+    assert serial["distinct_lists"] == 3  # different users, different lists: a crossed answer would show
+    assert concurrent["differs_from_serial"] == {}
+    # A list that is not the serial one is named.
+    from bench.load_server import Visit, summarise
+    wrong = Visit(users[0], 0.1, 0.2, [(title, score + 1.0) for title, score in reference[users[0]]], {users[0]})
+    assert summarise([wrong], reference, 1.0)["differs_from_serial"] == {users[0]: "ranked list differs"}

@@ -413,7 +413,7 @@ def test_real_encoder_loss_falls_with_lora(tiny_shop):
     from model.encoder import TextEncoder, load_encoder
     from model.recommender import RecommenderNet
     from model.sequences import build_histories
-    from model.train import TrainConfig, _optimizer, _stage1_loss, _tuned, item_texts
+    from model.train import TrainConfig, _stage1_loss, _tuned, item_texts, stage1_optimizer
 
     torch.manual_seed(0)
     transformer, tokenizer = load_encoder()
@@ -426,7 +426,7 @@ def test_real_encoder_loss_falls_with_lora(tiny_shop):
     queries = encoder.embed(["wool sock"] * len(texts), 12)
     batch = [h for h in build_histories(tiny_shop.events, tiny_shop.item_position).values() if len(h) >= 2][:8]
     train_config = TrainConfig(lr=5e-3, encoder_lr=1e-3)
-    optimizer = _optimizer(net, train_config)
+    optimizer = stage1_optimizer(net, train_config)
     rng = np.random.default_rng(0)
     net.train()
     losses = []

@@ -49,7 +49,7 @@ def shop_size(users: int) -> dict:
 # Steps. Each runs inside its own process, reads or writes the shop in `directory` and returns a dict for the JSON.
 
 
-def step_generate(directory: Path, users: int) -> dict:
+def step_generate(directory: Path, users: int, source: Path | None = None) -> dict:
     """`python -m data generate --kind parquet`: the seeded shop with its planted truth, written as Parquet."""
     from data.io import write_tables
     from data.synthetic import generate
@@ -65,7 +65,7 @@ def step_generate(directory: Path, users: int) -> dict:
             "files_mb": round(sum(f.stat().st_size for f in directory.iterdir()) / 2**20, 1)}
 
 
-def step_load(directory: Path, users: int) -> dict:
+def step_load(directory: Path, users: int, source: Path | None = None) -> dict:
     """`load_dataset`: read, validate, set aside duplicates, sort, fingerprint (the planted truth stays on disk)."""
     from data.io import load_dataset
 
@@ -75,7 +75,7 @@ def step_load(directory: Path, users: int) -> dict:
             "fingerprint": dataset.meta.fingerprint}
 
 
-def step_quality(directory: Path, users: int) -> dict:
+def step_quality(directory: Path, users: int, source: Path | None = None) -> dict:
     """The data-quality report on the loaded shop (load time reported apart; peak memory covers both)."""
     from data.io import load_dataset
     from data.quality import quality_report
@@ -88,7 +88,7 @@ def step_quality(directory: Path, users: int) -> dict:
             "findings": [finding.code for finding in report.findings]}
 
 
-def step_features(directory: Path, users: int) -> dict:
+def step_features(directory: Path, users: int, source: Path | None = None) -> dict:
     """Point-in-time behaviour features: the store's build, the full-catalog features of one request (at=None,
     as the Recommend page asks), and a bounded sample of past moments (pair_features, as training reads them)."""
     from data.features import FeatureStore
@@ -132,18 +132,19 @@ def model_directory(directory: Path) -> Path:
     return directory.parent / f"{directory.name}-model"
 
 
-def step_checkpoint(directory: Path, users: int) -> dict:
-    """bench.scale_serving.build_app_checkpoint: the shop of `users`, the scaled model over it, saved."""
+def step_checkpoint(directory: Path, users: int, source: Path | None = None) -> dict:
+    """bench.scale_serving.build_app_checkpoint: the shop of `users`, the scaled `source` model over it, saved."""
     from bench.scale_serving import SOURCE_MODEL, build_app_checkpoint
 
+    source = source or SOURCE_MODEL
     model = model_directory(directory)
     started = time.perf_counter()
-    built = build_app_checkpoint(SOURCE_MODEL, model, users, SEED)
-    return {"seconds": time.perf_counter() - started, **built, "checkpoint": str(model), "source": str(SOURCE_MODEL),
+    built = build_app_checkpoint(source, model, users, SEED)
+    return {"seconds": time.perf_counter() - started, **built, "checkpoint": str(model), "source": str(source),
             "model": SCALED_MODEL}
 
 
-def step_epoch(directory: Path, users: int) -> dict:
+def step_epoch(directory: Path, users: int, source: Path | None = None) -> dict:
     """One stage-1 epoch (model.train.stage1_epoch, as `model train` runs it) on the checkpoint's shop, on the CPU
     with every core; past EPOCH_FULL_UP_TO users, EPOCH_STEPS steps of it, and the epoch projected from them."""
     import torch
@@ -193,7 +194,7 @@ def epoch_figures(done, training_events: int) -> dict:
             "events_per_s": training_events / epoch_seconds, "epoch_seconds": epoch_seconds, "projected": projected}
 
 
-def step_explain(directory: Path, users: int) -> dict:
+def step_explain(directory: Path, users: int, source: Path | None = None) -> dict:
     """The Recommend panel's explanation of a user's top item (explain.explain, 50 IG steps, no drill-down) and,
     apart, its deletion test (explain.faithfulness), on the scaled checkpoint loaded as the dashboard loads it (one
     thread). The first user warms the explainers up, as the dashboard does at start; the others are timed."""
@@ -227,7 +228,7 @@ def step_explain(directory: Path, users: int) -> dict:
             "model": SCALED_MODEL}
 
 
-def step_render(directory: Path, users: int) -> dict:
+def step_render(directory: Path, users: int, source: Path | None = None) -> dict:
     """The dashboard on the scaled checkpoint in a real browser (bench.scale_serving.page_timings): the first
     ranked list while the model loads, then new visitors' first Recommend page, and the server's memory."""
     from bench.scale_serving import page_timings
@@ -248,10 +249,10 @@ STEPS = {"generate": step_generate, "load": step_load, "quality": step_quality, 
 # Running: one process per (size, step).
 
 
-def run_step(step: str, directory: Path, users: int) -> dict:
+def run_step(step: str, directory: Path, users: int, source: Path | None = None) -> dict:
     """Run one step in a fresh interpreter; its wall time and its own peak RSS come from the operating system."""
     command = [sys.executable, "-m", "bench.scale", "--one-step", step, "--users", str(users), "--root",
-               str(directory)]
+               str(directory), *(["--source", str(source)] if source else [])]
     load_before = os.getloadavg()[0]
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     started = time.perf_counter()
@@ -284,14 +285,14 @@ def own_peak_rss_gb() -> float | None:
     return None
 
 
-def run_size(users: int, steps: list[str], root: Path, keep: bool) -> dict:
+def run_size(users: int, steps: list[str], root: Path, keep: bool, source: Path | None = None) -> dict:
     directory = root / f"shop-{users}"
     if "generate" in steps and directory.exists():
         shutil.rmtree(directory)
     results = {**shop_size(users), "directory": str(directory), "steps": {}}
     for step in steps:
         print(f"[{users} users] {step} ...", file=sys.stderr, flush=True)
-        result = run_step(step, directory, users)
+        result = run_step(step, directory, users, source)
         results["steps"][step] = result
         print(f"[{users} users] {step}: {result['wall_seconds']:.1f} s, peak {result['peak_rss_gb']:.2f} GB"
               f"{'' if result['exit_code'] == 0 else ' FAILED'}", file=sys.stderr, flush=True)
@@ -336,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the shops are written (outside the repository: a 1M-user shop is gigabytes)")
     parser.add_argument("--keep", action="store_true", help="leave the generated shops in --root")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--source", type=Path, help="the trained checkpoint the model steps scale up (default: "
+                        "bench.scale_serving's)")
     parser.add_argument("--append", action="store_true",
                         help="keep the sizes already in --out (a size measured again replaces its entry)")
     # The child process's entry: run one step on the shop in --root (the size's own directory).
@@ -343,12 +346,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.one_step:
-        result = STEPS[args.one_step](args.root, args.users[0])
+        result = STEPS[args.one_step](args.root, args.users[0], args.source)
         print(json.dumps({**result, "own_peak_rss_gb": own_peak_rss_gb()}))
         return 0
 
     started = machine()
-    sizes = [run_size(users, args.steps, args.root, args.keep) for users in args.users]
+    sizes = [run_size(users, args.steps, args.root, args.keep, args.source) for users in args.users]
     if args.append and args.out.exists():
         sizes = merged_sizes(json.loads(args.out.read_text())["sizes"], sizes)
     result = {"benchmark": "scale", "what": "data generate / load / quality report / point-in-time features, "

@@ -596,3 +596,30 @@ def test_histories_are_built_per_user_on_demand_and_equal_the_batch_build(recomm
     assert "no-such-user" not in lazy and lazy.get("no-such-user") is None and 3 not in lazy
     with pytest.raises(KeyError):
         lazy["no-such-user"]
+
+
+def test_a_stage1_epoch_capped_at_a_few_steps_takes_the_whole_epochs_first_steps(tiny_model):
+    from data.split import leave_last_out
+    from model.train import Stage1Objective, TrainConfig, stage1_epoch, stage1_optimizer, training_histories
+
+    recommender = load(tiny_model, device="cpu")
+    config = TrainConfig(batch_size=4)
+    split = leave_last_out(recommender.dataset, min_history=config.min_history)
+    histories = training_histories(split.train, recommender.dataset.item_position)
+    text = recommender.text_embeddings
+
+    def run(max_steps: int):
+        torch.manual_seed(0)
+        net = load(tiny_model, device="cpu").net.train()  # fresh weights each run
+        done = stage1_epoch(net, Stage1Objective(net), stage1_optimizer(net, config), histories,
+                            np.arange(len(histories)), 4, text, text, [], config, torch.device("cpu"),
+                            np.random.default_rng(0), max_steps=max_steps)
+        return net, done
+
+    _, whole = run(0)
+    net, part = run(2)
+    assert whole.steps == whole.epoch_steps == -(-len(histories) // 4) > 2
+    assert (part.steps, part.epoch_steps) == (2, whole.epoch_steps)
+    assert part.positions == sum(min(len(h) - 1, net.config.max_history) for h in histories[:8])
+    np.testing.assert_allclose(part.losses, whole.losses[:2])
+    assert not torch.equal(net.item_text_proj.weight, recommender.net.item_text_proj.weight)  # it did learn

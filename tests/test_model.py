@@ -76,6 +76,30 @@ def test_score_matches_recommend(recommender):
     np.testing.assert_allclose(scores, [r.score for r in ranked], rtol=1e-5, atol=1e-6)
 
 
+def straightforward_top(recommender, k, *, user_id=None, query=None, exclude_seen=True) -> list[tuple[str, float]]:
+    """Every item's score from its parts, sorted by score then catalog position in plain Python."""
+    context = recommender.context(user_id, query)
+    total = sum(recommender.score_parts(context).values())  # (N,) all items, part by part
+    seen = set(context.history.item_index.tolist()) if exclude_seen else set()
+    order = sorted((i for i in range(len(total)) if i not in seen), key=lambda i: (-total[i], i))
+    return [(str(recommender.item_ids[i]), float(total[i])) for i in order[:k]]
+
+
+@pytest.mark.parametrize("k", [1, 10, 40])
+def test_the_whole_catalog_ranking_is_the_plain_sort_of_every_items_score(recommender, k):
+    users = [u for u in recommender.user_ids if len(recommender.histories[u])][:6]
+    asks = [{"user_id": u} for u in users] + [{"user_id": users[0], "query": "wool sock"}, {"query": "warm mug"},
+                                              {"user_id": users[1], "exclude_seen": False}]
+    for ask in asks:
+        ranked = recommender.recommend(k=k, exact=True, **ask)
+        expected = straightforward_top(recommender, k, **ask)
+        assert [r.item_id for r in ranked] == [item for item, _ in expected], ask
+        np.testing.assert_allclose([r.score for r in ranked], [score for _, score in expected], rtol=1e-6,
+                                   atol=1e-6)
+        for r in ranked:
+            np.testing.assert_allclose(sum(r.parts.values()), r.score, rtol=1e-9, atol=1e-9)
+
+
 def test_save_load_gives_identical_scores(tiny_model, tmp_path, recommender):
     copy = tmp_path / "copy"
     shutil.copytree(tiny_model, copy)

@@ -132,7 +132,7 @@ _DAY_NS = 86_400 * 10**9
 _NEVER = np.iinfo(np.int64).max  # first-event time of an item nobody touched
 _NOT_YET = np.iinfo(np.int64).min  # last-touch time of a category the user never touched
 _VIEW, _CART, _PURCHASE = (EVENT_TYPES.index(kind) for kind in ("view", "cart", "purchase"))
-_ITEM_STATS_CACHE_SIZE = 8  # moments whose whole-catalog item columns are kept (at=None is one moment)
+_ITEM_STATS_CACHE_SIZE = 8  # moments whose whole-catalog item columns and arrivals are kept (at=None is one)
 
 
 @dataclass(frozen=True)
@@ -241,8 +241,15 @@ class FeatureStore:
         in_window = np.searchsorted(priced, log_price + PRICE_WINDOW, side="right") - np.searchsorted(
             priced, log_price - PRICE_WINDOW, side="left")
         self._price_window_share = np.where(np.isnan(log_price), 0.0, in_window / max(len(priced), 1))
+        # The whole catalog's window bounds in price order (unknown prices read as 0, as _price_affinity reads them):
+        # a ranking's search of the user's few prices then walks sorted needles, several times faster in numpy than
+        # a million random ones, and finds the same positions.
+        known_log_price = np.where(np.isnan(log_price), 0.0, log_price)
+        self._price_order = np.argsort(known_log_price, kind="stable")
+        self._price_window_upper = known_log_price[self._price_order] + PRICE_WINDOW  # (n_items,) non-decreasing
+        self._price_window_lower = known_log_price[self._price_order] - PRICE_WINDOW
 
-        self._item_stats_cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._item_stats_cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._cache_lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------------------
@@ -276,7 +283,8 @@ class FeatureStore:
         else:  # rows of the whole catalog's columns when a ranking at this moment has computed them already
             cached = self._cached_item_stats(t_ns)
             out[:, _ITEM_COLUMNS] = cached[items] if cached is not None else self._item_stats(items, np.int64(t_ns))
-        out[:, _USER_COLUMNS] = self._user_stats(trail.before(t_ns), own.before(t_ns), t_ns, items)
+        out[:, _USER_COLUMNS] = self._user_stats(trail.before(t_ns), own.before(t_ns), t_ns, items,
+                                                 whole_catalog=item_index is None)
         return out
 
     def prepare_item_columns(self, at=None) -> None:
@@ -357,6 +365,10 @@ class FeatureStore:
     # Item columns: popularity, conversion, freshness. They read every user's events before t.
 
     def _cached_item_stats(self, t_ns: int) -> np.ndarray | None:
+        cached = self._cached_columns(t_ns)
+        return cached[0] if cached is not None else None
+
+    def _cached_columns(self, t_ns: int) -> tuple[np.ndarray, np.ndarray] | None:
         with self._cache_lock:
             cached = self._item_stats_cache.get(t_ns)
             if cached is not None:
@@ -364,16 +376,23 @@ class FeatureStore:
             return cached
 
     def _whole_catalog_item_stats(self, t_ns: int) -> np.ndarray:
-        cached = self._cached_item_stats(t_ns)
+        return self._whole_catalog_columns(t_ns)[0]
+
+    def _whole_catalog_columns(self, t_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        """What every user's ranking at t_ns reads of the whole catalog: the item columns (n_items, ITEM_FEATURES)
+        and the arrivals at each item before t (co-occurrence's denominators), computed once per moment."""
+        cached = self._cached_columns(t_ns)
         if cached is not None:
             return cached
-        stats = self._item_stats(np.arange(self.n_items, dtype=np.int64), np.int64(t_ns))
-        stats.setflags(write=False)  # shared between callers
+        catalog = np.arange(self.n_items, dtype=np.int64)
+        columns = (self._item_stats(catalog, np.int64(t_ns)), self._arrivals(catalog, t_ns))
+        for array in columns:
+            array.setflags(write=False)  # shared between callers
         with self._cache_lock:
-            self._item_stats_cache[t_ns] = stats
+            self._item_stats_cache[t_ns] = columns
             while len(self._item_stats_cache) > _ITEM_STATS_CACHE_SIZE:
                 self._item_stats_cache.popitem(last=False)
-        return stats
+        return columns
 
     def _item_stats(self, items: np.ndarray, t_ns: np.ndarray) -> np.ndarray:
         """(n, len(_ITEM_COLUMNS)) for items (n,) at moments t_ns (scalar or (n,))."""
@@ -405,9 +424,11 @@ class FeatureStore:
     # ------------------------------------------------------------------------------------------------------
     # User columns: they read the user's events before t (`seen`) and, for co-occurrence, the other users' pairs.
 
-    def _user_stats(self, seen: _Trail, own_seen: _Trail, t_ns: int, items: np.ndarray) -> np.ndarray:
+    def _user_stats(self, seen: _Trail, own_seen: _Trail, t_ns: int, items: np.ndarray,
+                    whole_catalog: bool = False) -> np.ndarray:
         """(n, len(_USER_COLUMNS)) for items (n,). `own_seen`: the stored user's events before t, whose pairs
-        are taken out of the co-occurrence counts (the same as `seen` unless a what-if history replaced it)."""
+        are taken out of the co-occurrence counts (the same as `seen` unless a what-if history replaced it).
+        `whole_catalog`: items are the catalog in order (a ranking of every item)."""
         # Column-major: each feature is written as one contiguous column (row-major writes stride over every row).
         stats = np.zeros((len(items), len(_USER_COLUMNS)), dtype=np.float64, order="F")
 
@@ -451,11 +472,12 @@ class FeatureStore:
         put("user_item_views", np.log1p(_occurrences(seen.item[seen.kind == _VIEW], items, self.n_items)))
         put("user_item_carts", np.log1p(_occurrences(seen.item[seen.kind == _CART], items, self.n_items)))
 
-        put("price_affinity", self._price_affinity(seen, weight, items))
-        put("cooccurrence", self._cooccurrence(seen, own_seen, t_ns, items))
+        put("price_affinity", self._price_affinity(seen, weight, items, whole_catalog))
+        put("cooccurrence", self._cooccurrence(seen, own_seen, t_ns, items, whole_catalog))
         return stats
 
-    def _price_affinity(self, seen: _Trail, weight: np.ndarray, items: np.ndarray) -> np.ndarray:
+    def _price_affinity(self, seen: _Trail, weight: np.ndarray, items: np.ndarray,
+                        whole_catalog: bool = False) -> np.ndarray:
         """(n,) recency-weighted share of the seen events priced within PRICE_WINDOW of each item's price."""
         seen_log_price = self._item_log_price[seen.item]
         priced = ~np.isnan(seen_log_price)
@@ -464,13 +486,20 @@ class FeatureStore:
         cumulative = np.concatenate([[0.0], np.cumsum(weight[priced][order])])
         item_log_price = self._item_log_price[items]
         unknown = np.isnan(item_log_price)
-        x = np.where(unknown, 0.0, item_log_price)
-        within = cumulative[np.searchsorted(prices, x + PRICE_WINDOW, side="right")] - cumulative[
-            np.searchsorted(prices, x - PRICE_WINDOW, side="left")]
+        if whole_catalog:  # the same searches, in price order, put back in catalog order
+            within = np.empty(self.n_items)
+            within[self._price_order] = cumulative[
+                np.searchsorted(prices, self._price_window_upper, side="right")] - cumulative[
+                np.searchsorted(prices, self._price_window_lower, side="left")]
+        else:
+            x = np.where(unknown, 0.0, item_log_price)
+            within = cumulative[np.searchsorted(prices, x + PRICE_WINDOW, side="right")] - cumulative[
+                np.searchsorted(prices, x - PRICE_WINDOW, side="left")]
         typical = float(weight[priced] @ self._price_window_share[seen.item[priced]])
         return np.where(unknown, typical, within) / weight.sum()
 
-    def _cooccurrence(self, seen: _Trail, own_seen: _Trail, t_ns: int, items: np.ndarray) -> np.ndarray:
+    def _cooccurrence(self, seen: _Trail, own_seen: _Trail, t_ns: int, items: np.ndarray,
+                      whole_catalog: bool = False) -> np.ndarray:
         """(n,) share of other users' arrivals at each item before t that came from the user's last distinct
         items: pairs (a -> item) over a in those items / (all pairs (* -> item) + COOCCURRENCE_PRIOR).
 
@@ -485,8 +514,7 @@ class FeatureStore:
             cut = lo + np.searchsorted(self._pair_time[lo:hi], t_ns, side="left")
             successors.append(self._pair_successor[lo:cut])
         counts = _occurrences(np.concatenate(successors), items, self.n_items)
-        rank_now = np.searchsorted(self._moments, t_ns, side="left")
-        arrivals = np.searchsorted(self._arrival_keys, items * self._key_base + rank_now) - self._arrival_origin[items]
+        arrivals = self._whole_catalog_columns(t_ns)[1] if whole_catalog else self._arrivals(items, t_ns)
         if len(own_seen.item) > 1:
             # The stored user's own pairs before t, built by the same rule as the store's, are exactly the part
             # of the counts (and of the arrivals) that is not "other users".
@@ -495,6 +523,11 @@ class FeatureStore:
             counts = counts - _occurrences(successor[moved & np.isin(source, recent)], items, self.n_items)
             arrivals = arrivals - _occurrences(successor[moved], items, self.n_items)
         return counts / (arrivals + COOCCURRENCE_PRIOR)
+
+    def _arrivals(self, items: np.ndarray, t_ns: int) -> np.ndarray:
+        """(n,) pairs (* -> item) of every user before t, for items (n,)."""
+        rank_now = np.searchsorted(self._moments, t_ns, side="left")
+        return np.searchsorted(self._arrival_keys, items * self._key_base + rank_now) - self._arrival_origin[items]
 
     # ------------------------------------------------------------------------------------------------------
     # Lookups and validation

@@ -94,6 +94,7 @@ class Recommender:
         self._candidate_index: VectorIndex | None = None
         self._item_groups: tuple[ItemGroups, ItemGroups] | None = None  # by category, by brand (two-stage)
         self._item_rows: tuple[np.ndarray, ...] | None = None  # the catalog's shown columns as arrays (recommend)
+        self._dot_table: tuple[torch.Tensor, float] | None = None  # whole-catalog ranking (_whole_catalog_candidates)
         self._lock = threading.Lock()
         events = dataset.events
         self._last_event_ns = int(events["timestamp"].max().value) if len(events) else 0
@@ -139,9 +140,10 @@ class Recommender:
             self.item_text_vectors = text.float()  # (N, D)
             self.item_id_vectors = ident.float()  # (N, D)
             self.item_bias_values = self.net.item_biases(index).float()  # (N,)
-        # Built again from these vectors when a two-stage ranking needs them.
+        # Built again from these vectors when a two-stage ranking, or a whole-catalog one, needs them.
         self._candidate_index = None
         self._item_groups = None
+        self._dot_table = None
 
     def item_positions(self, item_ids) -> np.ndarray:
         positions = [self.dataset.item_position.get(str(i)) for i in item_ids]
@@ -304,15 +306,15 @@ class Recommender:
         features = torch.as_tensor(features, dtype=torch.float32, device=self.device)
         with torch.no_grad():
             c = context.vector
-            parts = {
-                "text": text @ c,
-                "collaborative": ident @ c + bias,
-                # In blocks of rows, so that the head's hidden layer stays in cache: at 1M rows it is 640 MB whole.
-                # One thread, 1M rows: 0.96 s whole, 0.6 s in blocks of 16,384 rows, 0.1 s in blocks of 4,096.
-                "behaviour": torch.cat([self.net.behaviour_score(block)
-                                        for block in features.split(BEHAVIOUR_BLOCK_ROWS)]),
-            }
+            parts = {"text": text @ c, "collaborative": ident @ c + bias, "behaviour": self._behaviour_part(features)}
         return {name: value.cpu().numpy().astype(np.float64) for name, value in parts.items()}
+
+    def _behaviour_part(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, F) float32 features -> (n,) the behaviour part of the score."""
+        with torch.no_grad():
+            # In blocks of rows, so that the head's hidden layer stays in cache: at 1M rows it is 640 MB whole.
+            # One thread, 1M rows: 0.96 s whole, 0.6 s in blocks of 16,384 rows, 0.1 s in blocks of 4,096.
+            return torch.cat([self.net.behaviour_score(block) for block in features.split(BEHAVIOUR_BLOCK_ROWS)])
 
     def score(self, user_id: str | None = None, query: str | None = None, item_ids=(), *,
               history: pd.DataFrame | None = None, feature_overrides: dict[str, float] | None = None) -> np.ndarray:
@@ -340,16 +342,13 @@ class Recommender:
         context = self.context(user_id, query, history=history, feature_overrides=feature_overrides)
         seen = context.history.item_index if exclude_seen else None
         candidates = None if exact else self.candidates(context, k, seen, history)
-        if candidates is None:  # the whole catalog: row i is item i
-            parts = self.score_parts(context, history=history)
-            scores = sum(parts.values())
-            rows = top_k(scores, k, exclude=seen)
-            best = rows
-        else:  # the candidates, in catalog order, so that top_k's ties still go to the lower catalog position
-            parts = self.score_parts(context, candidates, history=history)
-            scores = sum(parts.values())
-            rows = top_k(scores, k)
-            best = candidates[rows]
+        if candidates is None:  # the whole catalog, its top k found by one product per item (see the method)
+            candidates = self._whole_catalog_candidates(context, k, seen, history)
+        # The candidates, in catalog order, so that top_k's ties still go to the lower catalog position.
+        parts = self.score_parts(context, candidates, history=history)
+        scores = sum(parts.values())
+        rows = top_k(scores, k)
+        best = candidates[rows]
         result = [self._recommendation(int(position), rank, float(scores[row]),
                                        {name: float(value[row]) for name, value in parts.items()})
                   for rank, (position, row) in enumerate(zip(best, rows), start=1)]
@@ -389,11 +388,54 @@ class Recommender:
                                      ItemGroups(self.items["brand"], vectors))
             return self._item_groups
 
+    def _whole_catalog_candidates(self, context: Context, k: int, exclude: np.ndarray | None,
+                                  history: pd.DataFrame | None) -> np.ndarray:
+        """Catalog positions (ascending) that hold the whole catalog's top k, `exclude` left out: every item is
+        scored, with its text and collaborative parts as one product with [context, 1] (one pass over a table of
+        [item vector, item bias] instead of two over the text and ID tables), and the items within the float32
+        rounding bound of the k-th best are kept, so the exact top k is among them whatever the rounding; the caller
+        scores them part by part. A k that asks for most of the catalog (the What-if page ranks everything) takes
+        every item left."""
+        everything = np.arange(len(self.item_ids))
+        n_exclude = 0 if exclude is None else len(exclude)
+        if 2 * (k + n_exclude) > len(everything):
+            return everything[~np.isin(everything, exclude)] if n_exclude else everything
+        table, largest_norm = self._whole_catalog_table()
+        c = context.vector.float()
+        features = torch.as_tensor(self.behaviour_features(context, None, history=history), dtype=torch.float32,
+                                   device=self.device)
+        with torch.no_grad():
+            dot = table @ torch.cat([c, torch.ones(1, device=self.device)])
+            scores = dot.cpu().numpy().astype(np.float64) + self._behaviour_part(features).cpu().numpy()
+        if n_exclude:
+            scores[np.asarray(exclude, dtype=np.int64)] = -np.inf
+        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+        # |fl(x . y) - x . y| <= n u sum |x_j y_j| / (1 - n u) for any order of summation (u = 2^-24); the table's
+        # rows (text + ID vector, rounded once) and the parts' products each err by no more, so 4 n u |row| |[c, 1]|
+        # bounds the difference between this score and the parts' sum twice over.
+        bound = 4 * (table.shape[1] + 2) * 2.0 ** -24 * largest_norm * float(torch.linalg.vector_norm(c).item() + 1)
+        return np.flatnonzero(scores >= kth - 2 * bound)
+
+    def _whole_catalog_table(self) -> tuple[torch.Tensor, float]:
+        """`_dot_vectors`, kept, and the largest sum of an item's text, ID and combined row norms, built once per set
+        of item vectors."""
+        with self._lock:
+            if self._dot_table is None:
+                table = self._dot_vectors()
+                with torch.no_grad():
+                    norms = (torch.linalg.vector_norm(self.item_text_vectors, dim=1)
+                             + torch.linalg.vector_norm(self.item_id_vectors, dim=1)
+                             + torch.linalg.vector_norm(table, dim=1))
+                self._dot_table = (table, float(norms.max().item()) if len(norms) else 0.0)
+            return self._dot_table
+
     def _search_vectors(self) -> np.ndarray:
+        return self._dot_vectors().cpu().numpy()
+
+    def _dot_vectors(self) -> torch.Tensor:
         """(N, D + 1) float32: [item vector, item bias], whose product with [context, 1] is the dot-product part."""
         with torch.no_grad():
-            vectors = torch.cat([self.item_text_vectors + self.item_id_vectors, self.item_bias_values[:, None]], dim=1)
-        return vectors.cpu().numpy()
+            return torch.cat([self.item_text_vectors + self.item_id_vectors, self.item_bias_values[:, None]], dim=1)
 
     def candidates(self, context: Context, k: int, exclude: np.ndarray | None = None,
                    history: pd.DataFrame | None = None) -> np.ndarray | None:

@@ -254,13 +254,12 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
         _start_from(net, origin, dataset, adapter=False)
         lineage, since_ns = _lineage(origin, origin_config)
     recommender = Recommender(net, dataset, text_embeddings, checkpoint_id="training")
-    histories = [h for h in build_histories(split.train, dataset.item_position).values()
-                 if len(h) >= 2 and (since_ns is None or h.first_touch[-1] >= since_ns)]
+    histories = training_histories(split.train, dataset.item_position, since_ns)
     if not histories:
         raise ModelError(f"no training moment after {lineage['since']}: the data holds no new events to learn from"
                          if since_ns is not None else "no user has two distinct training items: nothing to learn")
     rng = np.random.default_rng(config.seed)
-    batch_size = config.batch_size or int(np.clip(len(histories) // 60, 16, 128))
+    batch_size = stage1_batch_size(config, len(histories))
     valid = split.valid
     if since_ns is not None and (valid["timestamp"] >= pd.Timestamp(since_ns, tz="UTC")).any():
         valid = valid[valid["timestamp"] >= pd.Timestamp(since_ns, tz="UTC")]  # an update is judged on what is new
@@ -283,9 +282,9 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
     stale = start_epoch - best["epoch"]
     last_epoch = config.epochs if stale < config.patience else start_epoch
 
-    optimizer = _optimizer(net, config)
+    optimizer = stage1_optimizer(net, config)
     trainable = scenarios.trainable_parameters(net)
-    objective = distributed.wrap(_Stage1Objective(net))
+    objective = distributed.wrap(Stage1Objective(net))
     world = distributed.world_size()
     train_config_dict = dataclasses.asdict(config)
 
@@ -309,31 +308,12 @@ def train(dataset: Dataset, out: str | Path, *, model_overrides: dict | None = N
             scenarios.set_merged(net, False)  # an adapter trains as LoRA layers, and is evaluated merged
             # Every process walks the same order (process 0's), each taking its share of every batch.
             order = distributed.broadcast(rng.permutation(len(histories)) if distributed.is_main() else None)
-            losses, positions_done = [], 0
-            # Under several processes a last batch smaller than their number is left out (a few users, once).
-            steps = range(0, len(order) - world + 1, batch_size)
-            steps_started = time.perf_counter()
-            for step, start in enumerate(tqdm(steps, desc=f"epoch {epoch}", unit="step", disable=not progress,
-                                              leave=False)):
-                report.update(stage="stage 1", epoch=epoch, step=step, steps=len(steps), every=0.5)
-                batch = distributed.shard([histories[i] for i in order[start : start + batch_size]])
-                loss = objective(batch, text_embeddings, query_embeddings, texts, config, device, rng, since_ns)
-                positions = _target_positions(batch, net.config.max_history, since_ns)
-                # The loss is a mean over this process's positions. Weighted by its share of the whole batch's, the
-                # gradients DDP averages are those of the whole batch's mean, as one process would compute them.
-                # The same sum says whether any process was asked to stop, so all stop after the same step.
-                loss_sum, all_positions, stop = distributed.totals(
-                    [loss.item() * positions, positions, interrupt.requested], device)
-                optimizer.zero_grad(set_to_none=True)
-                (loss * (positions * world / all_positions)).backward()
-                nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-                optimizer.step()
-                losses.append(loss_sum / all_positions)
-                positions_done += all_positions
-                if stop:
-                    interrupt.requested = True
-                    break
-            steps_seconds = time.perf_counter() - steps_started
+            done = stage1_epoch(net, objective, optimizer, histories, order, batch_size, text_embeddings,
+                                query_embeddings, texts, config, device, rng, since_ns, interrupt=interrupt,
+                                on_step=lambda step, steps, epoch=epoch: report.update(
+                                    stage="stage 1", epoch=epoch, step=step, steps=steps, every=0.5),
+                                progress=progress, description=f"epoch {epoch}")
+            losses, positions_done, steps_seconds = done.losses, done.positions, done.seconds
             if _tuning(net) and not interrupt.requested:
                 text_embeddings = embed_items()
                 recommender.text_embeddings = text_embeddings.to(device)
@@ -509,7 +489,9 @@ def _trainable_encoder_weights(net: RecommenderNet) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in net.encoder.named_parameters() if p.requires_grad}
 
 
-def _optimizer(net: RecommenderNet, config: TrainConfig) -> torch.optim.Optimizer:
+def stage1_optimizer(net: RecommenderNet, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over what stage 1 trains: the network at config.lr, a tuned encoder at config.encoder_lr (the behaviour
+    head is stage 2's)."""
     encoder_params = [p for p in net.encoder.parameters() if p.requires_grad]
     encoder_ids = {id(p) for p in encoder_params}
     head_ids = {id(p) for p in net.behaviour_head.parameters()}
@@ -520,7 +502,70 @@ def _optimizer(net: RecommenderNet, config: TrainConfig) -> torch.optim.Optimize
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
 
-class _Stage1Objective(nn.Module):
+def training_histories(train_events: pd.DataFrame, item_position: dict[str, int],
+                       since_ns: int | None = None) -> list:
+    """The histories stage 1 learns from: users with two distinct training items (one transition at least), and
+    for an update (`since_ns`) only those whose last item came after it."""
+    return [h for h in build_histories(train_events, item_position).values()
+            if len(h) >= 2 and (since_ns is None or h.first_touch[-1] >= since_ns)]
+
+
+def stage1_batch_size(config: TrainConfig, n_histories: int) -> int:
+    """Users per step: config.batch_size, or about 60 steps an epoch within 16..128."""
+    return config.batch_size or int(np.clip(n_histories // 60, 16, 128))
+
+
+@dataclass(frozen=True)
+class Stage1Pass:
+    """What one pass of stage-1 steps did (`stage1_epoch`)."""
+
+    losses: list[float]  # each step's mean loss over the whole batch's positions
+    positions: int  # next-item targets trained on, over all processes
+    steps: int  # steps taken
+    epoch_steps: int  # steps in the whole epoch (more than `steps` when capped or stopped)
+    seconds: float  # wall time of the steps alone
+
+
+def stage1_epoch(net: RecommenderNet, objective: nn.Module, optimizer: torch.optim.Optimizer, histories: list,
+                 order: np.ndarray, batch_size: int, text_embeddings: torch.Tensor, query_embeddings: torch.Tensor,
+                 texts: list[str], config: TrainConfig, device: torch.device, rng: np.random.Generator,
+                 since_ns: int | None = None, *, max_steps: int = 0, interrupt=None, on_step=None,
+                 progress: bool = False, description: str = "epoch") -> Stage1Pass:
+    """One epoch of stage 1: the histories in `order`, `batch_size` users a step (each process its share of every
+    batch under torchrun). `max_steps` stops after that many steps (0: the whole epoch), for timing a part of a very
+    large one; `interrupt.requested` on any process stops every process after the same step. `on_step(step, steps)`
+    is called before each step."""
+    world = distributed.world_size()
+    losses, positions_done = [], 0
+    # Under several processes a last batch smaller than their number is left out (a few users, once).
+    steps = range(0, len(order) - world + 1, batch_size)
+    taken = steps[:max_steps] if max_steps > 0 else steps
+    started = time.perf_counter()
+    for step, start in enumerate(tqdm(taken, desc=description, unit="step", disable=not progress, leave=False)):
+        if on_step is not None:
+            on_step(step, len(steps))
+        batch = distributed.shard([histories[i] for i in order[start : start + batch_size]])
+        loss = objective(batch, text_embeddings, query_embeddings, texts, config, device, rng, since_ns)
+        positions = _target_positions(batch, net.config.max_history, since_ns)
+        # The loss is a mean over this process's positions. Weighted by its share of the whole batch's, the
+        # gradients DDP averages are those of the whole batch's mean, as one process would compute them.
+        # The same sum says whether any process was asked to stop, so all stop after the same step.
+        requested = interrupt.requested if interrupt is not None else False
+        loss_sum, all_positions, stop = distributed.totals([loss.item() * positions, positions, requested], device)
+        optimizer.zero_grad(set_to_none=True)
+        (loss * (positions * world / all_positions)).backward()
+        nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+        optimizer.step()
+        losses.append(loss_sum / all_positions)
+        positions_done += all_positions
+        if stop:
+            if interrupt is not None:
+                interrupt.requested = True
+            break
+    return Stage1Pass(losses, int(positions_done), len(losses), len(steps), time.perf_counter() - started)
+
+
+class Stage1Objective(nn.Module):
     """Stage 1's loss as a module's forward: DistributedDataParallel averages the gradients of what forward ran."""
 
     def __init__(self, net: RecommenderNet) -> None:

@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 
 def test_explain_bench_reports_an_item_shap_could_not_compare(tiny_model, tmp_path, monkeypatch):
     import importlib
@@ -56,7 +58,8 @@ def test_scale_bench_measures_every_step_of_a_small_shop_in_its_own_process(tmp_
     from bench import scale
 
     out = tmp_path / "scale.json"
-    assert scale.main(["--users", "200", "--root", str(tmp_path / "shops"), "--out", str(out)]) == 0
+    assert scale.main(["--users", "200", "--steps", "generate", "load", "quality", "features", "--root",
+                       str(tmp_path / "shops"), "--out", str(out)]) == 0
     (size,) = json.loads(out.read_text())["sizes"]
     assert (size["users"], size["items"]) == (200, 20)
     steps = size["steps"]
@@ -67,6 +70,50 @@ def test_scale_bench_measures_every_step_of_a_small_shop_in_its_own_process(tmp_
     assert steps["load"]["events"] == steps["generate"]["events"] > 200 * 10
     assert "duplicate_events" in steps["quality"]["findings"] and steps["features"]["sample_rows"] > 0
     assert not (tmp_path / "shops" / "shop-200").exists()  # removed unless --keep
+
+
+def test_scale_bench_model_steps_train_and_explain_on_a_scaled_tiny_model(tiny_model, tmp_path):
+    from bench import scale
+
+    out = tmp_path / "scale.json"
+    assert scale.main(["--users", "200", "--steps", "checkpoint", "epoch", "explain", "--source", str(tiny_model),
+                       "--root", str(tmp_path / "shops"), "--out", str(out)]) == 0
+    (size,) = json.loads(out.read_text())["sizes"]
+    steps = size["steps"]
+    assert all(step["exit_code"] == 0 for step in steps.values())
+    assert (steps["checkpoint"]["users"], steps["checkpoint"]["items"]) == (200, 100)
+    assert steps["checkpoint"]["source"] == str(tiny_model)
+    epoch = steps["epoch"]  # a small shop's epoch is timed whole
+    assert epoch["projected"] is False and epoch["steps"] == epoch["epoch_steps"] > 0
+    assert 0 < epoch["positions"] < epoch["training_events"] and np.isfinite(epoch["mean_loss"])
+    explained = steps["explain"]
+    assert len(explained["explain_s"]) == len(explained["faithfulness_s"]) == 3 and explained["n_steps"] == 50
+    assert min(explained["explain_s"]) <= explained["explain_p50_s"] <= max(explained["explain_s"])
+    assert not (tmp_path / "shops" / "shop-200-model").exists()  # removed with its shop unless --keep
+
+
+def test_a_projected_epoch_scales_the_steps_taken_to_the_whole_epoch():
+    from bench.scale import epoch_figures
+    from model.train import Stage1Pass
+
+    part = epoch_figures(Stage1Pass([1.0] * 10, positions=500, steps=10, epoch_steps=40, seconds=2.0), 8_000)
+    assert part["projected"] is True and part["epoch_seconds"] == 8.0
+    assert (part["events_per_s"], part["positions_per_s"], part["seconds_per_step"]) == (1_000.0, 250.0, 0.2)
+    whole = epoch_figures(Stage1Pass([1.0] * 40, positions=2_000, steps=40, epoch_steps=40, seconds=8.0), 8_000)
+    assert whole["projected"] is False and whole["epoch_seconds"] == 8.0 and whole["events_per_s"] == 1_000.0
+
+
+def test_appended_sizes_keep_the_steps_not_measured_again():
+    from bench.scale import merged_sizes
+
+    earlier = [{"users": 10, "steps": {"generate": {"seconds": 1}, "load": {"seconds": 2}}},
+               {"users": 100, "steps": {"generate": {"seconds": 3}}}]
+    measured = [{"users": 10, "steps": {"load": {"seconds": 5}, "epoch": {"seconds": 6}}},
+                {"users": 1_000, "steps": {"generate": {"seconds": 7}}}]
+    merged = merged_sizes(earlier, measured)
+    assert [size["users"] for size in merged] == [10, 100, 1_000]
+    assert merged[0]["steps"] == {"generate": {"seconds": 1}, "load": {"seconds": 5}, "epoch": {"seconds": 6}}
+    assert merged[1] == earlier[1] and merged[2] == measured[1]
 
 
 def test_cache_bench_runs_to_the_end_and_finds_every_hit_equal_to_the_cold_explanation(tiny_model, tmp_path):

@@ -455,6 +455,22 @@ def test_item_index_selects_rows_of_the_whole_catalog(shop):
         store.user_features("u2", item_index=np.array([4]))
 
 
+def test_the_whole_catalog_equals_its_items_asked_for_in_any_order():
+    # A ranking of every item takes its own path (price windows searched in price order, arrivals kept per moment);
+    # its rows are the very numbers asked for item by item, unpriced items and several moments included.
+    rng = np.random.default_rng(8)
+    ds = dataset(*random_rows(rng, n_items=40, n_users=7, n_events=220))
+    shuffled = rng.permutation(len(ds.item_ids))
+    for t in (None, T0 + 17 * DAY + pd.Timedelta(minutes=30), ds.events["timestamp"].iloc[90]):
+        for user in ds.user_ids[:5]:
+            whole = FeatureStore(ds).user_features(user, at=t)
+            asked = FeatureStore(ds).user_features(user, at=t, item_index=shuffled)
+            np.testing.assert_array_equal(whole[shuffled], asked, err_msg=f"{user} at {t}")
+            store = FeatureStore(ds)  # the second ranking at a moment reads what the first one kept
+            store.user_features(ds.user_ids[-1], at=t)
+            np.testing.assert_array_equal(store.user_features(user, at=t), whole, err_msg=f"{user} at {t}, kept")
+
+
 def test_prepared_item_columns_are_read_for_any_items_at_that_moment_and_equal_them(shop, monkeypatch):
     rng = np.random.default_rng(5)
     ds = dataset(*random_rows(rng, n_items=25, n_users=6, n_events=140))

@@ -76,6 +76,30 @@ def test_score_matches_recommend(recommender):
     np.testing.assert_allclose(scores, [r.score for r in ranked], rtol=1e-5, atol=1e-6)
 
 
+def straightforward_top(recommender, k, *, user_id=None, query=None, exclude_seen=True) -> list[tuple[str, float]]:
+    """Every item's score from its parts, sorted by score then catalog position in plain Python."""
+    context = recommender.context(user_id, query)
+    total = sum(recommender.score_parts(context).values())  # (N,) all items, part by part
+    seen = set(context.history.item_index.tolist()) if exclude_seen else set()
+    order = sorted((i for i in range(len(total)) if i not in seen), key=lambda i: (-total[i], i))
+    return [(str(recommender.item_ids[i]), float(total[i])) for i in order[:k]]
+
+
+@pytest.mark.parametrize("k", [1, 10, 40])
+def test_the_whole_catalog_ranking_is_the_plain_sort_of_every_items_score(recommender, k):
+    users = [u for u in recommender.user_ids if len(recommender.histories[u])][:6]
+    asks = [{"user_id": u} for u in users] + [{"user_id": users[0], "query": "wool sock"}, {"query": "warm mug"},
+                                              {"user_id": users[1], "exclude_seen": False}]
+    for ask in asks:
+        ranked = recommender.recommend(k=k, exact=True, **ask)
+        expected = straightforward_top(recommender, k, **ask)
+        assert [r.item_id for r in ranked] == [item for item, _ in expected], ask
+        np.testing.assert_allclose([r.score for r in ranked], [score for _, score in expected], rtol=1e-6,
+                                   atol=1e-6)
+        for r in ranked:
+            np.testing.assert_allclose(sum(r.parts.values()), r.score, rtol=1e-9, atol=1e-9)
+
+
 def test_save_load_gives_identical_scores(tiny_model, tmp_path, recommender):
     copy = tmp_path / "copy"
     shutil.copytree(tiny_model, copy)
@@ -413,7 +437,7 @@ def test_real_encoder_loss_falls_with_lora(tiny_shop):
     from model.encoder import TextEncoder, load_encoder
     from model.recommender import RecommenderNet
     from model.sequences import build_histories
-    from model.train import TrainConfig, _optimizer, _stage1_loss, _tuned, item_texts
+    from model.train import TrainConfig, _stage1_loss, _tuned, item_texts, stage1_optimizer
 
     torch.manual_seed(0)
     transformer, tokenizer = load_encoder()
@@ -426,7 +450,7 @@ def test_real_encoder_loss_falls_with_lora(tiny_shop):
     queries = encoder.embed(["wool sock"] * len(texts), 12)
     batch = [h for h in build_histories(tiny_shop.events, tiny_shop.item_position).values() if len(h) >= 2][:8]
     train_config = TrainConfig(lr=5e-3, encoder_lr=1e-3)
-    optimizer = _optimizer(net, train_config)
+    optimizer = stage1_optimizer(net, train_config)
     rng = np.random.default_rng(0)
     net.train()
     losses = []
@@ -596,3 +620,30 @@ def test_histories_are_built_per_user_on_demand_and_equal_the_batch_build(recomm
     assert "no-such-user" not in lazy and lazy.get("no-such-user") is None and 3 not in lazy
     with pytest.raises(KeyError):
         lazy["no-such-user"]
+
+
+def test_a_stage1_epoch_capped_at_a_few_steps_takes_the_whole_epochs_first_steps(tiny_model):
+    from data.split import leave_last_out
+    from model.train import Stage1Objective, TrainConfig, stage1_epoch, stage1_optimizer, training_histories
+
+    recommender = load(tiny_model, device="cpu")
+    config = TrainConfig(batch_size=4)
+    split = leave_last_out(recommender.dataset, min_history=config.min_history)
+    histories = training_histories(split.train, recommender.dataset.item_position)
+    text = recommender.text_embeddings
+
+    def run(max_steps: int):
+        torch.manual_seed(0)
+        net = load(tiny_model, device="cpu").net.train()  # fresh weights each run
+        done = stage1_epoch(net, Stage1Objective(net), stage1_optimizer(net, config), histories,
+                            np.arange(len(histories)), 4, text, text, [], config, torch.device("cpu"),
+                            np.random.default_rng(0), max_steps=max_steps)
+        return net, done
+
+    _, whole = run(0)
+    net, part = run(2)
+    assert whole.steps == whole.epoch_steps == -(-len(histories) // 4) > 2
+    assert (part.steps, part.epoch_steps) == (2, whole.epoch_steps)
+    assert part.positions == sum(min(len(h) - 1, net.config.max_history) for h in histories[:8])
+    np.testing.assert_allclose(part.losses, whole.losses[:2])
+    assert not torch.equal(net.item_text_proj.weight, recommender.net.item_text_proj.weight)  # it did learn

@@ -11,6 +11,7 @@ from explain.cache import Cached
 from explain.charts import behaviour_bars, history_bars, history_token_sections, legend_html, token_html, waterfall
 from explain.faithfulness import MAX_EVALS, shap_tokens
 from views.loaders import explanation_cache
+from views.priority import after_lists
 from views.state import forget
 from views.text import md_escape
 
@@ -76,6 +77,7 @@ def explanation_panel(recommender, ranked, user_id, query) -> None:
     n_steps = steps_column.select_slider("IG steps", STEP_CHOICES, value=50, key="explain_steps",
                                          help="Integrated Gradients path steps: more is more precise and slower")
     params["item"] = item_id
+    after_lists()  # another session's list first (views.priority)
     try:
         with st.spinner("Explaining…"):
             found = cached_explanation(recommender, item_id, user_id=user_id, query=query, n_steps=n_steps,
@@ -103,6 +105,7 @@ def explanation_panel(recommender, ranked, user_id, query) -> None:
                     st.html(fragment)
 
     st.markdown("**How far to trust it**")
+    after_lists()
     with st.spinner("Running the deletion test…"):
         try:
             checked = cached_checks(recommender, found)
@@ -238,6 +241,7 @@ def explanation_body(recommender, found: Cached, n_steps: int, heading: str = "W
     cache or was computed; says whether it has history."""
     explanation = found.explanation
     title = recommender.dataset.item(explanation.item_id).title
+    after_lists()
     st.subheader(f"{heading}: {md_escape(title)}")
     for note in explanation.notes:
         st.caption(md_escape(note))
@@ -256,6 +260,7 @@ def explanation_body(recommender, found: Cached, n_steps: int, heading: str = "W
         st.html(token_html(explanation.part("query_tokens")))
     st.html(f"<div style='font-size:13px'>{legend_html()}</div>")
 
+    after_lists()
     left, right = st.columns(2)
     history = history_bars(explanation)
     with left:

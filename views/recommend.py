@@ -9,6 +9,7 @@ from data.errors import WhyRecError
 from views.explanation_panel import explanation_panel
 from views.loaders import recommender_or_error
 from views.pickers import audience_picker, top_k_slider
+from views.priority import drawing_list
 from views.profile import profile_card
 from views.state import first_visit, forget
 from views.text import md_escape
@@ -49,27 +50,6 @@ if recommender is None:
 params = st.query_params
 users = recommender.user_index
 
-left, right = st.columns([1, 1], gap="large")
-with left:
-    # The URL carries the view, so a link reproduces what you see.
-    user_id, query = audience_picker("rec", users, heading="Recommend for",
-                                     from_link=first_visit("recommend_initialised"),
-                                     query_label="What are you looking for?",
-                                     empty_query="Type a query to see matching products.")
-    k = top_k_slider("How many items", "rec_k", len(recommender.item_ids), low=5, high=50, default=10)
-if user_id is not None:
-    with right, st.container(border=True):
-        profile_card(recommender, user_id)
-
-wanted = {"user": user_id, "query": query}
-if any(params.get(key) != (value or None) for key, value in wanted.items()) and "item" in params:
-    del params["item"]  # another list: the link's item was one of the last list's, not an item to warn about
-for key, value in wanted.items():
-    if value:
-        params[key] = value
-    elif key in params:
-        del params[key]
-
 
 @st.cache_data(show_spinner="Ranking the catalog…", max_entries=256)
 def ranked(checkpoint_id: str, user_id, query, k: int, _recommender) -> tuple[pd.DataFrame, tuple, str]:
@@ -81,9 +61,10 @@ def ranked(checkpoint_id: str, user_id, query, k: int, _recommender) -> tuple[pd
     return frame, tuple(result.notes), result.mode
 
 
-with st.container():
+def ranked_list(user_id, query, k: int) -> pd.DataFrame:
+    """The ranked list's notes, heading and grid; returns the list."""
     try:
-        frame, notes, used_mode = ranked(recommender.checkpoint_id, user_id, query, k, recommender)
+        frame, notes, _ = ranked(recommender.checkpoint_id, user_id, query, k, recommender)
     except WhyRecError as exc:
         st.error(str(exc))
         st.stop()
@@ -106,6 +87,34 @@ with st.container():
             "reason": st.column_config.TextColumn("Why, in one line", width=420),
         },
     )
+    return frame
+
+
+# The choice and the list first, with other sessions' explanations waiting (views.priority); the profile card,
+# drawn into its column above, and the explanation panel after.
+with drawing_list():
+    left, right = st.columns([1, 1], gap="large")
+    with left:
+        # The URL carries the view, so a link reproduces what you see.
+        user_id, query = audience_picker("rec", users, heading="Recommend for",
+                                         from_link=first_visit("recommend_initialised"),
+                                         query_label="What are you looking for?",
+                                         empty_query="Type a query to see matching products.")
+        k = top_k_slider("How many items", "rec_k", len(recommender.item_ids), low=5, high=50, default=10)
+    wanted = {"user": user_id, "query": query}
+    if any(params.get(key) != (value or None) for key, value in wanted.items()) and "item" in params:
+        del params["item"]  # another list: the link's item was one of the last list's, not an item to warn about
+    for key, value in wanted.items():
+        if value:
+            params[key] = value
+        elif key in params:
+            del params[key]
+    with st.container():
+        frame = ranked_list(user_id, query, k)
+if user_id is not None:
+    with right, st.container(border=True):
+        profile_card(recommender, user_id)
+
 
 def open_page(page: str, initialised: str, saved: str | None, **link) -> None:
     """Open another page on this list: it reads the link afresh, not what it showed on an earlier visit."""

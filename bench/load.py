@@ -62,7 +62,8 @@ DRAWN_AFTER = """([heading, selector]) => {
   return !!after && !after.closest('[data-stale="true"]');
 }"""
 # True once the page shows `user`'s list: the link names the user (the rerun has read the chooser), and the grid
-# after the heading is drawn anew, not stale, with rows other than `before` (the list shown before the choice).
+# after the heading is drawn anew, not stale, with cells other than `before` (GRID_ROWS of the list shown before the
+# choice; null: none to replace).
 LIST_OF = """([heading, user, before]) => {
   if (new URLSearchParams(location.search).get('user') !== user) return false;
   const pattern = new RegExp(heading);
@@ -71,15 +72,9 @@ LIST_OF = """([heading, user, before]) => {
   const grid = Array.from(document.querySelectorAll('[data-testid="stDataFrame"]'))
     .find(e => title.compareDocumentPosition(e) & Node.DOCUMENT_POSITION_FOLLOWING);
   if (!grid || grid.closest('[data-stale="true"]')) return false;
-  const rows = Array.from(grid.querySelectorAll('table tbody tr')).map(row => row.innerText.trim());
-  return rows.length > 0 && JSON.stringify(rows) !== before;
-}"""
-GRID_TEXT = """(heading) => {
-  const pattern = new RegExp(heading);
-  const title = Array.from(document.querySelectorAll('h3')).find(h => pattern.test(h.innerText.trim()));
-  const grid = Array.from(document.querySelectorAll('[data-testid="stDataFrame"]'))
-    .find(e => title && (title.compareDocumentPosition(e) & Node.DOCUMENT_POSITION_FOLLOWING));
-  return JSON.stringify(grid ? Array.from(grid.querySelectorAll('table tbody tr')).map(r => r.innerText.trim()) : []);
+  const rows = Array.from(grid.querySelectorAll('table tbody tr'))
+    .map(row => Array.from(row.querySelectorAll('td')).map(cell => cell.innerText.trim()));
+  return rows.length > 0 && JSON.stringify(rows) !== JSON.stringify(before);
 }"""
 # Milliseconds since the running indicator went away, once that is 300 ms or more; else false.
 QUIET = """() => {
@@ -284,7 +279,7 @@ async def run_session(page, url: str, user: str, timeout_s: float = 300.0, think
         # 1. The user's list: the user typed into the Recommend page's chooser and entered.
         await to_recommend(page, timeout_s)
         # The list shown before the choice, which the new one must replace (none to replace: the user is shown).
-        before = "" if link_param(page, "user") == user else await page.evaluate(GRID_TEXT, TOP_LIST)
+        before = None if link_param(page, "user") == user else await page.evaluate(GRID_ROWS, TOP_LIST)
 
         async def choose_user() -> None:
             chooser = page.locator(".st-key-rec_user input").first
@@ -526,37 +521,50 @@ def write(args, users: list[str], warm_up: str, runs: list[dict], reference: dic
     args.out.write_text(json.dumps(result, indent=2))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.splitlines()[0])
+def level_arguments(parser: argparse.ArgumentParser, *, sessions: list[int], users: int, out: Path,
+                    reference: str, think: str, timeout: str) -> None:
+    """The arguments both load tests take (this one and bench.load_server): the model and data served, the levels,
+    the users, the server's environment, an earlier run to check against, the think time, a timeout and the JSON."""
     parser.add_argument("--model", type=Path, default=ROOT / "demo" / "model")
     parser.add_argument("--data", type=Path, default=ROOT / "demo" / "data")
-    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 16],
+    parser.add_argument("--sessions", type=int, nargs="+", default=sessions,
                         help="concurrency levels; 1 must come first (the serial reference) unless --reference")
-    parser.add_argument("--reference", type=Path, default=None,
-                        help="an earlier load.json whose serial values (same model and users) to check against")
-    parser.add_argument("--users", type=int, default=16, help="visits per level, each to a different user")
+    parser.add_argument("--reference", type=Path, default=None, help=reference)
+    parser.add_argument("--users", type=int, default=users, help="visits per level, each to a different user")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                        help="server environment for the main run (e.g. WHYREC_THREADS=1)")
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME=VALUE[,NAME=VALUE]",
-                        help="a server setting to compare, run at --variant-sessions against the same reference")
-    parser.add_argument("--variant-sessions", type=int, nargs="+", default=None,
-                        help="levels for each variant (default: the largest of --sessions)")
-    parser.add_argument("--think", type=float, default=2.0,
-                        help="mean seconds a person reads a result before the next click (0: none, all at once)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds one action may take")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    # Stopped from outside (a timeout, Ctrl-C's sibling): unwind, so the servers started here are stopped too.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    reference = json.loads(args.reference.read_text())["serial_values"] if args.reference else None
+                        help="server environment (e.g. WHYREC_THREADS=1)")
+    parser.add_argument("--think", type=float, default=2.0, help=think)
+    parser.add_argument("--timeout", type=float, default=300.0, help=timeout)
+    parser.add_argument("--out", type=Path, default=out)
+
+
+def level_setup(parser: argparse.ArgumentParser, args, serial_key: str) -> tuple[dict | None, str, list[str]]:
+    """Check what `level_arguments` parsed; returns the reference (the earlier run's `serial_key`, or None), the
+    warm-up user and the users to visit."""
+    reference = json.loads(args.reference.read_text())[serial_key] if args.reference else None
     if args.sessions[0] != 1 and reference is None:
         parser.error("--sessions must start with 1 (the serial run every other level is checked against), "
                      "or --reference must name an earlier run's results")
     if not (args.model / "config.json").exists():
         parser.error(f"no model at {args.model} (make demo builds the demo model)")
-
     users = pick_users(args.data, args.users)
-    warm_up, users = users[0], users[1:]
+    return reference, users[0], users[1:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.splitlines()[0])
+    level_arguments(parser, sessions=[1, 4, 16], users=16, out=RESULTS,
+                    reference="an earlier load.json whose serial values (same model and users) to check against",
+                    think="mean seconds a person reads a result before the next click (0: none, all at once)",
+                    timeout="seconds one action may take")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=VALUE[,NAME=VALUE]",
+                        help="a server setting to compare, run at --variant-sessions against the same reference")
+    parser.add_argument("--variant-sessions", type=int, nargs="+", default=None,
+                        help="levels for each variant (default: the largest of --sessions)")
+    args = parser.parse_args(argv)
+    # Stopped from outside (a timeout, Ctrl-C's sibling): unwind, so the servers started here are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    reference, warm_up, users = level_setup(parser, args, "serial_values")
     logs = args.out.parent / "load-logs"
     main_env = parse_env(args.env)
     levels, reference = asyncio.run(measure(args.model, args.data, users, args.sessions, warm_up, main_env, logs,

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode
 
-from bench.load import DashboardServer, parse_env, percentiles, pick_users
+from bench.load import DashboardServer, level_arguments, level_setup, parse_env, percentiles
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "load_server.json"
@@ -166,26 +166,12 @@ async def measure(model: Path, data: Path, users: list[str], levels: list[int], 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.load_server", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=ROOT / "demo" / "model")
-    parser.add_argument("--data", type=Path, default=ROOT / "demo" / "data")
-    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 16, 32],
-                        help="concurrency levels; 1 first (the serial reference)")
-    parser.add_argument("--users", type=int, default=64, help="visits per level, each to a different user")
-    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="server environment")
-    parser.add_argument("--reference", type=Path, default=None,
-                        help="an earlier load_server.json whose serial lists (same model and users) to check against")
-    parser.add_argument("--think", type=float, default=2.0, help="mean seconds between a session's visits")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds one visit may take")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    level_arguments(parser, sessions=[1, 4, 16, 32], users=64, out=RESULTS,
+                    reference="an earlier load_server.json whose serial lists (same model and users) to check "
+                              "against",
+                    think="mean seconds between a session's visits", timeout="seconds one visit may take")
     args = parser.parse_args(argv)
-    reference = json.loads(args.reference.read_text())["serial_lists"] if args.reference else None
-    if args.sessions[0] != 1 and reference is None:
-        parser.error("--sessions must start with 1 (the serial run every other level is checked against), "
-                     "or --reference must name an earlier run's results")
-    if not (args.model / "config.json").exists():
-        parser.error(f"no model at {args.model} (make demo builds the demo model)")
-    users = pick_users(args.data, args.users)
-    warm_up, users = users[0], users[1:]
+    reference, warm_up, users = level_setup(parser, args, "serial_lists")
     env = parse_env(args.env)
     levels, reference = asyncio.run(measure(args.model, args.data, users, args.sessions, warm_up, env,
                                             args.out.parent / "load-logs", args.timeout, args.think, reference))

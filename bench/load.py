@@ -536,6 +536,16 @@ def level_arguments(parser: argparse.ArgumentParser, *, sessions: list[int], use
     parser.add_argument("--think", type=float, default=2.0, help=think)
     parser.add_argument("--timeout", type=float, default=300.0, help=timeout)
     parser.add_argument("--out", type=Path, default=out)
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=VALUE[,NAME=VALUE]",
+                        help="a server setting to compare, run at --variant-sessions against the same reference")
+    parser.add_argument("--variant-sessions", type=int, nargs="+", default=None,
+                        help="levels for each variant (default: the largest of --sessions)")
+
+
+def variant_envs(args) -> list[dict[str, str]]:
+    """Each --variant's server environment: --env's, with the variant's settings over it."""
+    main_env = parse_env(args.env)
+    return [{**main_env, **parse_env(variant.split(","))} for variant in args.variant]
 
 
 def level_setup(parser: argparse.ArgumentParser, args, serial_key: str) -> tuple[dict | None, str, list[str]]:
@@ -557,10 +567,6 @@ def main(argv: list[str] | None = None) -> int:
                     reference="an earlier load.json whose serial values (same model and users) to check against",
                     think="mean seconds a person reads a result before the next click (0: none, all at once)",
                     timeout="seconds one action may take")
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME=VALUE[,NAME=VALUE]",
-                        help="a server setting to compare, run at --variant-sessions against the same reference")
-    parser.add_argument("--variant-sessions", type=int, nargs="+", default=None,
-                        help="levels for each variant (default: the largest of --sessions)")
     args = parser.parse_args(argv)
     # Stopped from outside (a timeout, Ctrl-C's sibling): unwind, so the servers started here are stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -571,8 +577,7 @@ def main(argv: list[str] | None = None) -> int:
                                             args.timeout, reference, think_s=args.think))
     runs = [{"server_env": main_env, "levels": levels}]
     write(args, users, warm_up, runs, reference)
-    for variant in args.variant:
-        env = {**main_env, **parse_env(variant.split(","))}
+    for env in variant_envs(args):
         variant_levels, _ = asyncio.run(measure(args.model, args.data, users, args.variant_sessions
                                                 or [max(args.sessions)], warm_up, env, logs, args.timeout, reference,
                                                 args.think))

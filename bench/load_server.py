@@ -15,7 +15,11 @@ error or exception element came back, and that the list's titles and scores equa
 (the same users, one after another). Sessions take users from a queue, with a think time between visits
 (uniform 0.5-1.5x `--think`, seeded; the sessions start spread over one think time).
 
-    python -m bench.load_server --sessions 1 4 16 32 --users 64
+`--variant NAME=VALUE[,NAME=VALUE]` reruns `--variant-sessions` (default: the largest level) with another server
+setting against the same serial lists, e.g. the explanation cache off (`WHYREC_CACHE=off`) or one of Streamlit's
+own options as an environment variable (`STREAMLIT_RUNNER_POST_SCRIPT_GC=true`).
+
+    python -m bench.load_server --sessions 1 4 16 32 --users 48 --variant WHYREC_CACHE=off --variant-sessions 16
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode
 
-from bench.load import DashboardServer, level_arguments, level_setup, parse_env, percentiles
+from bench.load import DashboardServer, level_arguments, level_setup, parse_env, percentiles, variant_envs
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "load_server.json"
@@ -164,6 +168,30 @@ async def measure(model: Path, data: Path, users: list[str], levels: list[int], 
     return summaries, reference or {}
 
 
+def write(args, users: list[str], warm_up: str, runs: list[dict], reference: dict) -> None:
+    """The JSON: every run (the main one, then each --variant), the serial lists, and the target read off the main
+    run's 16 sessions."""
+    at_16 = next((level for level in runs[0]["levels"] if level["sessions"] == 16), None)
+    result = {
+        "model": str(args.model), "data": str(args.data), "users": users, "warm_up_user": warm_up,
+        "cpus": os.cpu_count(), "think_s": args.think,
+        "client": "Streamlit's WebSocket protocol (BackMsg/ForwardMsg), no browser: one new session per visit, "
+                  "opened on the user's link (?user=U)",
+        "timings": {"list": "request sent -> the ranked list's grid received",
+                    "page": "request sent -> the script run's end (the explanation panel of #1 included)"},
+        "runs": runs, "serial_lists": reference,
+        "target": {"sessions": 16, "list_p99_s_max": LIST_P99_TARGET_S,
+                   "list_p99_s": at_16["list"]["p99_s"] if at_16 else None,
+                   "met": bool(at_16 and at_16["list"]["p99_s"] is not None
+                               and at_16["list"]["p99_s"] <= LIST_P99_TARGET_S),
+                   "no_crossed_state": not any(level["other_user_named"] or level["differs_from_serial"]
+                                               for run in runs for level in run["levels"]),
+                   "no_errors": not any(level["errors"] for run in runs for level in run["levels"])},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.load_server", description=__doc__.splitlines()[0])
     level_arguments(parser, sessions=[1, 4, 16, 32], users=64, out=RESULTS,
@@ -172,30 +200,18 @@ def main(argv: list[str] | None = None) -> int:
                     think="mean seconds between a session's visits", timeout="seconds one visit may take")
     args = parser.parse_args(argv)
     reference, warm_up, users = level_setup(parser, args, "serial_lists")
-    env = parse_env(args.env)
-    levels, reference = asyncio.run(measure(args.model, args.data, users, args.sessions, warm_up, env,
-                                            args.out.parent / "load-logs", args.timeout, args.think, reference))
-    top = next(level for level in levels if level["sessions"] == max(args.sessions))
-    at_16 = next((level for level in levels if level["sessions"] == 16), None)
-    result = {
-        "model": str(args.model), "data": str(args.data), "users": users, "warm_up_user": warm_up,
-        "cpus": os.cpu_count(), "server_env": env, "think_s": args.think,
-        "client": "Streamlit's WebSocket protocol (BackMsg/ForwardMsg), no browser: one new session per visit, "
-                  "opened on the user's link (?user=U)",
-        "timings": {"list": "request sent -> the ranked list's grid received",
-                    "page": "request sent -> the script run's end (the explanation panel of #1 included)"},
-        "levels": levels, "serial_lists": reference,
-        "target": {"sessions": 16, "list_p99_s_max": LIST_P99_TARGET_S,
-                   "list_p99_s": at_16["list"]["p99_s"] if at_16 else None,
-                   "met": bool(at_16 and at_16["list"]["p99_s"] is not None
-                               and at_16["list"]["p99_s"] <= LIST_P99_TARGET_S),
-                   "no_crossed_state": not any(level["other_user_named"] or level["differs_from_serial"]
-                                               for level in levels),
-                   "no_errors": not any(level["errors"] for level in levels),
-                   "largest_level": top["sessions"]},
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    logs = args.out.parent / "load-logs"
+    main_env = parse_env(args.env)
+    levels, reference = asyncio.run(measure(args.model, args.data, users, args.sessions, warm_up, main_env, logs,
+                                            args.timeout, args.think, reference))
+    runs = [{"server_env": main_env, "levels": levels}]
+    write(args, users, warm_up, runs, reference)
+    for env in variant_envs(args):
+        variant_levels, _ = asyncio.run(measure(args.model, args.data, users, args.variant_sessions
+                                                or [max(args.sessions)], warm_up, env, logs, args.timeout,
+                                                args.think, reference))
+        runs.append({"server_env": env, "levels": variant_levels})
+        write(args, users, warm_up, runs, reference)  # each run's figures are kept as soon as they are measured
     print(f"wrote {args.out}")
     return 0
 

@@ -23,3 +23,10 @@ def test_the_toolbar_is_a_viewers_without_a_deploy_button(streamlit_config):
     assert streamlit_config.get_option("client.toolbarMode") == "viewer"
     assert Path(streamlit_config.get_where_defined("client.toolbarMode")) == ROOT / ".streamlit" / "config.toml"
 
+
+
+def test_no_full_garbage_collection_after_every_script_run(streamlit_config):
+    # A full collection of the server's objects holds the interpreter for a third of a second, every session's
+    # script included (docs/dashboard.md, "Several sessions at once"); Python's own thresholds still collect.
+    assert streamlit_config.get_option("runner.postScriptGC") is False
+    assert Path(streamlit_config.get_where_defined("runner.postScriptGC")) == ROOT / ".streamlit" / "config.toml"

@@ -13,7 +13,8 @@ a new session as a new tab is, which runs the same script a choice of user in th
 and checks that each session was answered about its own user (the link the server writes back names it), that no
 error or exception element came back, and that the list's titles and scores equal those of the one-session level
 (the same users, one after another). Sessions take users from a queue, with a think time between visits
-(uniform 0.5-1.5x `--think`, seeded; the sessions start spread over one think time).
+(uniform 0.5-1.5x `--think`, seeded; the sessions start spread over one think time). `--rounds R` visits every
+user R times at each level but the serial one, for a longer run at the same load.
 
 `--variant NAME=VALUE[,NAME=VALUE]` reruns `--variant-sessions` (default: the largest level) with another server
 setting against the same serial lists, e.g. the explanation cache off (`WHYREC_CACHE=off`) or one of Streamlit's
@@ -107,11 +108,13 @@ async def visit(url: str, user: str, timeout_s: float) -> Visit:
 
 
 async def run_level(url: str, users: list[str], sessions: int, timeout_s: float, think_s: float,
-                    seed: int = 0) -> tuple[list[Visit], float]:
+                    rounds: int = 1, seed: int = 0) -> tuple[list[Visit], float]:
+    """`sessions` clients visiting `users`, `rounds` times each (after the first round, in a shuffled order)."""
     draws = random.Random(seed)
     queue: asyncio.Queue[str] = asyncio.Queue()
-    for user in users:
-        queue.put_nowait(user)
+    for round_ in range(rounds):
+        for user in users if round_ == 0 else draws.sample(users, len(users)):
+            queue.put_nowait(user)
     visits: list[Visit] = []
 
     async def client() -> None:
@@ -148,15 +151,16 @@ def summarise(visits: list[Visit], reference: dict[str, list] | None, wall_s: fl
 
 async def measure(model: Path, data: Path, users: list[str], levels: list[int], warm_up: str, env: dict,
                   logs: Path, timeout_s: float, think_s: float, reference: dict | None = None,
-                  log=print) -> tuple[list[dict], dict]:
+                  rounds: int = 1, log=print) -> tuple[list[dict], dict]:
     """Every level on a fresh server; returns the level summaries and the serial lists per user (level 1's, unless
-    `reference` gives them)."""
+    `reference` gives them). The serial level visits each user once, the others `rounds` times."""
     summaries = []
     for sessions in levels:
         label = "-".join(f"{k}={v}" for k, v in sorted(env.items())) or "default"
         with DashboardServer(model, data, logs / f"streamlit-protocol-{label}-{sessions}.log", env) as server:
             await visit(server.url, warm_up, timeout_s)  # the model's loading and the explainers' warm-up
-            visits, wall = await run_level(server.url, users, sessions, timeout_s, think_s)
+            visits, wall = await run_level(server.url, users, sessions, timeout_s, think_s,
+                                           rounds=1 if sessions == 1 else rounds)
             load = os.getloadavg()[0]
         if reference is None and sessions == 1:
             reference = {v.user: v.top for v in visits if v.top and not v.errors}
@@ -174,7 +178,7 @@ def write(args, users: list[str], warm_up: str, runs: list[dict], reference: dic
     at_16 = next((level for level in runs[0]["levels"] if level["sessions"] == 16), None)
     result = {
         "model": str(args.model), "data": str(args.data), "users": users, "warm_up_user": warm_up,
-        "cpus": os.cpu_count(), "think_s": args.think,
+        "cpus": os.cpu_count(), "think_s": args.think, "rounds": args.rounds,
         "client": "Streamlit's WebSocket protocol (BackMsg/ForwardMsg), no browser: one new session per visit, "
                   "opened on the user's link (?user=U)",
         "timings": {"list": "request sent -> the ranked list's grid received",
@@ -198,18 +202,22 @@ def main(argv: list[str] | None = None) -> int:
                     reference="an earlier load_server.json whose serial lists (same model and users) to check "
                               "against",
                     think="mean seconds between a session's visits", timeout="seconds one visit may take")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="visits to each user at every level but the serial one: a longer run at one load")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be 1 or more, not {args.rounds}")
     reference, warm_up, users = level_setup(parser, args, "serial_lists")
     logs = args.out.parent / "load-logs"
     main_env = parse_env(args.env)
     levels, reference = asyncio.run(measure(args.model, args.data, users, args.sessions, warm_up, main_env, logs,
-                                            args.timeout, args.think, reference))
+                                            args.timeout, args.think, reference, args.rounds))
     runs = [{"server_env": main_env, "levels": levels}]
     write(args, users, warm_up, runs, reference)
     for env in variant_envs(args):
         variant_levels, _ = asyncio.run(measure(args.model, args.data, users, args.variant_sessions
                                                 or [max(args.sessions)], warm_up, env, logs, args.timeout,
-                                                args.think, reference))
+                                                args.think, reference, args.rounds))
         runs.append({"server_env": env, "levels": variant_levels})
         write(args, users, warm_up, runs, reference)  # each run's figures are kept as soon as they are measured
     print(f"wrote {args.out}")

@@ -63,11 +63,11 @@ def test_sessions_over_the_protocol_each_get_their_own_users_list_as_a_serial_se
     picked = pick_users(data, 3)  # the warm-up user and three
     warm_up, users = picked[0], picked[1:]
     levels, reference = asyncio.run(measure_server(model, data, users, [1, 3], warm_up, {}, ARTIFACTS / "load",
-                                                   timeout_s=120, think_s=0.0, log=lambda *_: None))
+                                                   timeout_s=120, think_s=0.0, rounds=2, log=lambda *_: None))
     serial, concurrent = levels
-    for level in levels:
+    for level, visits in zip(levels, [3, 6]):  # the serial level visits each user once, the others `rounds` times
         assert level["errors"] == {} and level["other_user_named"] == {}, level
-        assert level["list"]["n"] == level["page"]["n"] == 3
+        assert level["list"]["n"] == level["page"]["n"] == level["visits"] == visits
         assert level["list"]["p50_s"] <= level["page"]["p50_s"]  # the list comes before the panel under it
     assert sorted(reference) == sorted(users) and all(len(top) == 10 for top in reference.values())
     assert serial["distinct_lists"] == 3  # different users, different lists: a crossed answer would show

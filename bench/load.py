@@ -450,11 +450,14 @@ async def measure(model: Path, data: Path, users: list[str], levels: list[int], 
                     # The first visit pays the model's loading and the explainers' warm-up: not a measurement.
                     if warm_up_user is not None:
                         await run_level(browser, server.url, [warm_up_user], 1, timeout_s)
+                    cpu = CpuSeconds(server.process.pid)
                     results, opens, wall = await run_level(browser, server.url, users, sessions, timeout_s,
                                                            warm_up_user, think_s)
+                    cpu_s = cpu.stop()
                 if sessions == 1 and reference is None:
                     reference = {r.user: r.values for r in results if not r.errors}
-                summary = {"sessions": sessions, **summarise(results, opens, reference, wall)}
+                summary = {"sessions": sessions, **summarise(results, opens, reference, wall), "cpu_s": cpu_s,
+                           "cores": os.cpu_count()}
                 summaries.append(summary)
                 log(f"{label}, {sessions} session(s): " + ", ".join(
                     f"{a} p50 {s['p50_s']} p99 {s['p99_s']} s" for a, s in summary["actions"].items())
@@ -463,6 +466,33 @@ async def measure(model: Path, data: Path, users: list[str], levels: list[int], 
         finally:
             await browser.close()
     return summaries, reference or {}
+
+
+class CpuSeconds:
+    """CPU seconds spent between `start()` and `stop()`: by the server process (its threads and children), and by
+    the whole machine (every process: with the browsers on the same cores, the difference is mostly theirs)."""
+
+    def __init__(self, server_pid: int) -> None:
+        import psutil
+
+        self._server = psutil.Process(server_pid)
+        self._start = self._read()
+
+    def _read(self) -> tuple[float, float]:
+        import psutil
+
+        def busy(times) -> float:
+            return times.user + times.system
+
+        server = busy(self._server.cpu_times()) + sum(busy(child.cpu_times())
+                                                      for child in self._server.children(recursive=True))
+        machine = psutil.cpu_times()
+        return server, machine.user + machine.nice + machine.system + getattr(machine, "irq", 0.0) \
+            + getattr(machine, "softirq", 0.0)
+
+    def stop(self) -> dict[str, float]:
+        server, machine = self._read()
+        return {"server": round(server - self._start[0], 1), "machine": round(machine - self._start[1], 1)}
 
 
 def pick_users(data: Path, n: int, min_items: int = 3) -> list[str]:

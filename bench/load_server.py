@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode
 
-from bench.load import DashboardServer, level_arguments, level_setup, parse_env, percentiles, variant_envs
+from bench.load import CpuSeconds, DashboardServer, level_arguments, level_setup, parse_env, percentiles, variant_envs
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "load_server.json"
@@ -159,12 +159,15 @@ async def measure(model: Path, data: Path, users: list[str], levels: list[int], 
         label = "-".join(f"{k}={v}" for k, v in sorted(env.items())) or "default"
         with DashboardServer(model, data, logs / f"streamlit-protocol-{label}-{sessions}.log", env) as server:
             await visit(server.url, warm_up, timeout_s)  # the model's loading and the explainers' warm-up
+            cpu = CpuSeconds(server.process.pid)
             visits, wall = await run_level(server.url, users, sessions, timeout_s, think_s,
                                            rounds=1 if sessions == 1 else rounds)
+            cpu_s = cpu.stop()
             load = os.getloadavg()[0]
         if reference is None and sessions == 1:
             reference = {v.user: v.top for v in visits if v.top and not v.errors}
-        summary = {"sessions": sessions, "load_average_1m_at_end": load, **summarise(visits, reference, wall)}
+        summary = {"sessions": sessions, "load_average_1m_at_end": load, **summarise(visits, reference, wall),
+                   "cpu_s": cpu_s, "cores": os.cpu_count()}
         summaries.append(summary)
         log(f"{label}, {sessions} session(s): list p50 {summary['list']['p50_s']} p99 {summary['list']['p99_s']} s, "
             f"page p50 {summary['page']['p50_s']} p99 {summary['page']['p99_s']} s; errors {len(summary['errors'])}, "

@@ -38,7 +38,6 @@ def test_a_panel_waits_no_longer_than_its_limit_and_none_when_no_list_is_drawn()
 
 
 def test_a_list_that_stops_or_fails_is_no_longer_counted():
-    with pytest.raises(RuntimeError):
-        with drawing_list():
-            raise RuntimeError("st.stop() raises too")
+    with pytest.raises(RuntimeError), drawing_list():
+        raise RuntimeError("st.stop() raises too")
     assert lists_being_drawn() == 0

@@ -228,6 +228,16 @@ async def check_user(result: SessionResult, page, page_name: str, key: str, time
         result.wrong_user.append(f"{page_name}: shows {shown!r}, link user {url_user!r}")
 
 
+async def read_metric(page, label: str, timeout_s: float = 10.0) -> dict:
+    """The page's metric labelled `label`, read again for up to `timeout_s` while a busy browser has not drawn it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        metrics = await page.evaluate(METRICS)
+        if any(m["label"].strip().startswith(label) for m in metrics) or time.monotonic() > deadline:
+            return metric(metrics, label)
+        await asyncio.sleep(0.2)
+
+
 def metric(metrics: list[dict], label: str) -> dict:
     found = [m for m in metrics if m["label"].strip().startswith(label)]
     if not found:
@@ -312,7 +322,7 @@ async def run_session(page, url: str, user: str, timeout_s: float = 300.0, think
         await timed_action(result, "explain", page, choose_second, rf"^Why this score: {second}$",
                            '[data-testid="stPlotlyChart"] .main-svg', timeout_s)
         result.values["item_2"] = link_param(page, "item")
-        result.values["explanation_score"] = metric(await page.evaluate(METRICS), "Score")["value"]
+        result.values["explanation_score"] = (await read_metric(page, "Score"))["value"]
 
         await pause()
         # 3. What-if without the past item the explanation credits most (the panel's first such button).
@@ -322,7 +332,7 @@ async def run_session(page, url: str, user: str, timeout_s: float = 300.0, think
         await timed_action(result, "whatif", page, lambda: buttons.first.click(), r"^Top \d+: what-if against real$",
                            '[data-testid="stPlotlyChart"] .main-svg', timeout_s)
         await check_user(result, page, "whatif", "wi_user")
-        focus = metric(await page.evaluate(METRICS), "Score of")
+        focus = await read_metric(page, "Score of")
         result.values["whatif_removed"] = link_param(page, "remove")
         result.values["whatif_score"], result.values["whatif_delta"] = focus["value"], focus["delta"].split()[0]
 
@@ -332,7 +342,7 @@ async def run_session(page, url: str, user: str, timeout_s: float = 300.0, think
         await timed_action(result, "compare", page, lambda: page.goto(f"{url}/compare?{link}"),
                            r"^Why [AB] ranks above [AB]$", '[data-testid="stPlotlyChart"] .main-svg', timeout_s)
         await check_user(result, page, "compare", "cmp_user")
-        result.values["margin"] = metric(await page.evaluate(METRICS), "Margin")["value"]
+        result.values["margin"] = (await read_metric(page, "Margin"))["value"]
         await settle(page, timeout_s)  # the comparison's rerun ends before the next visit's choice
     except Exception as exc:  # a load test counts every failure, of any kind, and goes on
         result.errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
@@ -469,30 +479,35 @@ async def measure(model: Path, data: Path, users: list[str], levels: list[int], 
 
 
 class CpuSeconds:
-    """CPU seconds spent between `start()` and `stop()`: by the server process (its threads and children), and by
-    the whole machine (every process: with the browsers on the same cores, the difference is mostly theirs)."""
+    """CPU seconds spent between creation and `stop()` by the server process (with its threads and children), and
+    by the clients: this process and everything it started but the server (the browser and its renderers, or the
+    protocol clients), ended processes included as far as their parents have reaped them."""
 
     def __init__(self, server_pid: int) -> None:
-        import psutil
-
-        self._server = psutil.Process(server_pid)
+        self._server_pid = server_pid
         self._start = self._read()
 
     def _read(self) -> tuple[float, float]:
         import psutil
 
-        def busy(times) -> float:
-            return times.user + times.system
+        def busy(process) -> float:
+            try:
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:
+                return 0.0
+            return times.user + times.system + times.children_user + times.children_system
 
-        server = busy(self._server.cpu_times()) + sum(busy(child.cpu_times())
-                                                      for child in self._server.children(recursive=True))
-        machine = psutil.cpu_times()
-        return server, machine.user + machine.nice + machine.system + getattr(machine, "irq", 0.0) \
-            + getattr(machine, "softirq", 0.0)
+        server = psutil.Process(self._server_pid)
+        server_tree = {server.pid, *(child.pid for child in server.children(recursive=True))}
+        server_s = sum(busy(psutil.Process(pid)) for pid in server_tree if psutil.pid_exists(pid))
+        me = psutil.Process()
+        clients_s = busy(me) + sum(busy(child) for child in me.children(recursive=True)
+                                                 if child.pid not in server_tree)
+        return server_s, clients_s
 
     def stop(self) -> dict[str, float]:
-        server, machine = self._read()
-        return {"server": round(server - self._start[0], 1), "machine": round(machine - self._start[1], 1)}
+        server_s, clients_s = self._read()
+        return {"server": round(server_s - self._start[0], 2), "clients": round(clients_s - self._start[1], 2)}
 
 
 def pick_users(data: Path, n: int, min_items: int = 3) -> list[str]:

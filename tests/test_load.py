@@ -50,7 +50,7 @@ def test_two_concurrent_sessions_each_see_their_own_user_as_a_serial_session_doe
         assert level["errors"] == {}, level["errors"]
         assert level["wrong_user"] == {}, level["wrong_user"]
         assert level["complete_sessions"] == 2
-        assert 0 < level["cpu_s"]["server"] <= level["cpu_s"]["machine"] + 0.2
+        assert level["cpu_s"]["server"] > 0 and level["cpu_s"]["clients"] > 0
         assert all(level["actions"][action]["n"] == 2 for action in ("recommend", "explain", "whatif", "compare"))
     assert sorted(reference) == sorted(users)
     # The two users see different lists, so a session shown the other's state would differ from the serial run.
@@ -69,7 +69,7 @@ def test_sessions_over_the_protocol_each_get_their_own_users_list_as_a_serial_se
     for level, visits in zip(levels, [3, 6]):  # the serial level visits each user once, the others `rounds` times
         assert level["errors"] == {} and level["other_user_named"] == {}, level
         assert level["list"]["n"] == level["page"]["n"] == level["visits"] == visits
-        assert 0 < level["cpu_s"]["server"] <= level["cpu_s"]["machine"] + 0.2  # the machine's includes the server's
+        assert level["cpu_s"]["server"] > 0 and level["cpu_s"]["clients"] >= 0  # a few ms per visit
         assert level["list"]["p50_s"] <= level["page"]["p50_s"]  # the list comes before the panel under it
     assert sorted(reference) == sorted(users) and all(len(top) == 10 for top in reference.values())
     assert serial["distinct_lists"] == 3  # different users, different lists: a crossed answer would show

@@ -1,8 +1,6 @@
 """The dashboard driven headless with Streamlit's AppTest: every page, the happy path and bad input."""
 
-import gc
 import threading
-import weakref
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -225,7 +223,6 @@ def test_the_warm_up_is_waited_for_at_exit_even_when_a_daemon_thread_starts_it(t
     from views.loaders import start_warm_up
 
     recommender = load(tiny_model)
-    gc.unfreeze()  # whatever an earlier test's warm-up froze
     started = []
     script = threading.Thread(target=lambda: started.append(start_warm_up(recommender)), daemon=True)  # as Streamlit's
     script.start()
@@ -234,30 +231,6 @@ def test_the_warm_up_is_waited_for_at_exit_even_when_a_daemon_thread_starts_it(t
     assert not warm_up.daemon  # a daemon thread still in torch when the interpreter finalises aborts the process
     warm_up.join(120)
     assert not warm_up.is_alive()
-    assert gc.get_freeze_count() > 0  # the warm-up ends by freezing what is loaded
-    gc.unfreeze()
-
-
-def test_what_is_loaded_stays_out_of_full_collections_until_the_next_freeze_frees_what_was_dropped():
-    from views.loaders import freeze_loaded_objects
-
-    class Module:  # a cycle, as a loaded model's modules make: only a collection frees it
-        pass
-
-    try:
-        loaded = Module()
-        loaded.parent = loaded
-        freeze_loaded_objects()
-        assert gc.get_freeze_count() > 0
-        assert not any(o is loaded for o in gc.get_objects())  # frozen: no collection walks it
-        dropped = weakref.ref(loaded)
-        del loaded  # a model evicted from the cache
-        gc.collect()
-        assert dropped() is not None  # frozen objects are not collected...
-        freeze_loaded_objects()
-        assert dropped() is None  # ...until the next freeze, which unfreezes and collects first
-    finally:
-        gc.unfreeze()
 
 
 # ---- ages: one clock, the moment scored ------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import threading
 from pathlib import Path
@@ -70,22 +69,6 @@ def _warm_up(recommender) -> None:
         explain(recommender, item, user_id=user, n_steps=2, drill_down=0)
     except (WhyRecError, StopIteration, IndexError):
         pass  # a warm-up only: the real request reports its own errors
-    finally:
-        freeze_loaded_objects()
-
-
-_freezing = threading.Lock()
-
-
-def freeze_loaded_objects() -> None:
-    """Keep what is loaded for good (the libraries, the model and its warmed-up explainers) out of Python's full
-    garbage collections, which walk every tracked object with the interpreter held: 0.35 s for the server's
-    600,000 or so, while every session waits (docs/dashboard.md, "Several sessions at once"). What an earlier call
-    froze is unfrozen and collected first, so a model dropped from the cache since is freed, not kept for good."""
-    with _freezing:
-        gc.unfreeze()
-        gc.collect()
-        gc.freeze()
 
 
 def _model_in_training(model: Path) -> Path | None:

@@ -486,6 +486,7 @@ class CpuSeconds:
     def __init__(self, server_pid: int) -> None:
         self._server_pid = server_pid
         self._start = self._read()
+        self._started = time.perf_counter()
 
     def _read(self) -> tuple[float, float]:
         import psutil
@@ -507,7 +508,8 @@ class CpuSeconds:
 
     def stop(self) -> dict[str, float]:
         server_s, clients_s = self._read()
-        return {"server": round(server_s - self._start[0], 2), "clients": round(clients_s - self._start[1], 2)}
+        return {"server": round(server_s - self._start[0], 2), "clients": round(clients_s - self._start[1], 2),
+                "over_s": round(time.perf_counter() - self._started, 1)}  # the level's whole time, opens included
 
 
 def pick_users(data: Path, n: int, min_items: int = 3) -> list[str]:

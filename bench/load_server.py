@@ -2,15 +2,18 @@
 
 `bench.load` drives real browsers, and on one small machine their drawing shares the CPU with the server: at 16
 sessions the 16 pages' rendering is most of the work, which a person's own laptop would do. This bench asks what
-the server itself answers. Each client speaks the protocol the browser speaks (a WebSocket to /_stcore/stream,
-protobuf BackMsg/ForwardMsg from the streamlit package) and opens the Recommend page on a user's link (`?user=U`),
-a new session as a new tab is, which runs the same script a choice of user in the chooser runs. It times:
+the server itself answers, as a load tool such as locust would. Each client is one dashboard tab speaking the
+protocol the browser speaks (a WebSocket to /_stcore/stream, protobuf BackMsg/ForwardMsg from the streamlit
+package): it opens the Recommend page on its first user's link (`?user=U`), then chooses each next user in that
+page's user chooser, sending the chooser's new value with the rerun as the browser does on a person's choice.
+`--new-sessions` opens every user's link in a new session instead (a new tab per visit: the session's setup on top
+of the same script). It times:
 
     list   the request sent -> the ranked list's grid received (its "Top N" heading, then its data)
     page   the request sent -> the end of the script run (the explanation panel of #1 and its deletion test
            included: from the explanation cache, or computed)
 
-and checks that each session was answered about its own user (the link the server writes back names it), that no
+and checks that each session was answered about its own user (the link the run ends on names it), that no
 error or exception element came back, and that the list's titles and scores equal those of the one-session level
 (the same users, one after another). Sessions take users from a queue, with a think time between visits
 (uniform 0.5-1.5x `--think`, seeded; the sessions start spread over one think time). `--rounds R` visits every
@@ -20,7 +23,7 @@ user R times at each level but the serial one, for a longer run at the same load
 setting against the same serial lists, e.g. the explanation cache off (`WHYREC_CACHE=off`) or one of Streamlit's
 own options as an environment variable (`STREAMLIT_RUNNER_POST_SCRIPT_GC=true`).
 
-    python -m bench.load_server --sessions 1 4 16 32 --users 48 --variant WHYREC_CACHE=off --variant-sessions 16
+    python -m bench.load_server --sessions 1 4 16 32 --users 48 --rounds 5 --variant WHYREC_CACHE=off
 """
 
 from __future__ import annotations
@@ -52,8 +55,9 @@ class Visit:
     list_s: float | None = None
     page_s: float | None = None
     top: list[tuple[str, float]] = field(default_factory=list)  # (title, score) of the ranked list
-    users_named: set[str] = field(default_factory=set)  # ?user= of every link the server wrote back
+    users_named: set[str] = field(default_factory=set)  # ?user= of the link the run ended on
     errors: list[str] = field(default_factory=list)
+    chosen: bool = False  # chosen in the open session's chooser (else: the session opened on the user's link)
 
 
 def _ranked_rows(data: bytes) -> list[tuple[str, float]]:
@@ -63,53 +67,102 @@ def _ranked_rows(data: bytes) -> list[tuple[str, float]]:
     return list(zip(table.column("title").to_pylist(), table.column("score").to_pylist()))
 
 
-async def visit(url: str, user: str, timeout_s: float) -> Visit:
-    """Open the Recommend page on `user`'s link in a new session and read every message until the run ends."""
-    import websockets
-    from streamlit.proto.BackMsg_pb2 import BackMsg
-    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+class Session:
+    """One dashboard tab over the protocol: a WebSocket to the server, whose first run opens the Recommend page on a
+    user's link and whose later runs choose another user in the page's chooser, as a person's click does (the
+    chooser's widget state, the link the server last wrote)."""
 
-    seen = Visit(user)
-    request = BackMsg()
-    request.rerun_script.query_string = urlencode({"user": user})
-    try:
-        async with websockets.connect(url.replace("http", "ws", 1) + "/_stcore/stream", subprotocols=["streamlit"],
-                                      origin=url, max_size=None, open_timeout=timeout_s) as socket:
+    def __init__(self, url: str, timeout_s: float) -> None:
+        self.url, self.timeout_s = url, timeout_s
+        self.socket = None
+        self.chooser_id: str | None = None  # the Recommend page's user chooser (widget key rec_user)
+        self.query_string = ""
+        self.page_script_hash = ""  # the page the session is on: a rerun for another page starts that page afresh
+
+    async def close(self) -> None:
+        if self.socket is not None:
+            await self.socket.close()
+            self.socket = None
+
+    async def visit(self, user: str) -> Visit:
+        """`user`'s list: the page opened on their link (the session's first visit) or chosen in the chooser; reads
+        every message until the run ends. Never raises: what went wrong is in the visit's errors."""
+        import websockets
+        from streamlit.proto.BackMsg_pb2 import BackMsg
+
+        seen = Visit(user)
+        request = BackMsg()
+        try:
+            if self.socket is None or self.chooser_id is None:
+                await self.close()
+                self.socket = await websockets.connect(
+                    self.url.replace("http", "ws", 1) + "/_stcore/stream", subprotocols=["streamlit"],
+                    origin=self.url, max_size=None, open_timeout=self.timeout_s)
+                request.rerun_script.query_string = urlencode({"user": user})
+            else:
+                seen.chosen = True
+                request.rerun_script.query_string = self.query_string  # what the browser's address bar holds
+                request.rerun_script.page_script_hash = self.page_script_hash
+                chosen = request.rerun_script.widget_states.widgets.add()
+                chosen.id, chosen.string_value = self.chooser_id, user
             started = time.perf_counter()
-            await socket.send(request.SerializeToString())
-            heading = False
-            async with asyncio.timeout(timeout_s):
-                while True:
-                    message = ForwardMsg()
-                    message.ParseFromString(await socket.recv())
-                    kind = message.WhichOneof("type")
-                    if kind == "page_info_changed":
-                        seen.users_named.update(parse_qs(message.page_info_changed.query_string).get("user", []))
-                    elif kind == "delta" and message.delta.WhichOneof("type") == "new_element":
-                        element = message.delta.new_element
-                        what = element.WhichOneof("type")
-                        if what == "heading" and element.heading.body.startswith("Top "):
-                            heading = True
-                        elif what == "dataframe" and heading and seen.list_s is None:
-                            seen.list_s = time.perf_counter() - started
-                            seen.top = _ranked_rows(element.dataframe.arrow_data.data)
-                        elif what == "exception":
-                            seen.errors.append(f"exception: {element.exception.message[:200]}")
-                        elif what == "alert" and element.alert.format == 1:  # Alert.ERROR
-                            seen.errors.append(f"error: {element.alert.body[:200]}")
-                    elif kind == "script_finished":
-                        seen.page_s = time.perf_counter() - started
-                        break
-    except Exception as exc:  # a load test counts every failure, of any kind, and goes on
-        seen.errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-    if seen.list_s is None and not seen.errors:
-        seen.errors.append("no ranked list came back")
-    return seen
+            await self.socket.send(request.SerializeToString())
+            async with asyncio.timeout(self.timeout_s):
+                await self._read_run(seen, started)
+        except Exception as exc:  # a load test counts every failure, of any kind, and goes on
+            seen.errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            await self.close()  # the next visit starts a new session
+        if seen.list_s is None and not seen.errors:
+            seen.errors.append("no ranked list came back")
+        return seen
+
+    async def _read_run(self, seen: Visit, started: float) -> None:
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+        heading = False
+        while True:
+            message = ForwardMsg()
+            message.ParseFromString(await self.socket.recv())
+            kind = message.WhichOneof("type")
+            if kind == "new_session":
+                self.page_script_hash = message.new_session.page_script_hash
+            elif kind == "page_info_changed":  # the link the page writes as it runs
+                self.query_string = message.page_info_changed.query_string
+            elif kind == "delta" and message.delta.WhichOneof("type") == "new_element":
+                element = message.delta.new_element
+                what = element.WhichOneof("type")
+                if what == "selectbox" and element.selectbox.id.endswith("rec_user"):
+                    self.chooser_id = element.selectbox.id
+                elif what == "heading" and element.heading.body.startswith("Top "):
+                    heading = True
+                elif what == "dataframe" and heading and seen.list_s is None:
+                    seen.list_s = time.perf_counter() - started
+                    seen.top = _ranked_rows(element.dataframe.arrow_data.data)
+                elif what == "exception":
+                    seen.errors.append(f"exception: {element.exception.message[:200]}")
+                elif what == "alert" and element.alert.format == 1:  # Alert.ERROR
+                    seen.errors.append(f"error: {element.alert.body[:200]}")
+            elif kind == "script_finished":
+                seen.page_s = time.perf_counter() - started
+                # The link the run ends on (on the way, a choice first drops the last list's item from the old link).
+                seen.users_named.update(parse_qs(self.query_string).get("user", []))
+                return
+
+
+async def visit(url: str, user: str, timeout_s: float) -> Visit:
+    """Open the Recommend page on `user`'s link in a new session, and close it."""
+    session = Session(url, timeout_s)
+    try:
+        return await session.visit(user)
+    finally:
+        await session.close()
 
 
 async def run_level(url: str, users: list[str], sessions: int, timeout_s: float, think_s: float,
-                    rounds: int = 1, seed: int = 0) -> tuple[list[Visit], float]:
-    """`sessions` clients visiting `users`, `rounds` times each (after the first round, in a shuffled order)."""
+                    rounds: int = 1, new_sessions: bool = False, seed: int = 0) -> tuple[list[Visit], float]:
+    """`sessions` clients visiting `users`, `rounds` times each (after the first round, in a shuffled order): each
+    client keeps its session and chooses the next user in it, or (`new_sessions`) opens each user's link in a new
+    session."""
     draws = random.Random(seed)
     queue: asyncio.Queue[str] = asyncio.Queue()
     for round_ in range(rounds):
@@ -120,10 +173,16 @@ async def run_level(url: str, users: list[str], sessions: int, timeout_s: float,
     async def client() -> None:
         if think_s > 0:
             await asyncio.sleep(draws.uniform(0.0, think_s))
-        while not queue.empty():
-            visits.append(await visit(url, queue.get_nowait(), timeout_s))
-            if think_s > 0:
-                await asyncio.sleep(think_s * draws.uniform(0.5, 1.5))
+        session = Session(url, timeout_s)
+        try:
+            while not queue.empty():
+                if new_sessions:
+                    await session.close()
+                visits.append(await session.visit(queue.get_nowait()))
+                if think_s > 0:
+                    await asyncio.sleep(think_s * draws.uniform(0.5, 1.5))
+        finally:
+            await session.close()
 
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(sessions)))
@@ -131,7 +190,8 @@ async def run_level(url: str, users: list[str], sessions: int, timeout_s: float,
 
 
 def summarise(visits: list[Visit], reference: dict[str, list] | None, wall_s: float) -> dict:
-    crossed = {v.user: sorted(v.users_named - {v.user}) for v in visits if v.users_named - {v.user}}
+    # Each run must end on a link that names its own user, and only it.
+    crossed = {v.user: sorted(v.users_named) for v in visits if not v.errors and v.users_named != {v.user}}
     differs = {}
     for v in visits:
         expected = (reference or {}).get(v.user)
@@ -141,7 +201,7 @@ def summarise(visits: list[Visit], reference: dict[str, list] | None, wall_s: fl
             abs(a - b) <= SCORE_TOLERANCE * max(1.0, abs(b)) for (_, a), (_, b) in zip(v.top, expected))
         if not same:
             differs[v.user] = "ranked list differs"
-    return {"visits": len(visits), "wall_s": round(wall_s, 1),
+    return {"visits": len(visits), "chosen_in_open_session": sum(v.chosen for v in visits), "wall_s": round(wall_s, 1),
             "list": percentiles([v.list_s for v in visits if v.list_s is not None]),
             "page": percentiles([v.page_s for v in visits if v.page_s is not None]),
             "errors": {v.user: v.errors for v in visits if v.errors},
@@ -151,7 +211,7 @@ def summarise(visits: list[Visit], reference: dict[str, list] | None, wall_s: fl
 
 async def measure(model: Path, data: Path, users: list[str], levels: list[int], warm_up: str, env: dict,
                   logs: Path, timeout_s: float, think_s: float, reference: dict | None = None,
-                  rounds: int = 1, log=print) -> tuple[list[dict], dict]:
+                  rounds: int = 1, new_sessions: bool = False, log=print) -> tuple[list[dict], dict]:
     """Every level on a fresh server; returns the level summaries and the serial lists per user (level 1's, unless
     `reference` gives them). The serial level visits each user once, the others `rounds` times."""
     summaries = []
@@ -161,7 +221,7 @@ async def measure(model: Path, data: Path, users: list[str], levels: list[int], 
             await visit(server.url, warm_up, timeout_s)  # the model's loading and the explainers' warm-up
             cpu = CpuSeconds(server.process.pid)
             visits, wall = await run_level(server.url, users, sessions, timeout_s, think_s,
-                                           rounds=1 if sessions == 1 else rounds)
+                                           rounds=1 if sessions == 1 else rounds, new_sessions=new_sessions)
             cpu_s = cpu.stop()
             load = os.getloadavg()[0]
         if reference is None and sessions == 1:
@@ -182,8 +242,11 @@ def write(args, users: list[str], warm_up: str, runs: list[dict], reference: dic
     result = {
         "model": str(args.model), "data": str(args.data), "users": users, "warm_up_user": warm_up,
         "cpus": os.cpu_count(), "think_s": args.think, "rounds": args.rounds,
-        "client": "Streamlit's WebSocket protocol (BackMsg/ForwardMsg), no browser: one new session per visit, "
-                  "opened on the user's link (?user=U)",
+        "client": "Streamlit's WebSocket protocol (BackMsg/ForwardMsg), no browser: "
+                  + ("one new session per visit, opened on the user's link (?user=U)" if args.new_sessions else
+                     "one session per client, opened on its first user's link (?user=U); each later user chosen "
+                     "in the Recommend page's user chooser (its widget state sent with the rerun)"),
+        "new_sessions": args.new_sessions,
         "timings": {"list": "request sent -> the ranked list's grid received",
                     "page": "request sent -> the script run's end (the explanation panel of #1 included)"},
         "runs": runs, "serial_lists": reference,
@@ -205,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
                     reference="an earlier load_server.json whose serial lists (same model and users) to check "
                               "against",
                     think="mean seconds between a session's visits", timeout="seconds one visit may take")
+    parser.add_argument("--new-sessions", action="store_true",
+                        help="open every visit's link in a new session (a new tab), instead of choosing the user in "
+                             "the client's open one")
     parser.add_argument("--rounds", type=int, default=1,
                         help="visits to each user at every level but the serial one: a longer run at one load")
     args = parser.parse_args(argv)
@@ -214,13 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     logs = args.out.parent / "load-logs"
     main_env = parse_env(args.env)
     levels, reference = asyncio.run(measure(args.model, args.data, users, args.sessions, warm_up, main_env, logs,
-                                            args.timeout, args.think, reference, args.rounds))
+                                            args.timeout, args.think, reference, args.rounds, args.new_sessions))
     runs = [{"server_env": main_env, "levels": levels}]
     write(args, users, warm_up, runs, reference)
     for env in variant_envs(args):
         variant_levels, _ = asyncio.run(measure(args.model, args.data, users, args.variant_sessions
                                                 or [max(args.sessions)], warm_up, env, logs, args.timeout,
-                                                args.think, reference, args.rounds))
+                                                args.think, reference, args.rounds, args.new_sessions))
         runs.append({"server_env": env, "levels": variant_levels})
         write(args, users, warm_up, runs, reference)  # each run's figures are kept as soon as they are measured
     print(f"wrote {args.out}")

@@ -66,14 +66,22 @@ def test_sessions_over_the_protocol_each_get_their_own_users_list_as_a_serial_se
     levels, reference = asyncio.run(measure_server(model, data, users, [1, 3], warm_up, {}, ARTIFACTS / "load",
                                                    timeout_s=120, think_s=0.0, rounds=2, log=lambda *_: None))
     serial, concurrent = levels
-    for level, visits in zip(levels, [3, 6]):  # the serial level visits each user once, the others `rounds` times
+    # The serial level visits each user once, the others `rounds` times; each client opens its first user's link and
+    # chooses the next users in the chooser of the session it opened.
+    for level, visits, chosen in zip(levels, [3, 6], [2, 3]):
         assert level["errors"] == {} and level["other_user_named"] == {}, level
         assert level["list"]["n"] == level["page"]["n"] == level["visits"] == visits
+        assert level["chosen_in_open_session"] == chosen
         assert level["cpu_s"]["server"] > 0 and level["cpu_s"]["clients"] >= 0  # a few ms per visit
         assert level["list"]["p50_s"] <= level["page"]["p50_s"]  # the list comes before the panel under it
     assert sorted(reference) == sorted(users) and all(len(top) == 10 for top in reference.values())
     assert serial["distinct_lists"] == 3  # different users, different lists: a crossed answer would show
     assert concurrent["differs_from_serial"] == {}
+    # Every visit a new session, as a new tab on the user's link: the same lists.
+    (opened,), _ = asyncio.run(measure_server(model, data, users, [2], warm_up, {}, ARTIFACTS / "load", timeout_s=120,
+                                              think_s=0.0, reference=reference, new_sessions=True, log=lambda *_: None))
+    assert opened["visits"] == 3 and opened["chosen_in_open_session"] == 0
+    assert opened["errors"] == {} and opened["other_user_named"] == {} and opened["differs_from_serial"] == {}
     # A list that is not the serial one is named.
     from bench.load_server import Visit, summarise
     wrong = Visit(users[0], 0.1, 0.2, [(title, score + 1.0) for title, score in reference[users[0]]], {users[0]})

@@ -62,6 +62,26 @@ def test_another_user_explains_their_own_top_item_without_a_warning_about_the_la
     assert any("no\\-such\\-item" in w.value for w in fresh.warning), [w.value for w in fresh.warning]
 
 
+def test_an_item_chosen_in_one_users_list_is_not_kept_for_the_next_users(app, tiny_model):
+    import os
+
+    from model.checkpoint import load
+
+    recommender = load(tiny_model, data=os.environ["WHYREC_DATA"])
+    app.run()
+    offered = [u for u in app.selectbox(key="rec_user").options if u in recommender.user_index]
+    tops = {u: [r.item_id for r in recommender.recommend(user_id=u, k=10)] for u in offered}
+    # Two users the chooser offers whose lists share an item that is not the second user's top item.
+    first, second, shared = next((a, b, item) for a in tops for b in tops if a != b
+                                 for item in tops[a] if item in tops[b][1:])
+    app.selectbox(key="rec_user").select(first).run()
+    app.selectbox(key="explain_item").set_value(shared).run()
+    assert app.query_params["item"] == shared
+    app.selectbox(key="rec_user").select(second).run()
+    assert not app.exception
+    assert app.selectbox(key="explain_item").value == tops[second][0] == app.query_params["item"]
+
+
 def test_query_mode(app):
     app.query_params["query"] = "wool sock"
     app.run()

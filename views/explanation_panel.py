@@ -67,8 +67,12 @@ def explanation_panel(recommender, ranked, user_id, query) -> None:
     labels = {row.item_id: f"#{row.rank}  {row.title}" for row in ranked.itertuples()}
     options = list(labels)
     wanted = params.get("item")
-    if st.session_state.get("explain_item") not in options:
+    # Another user's or query's list starts at the item the link names, else at its own top item: the item chosen in
+    # the last list, even where this one holds it too, was chosen for someone else.
+    this_list = [user_id, query]
+    if st.session_state.get("explain_item") not in options or st.session_state.get("explain_list") != this_list:
         st.session_state["explain_item"] = wanted if wanted in options else options[0]
+    st.session_state["explain_list"] = this_list
     if wanted and wanted not in options and not st.session_state.get("explain_warned"):
         st.session_state["explain_warned"] = True
         st.warning(f"Item `{md_escape(wanted)}` from the link is not in this list; explaining the top item.")

@@ -2,8 +2,9 @@
 wait for it (a little), so that a person who chose a user sees the list at once whatever the other sessions do.
 
 Every session's script runs in a thread of the one server process, and Python runs one thread at a time: a list
-takes tens of milliseconds to draw, an explanation panel hundreds (its charts and a hundred page elements). Taking
-turns fairly, sixteen sessions at once would make every list wait for every panel. So a page draws its list inside
+takes tens of milliseconds to draw, an explanation panel as much again from the cache (its charts and a hundred page
+elements) and seconds when computed. Taking turns fairly, sixteen sessions at once would make every list wait for
+every panel. So a page draws its list inside
 `drawing_list()`, and an explanation waits at `after_lists()` while any list is being drawn, at most `MAX_WAIT_S`
 each time (a steady stream of lists never starves a panel for long). Waiting sleeps: it gives the list its turn.
 """

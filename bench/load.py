@@ -595,6 +595,21 @@ def variant_envs(args) -> list[dict[str, str]]:
     return [{**main_env, **parse_env(variant.split(","))} for variant in args.variant]
 
 
+def run_with_variants(args, reference: dict | None, measure_levels, write) -> None:
+    """The main run at --sessions with --env, then each --variant at --variant-sessions against the same serial
+    values. `measure_levels(levels, env, reference)` returns the level summaries and the serial values;
+    `write(runs, reference)` keeps each run's figures as soon as they are measured."""
+    main_env = parse_env(args.env)
+    levels, reference = measure_levels(args.sessions, main_env, reference)
+    runs = [{"server_env": main_env, "levels": levels}]
+    write(runs, reference)
+    for env in variant_envs(args):
+        variant_levels, _ = measure_levels(args.variant_sessions or [max(args.sessions)], env, reference)
+        runs.append({"server_env": env, "levels": variant_levels})
+        write(runs, reference)
+    print(f"wrote {args.out}")
+
+
 def level_setup(parser: argparse.ArgumentParser, args, serial_key: str) -> tuple[dict | None, str, list[str]]:
     """Check what `level_arguments` parsed; returns the reference (the earlier run's `serial_key`, or None), the
     warm-up user and the users to visit."""
@@ -619,18 +634,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     reference, warm_up, users = level_setup(parser, args, "serial_values")
     logs = args.out.parent / "load-logs"
-    main_env = parse_env(args.env)
-    levels, reference = asyncio.run(measure(args.model, args.data, users, args.sessions, warm_up, main_env, logs,
-                                            args.timeout, reference, think_s=args.think))
-    runs = [{"server_env": main_env, "levels": levels}]
-    write(args, users, warm_up, runs, reference)
-    for env in variant_envs(args):
-        variant_levels, _ = asyncio.run(measure(args.model, args.data, users, args.variant_sessions
-                                                or [max(args.sessions)], warm_up, env, logs, args.timeout, reference,
-                                                args.think))
-        runs.append({"server_env": env, "levels": variant_levels})
-        write(args, users, warm_up, runs, reference)  # each run's figures are kept as soon as they are measured
-    print(f"wrote {args.out}")
+    run_with_variants(
+        args, reference,
+        lambda levels, env, serial: asyncio.run(measure(args.model, args.data, users, levels, warm_up, env, logs,
+                                                        args.timeout, serial, think_s=args.think)),
+        lambda runs, serial: write(args, users, warm_up, runs, serial))
     return 0
 
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode
 
-from bench.load import CpuSeconds, DashboardServer, level_arguments, level_setup, parse_env, percentiles, variant_envs
+from bench.load import CpuSeconds, DashboardServer, level_arguments, level_setup, percentiles, run_with_variants
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "load_server.json"
@@ -278,18 +278,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--rounds must be 1 or more, not {args.rounds}")
     reference, warm_up, users = level_setup(parser, args, "serial_lists")
     logs = args.out.parent / "load-logs"
-    main_env = parse_env(args.env)
-    levels, reference = asyncio.run(measure(args.model, args.data, users, args.sessions, warm_up, main_env, logs,
-                                            args.timeout, args.think, reference, args.rounds, args.new_sessions))
-    runs = [{"server_env": main_env, "levels": levels}]
-    write(args, users, warm_up, runs, reference)
-    for env in variant_envs(args):
-        variant_levels, _ = asyncio.run(measure(args.model, args.data, users, args.variant_sessions
-                                                or [max(args.sessions)], warm_up, env, logs, args.timeout,
-                                                args.think, reference, args.rounds, args.new_sessions))
-        runs.append({"server_env": env, "levels": variant_levels})
-        write(args, users, warm_up, runs, reference)  # each run's figures are kept as soon as they are measured
-    print(f"wrote {args.out}")
+    run_with_variants(
+        args, reference,
+        lambda levels, env, serial: asyncio.run(measure(args.model, args.data, users, levels, warm_up, env, logs,
+                                                        args.timeout, args.think, serial, args.rounds,
+                                                        args.new_sessions)),
+        lambda runs, serial: write(args, users, warm_up, runs, serial))
     return 0
 
 
